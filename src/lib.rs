@@ -1,0 +1,20 @@
+//! Cygni: a self-hosted, git-push platform-as-a-service.
+//!
+//! The flow runs one way (see ARCHITECTURE.md):
+//!
+//! ```text
+//! ssh ──► git (receive-pack) ──► hook ──► deploy ──► build ──► artifact
+//!  │                                        │
+//!  ▼                                        ▼
+//! commands ───────► state (SQLite) ◄──── release ──► runtime ──► instances
+//!                                           │
+//!                                           ▼
+//! browser ──► proxy ◄── routes (host → endpoints)
+//! ```
+
+pub mod build;
+pub mod logs;
+pub mod names;
+pub mod procfile;
+pub mod proxy;
+pub mod runtime;

@@ -1,0 +1,1 @@
+//! Per-app log store: instance output and build logs. (work in progress)

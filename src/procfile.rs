@@ -1,0 +1,1 @@
+//! Procfile parsing. (work in progress)

@@ -1,0 +1,1 @@
+//! The reverse proxy: routes snapshot, HTTP listener. (work in progress)

@@ -1,0 +1,1 @@
+//! The local runtime: supervised processes. (work in progress)
