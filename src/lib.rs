@@ -13,8 +13,15 @@
 //! ```
 
 pub mod build;
+pub mod config;
+pub mod daemon;
+pub mod deploy;
+pub mod git;
+pub mod hook;
 pub mod logs;
 pub mod names;
 pub mod procfile;
 pub mod proxy;
 pub mod runtime;
+pub mod ssh;
+pub mod state;

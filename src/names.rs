@@ -9,7 +9,9 @@ use std::fmt;
 /// Why a name was refused. The message is shown to users as is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidName {
-    #[error("invalid app name {0:?}: use 1-63 characters a-z, 0-9 and '-', starting with a letter")]
+    #[error(
+        "invalid app name {0:?}: use 1-63 characters a-z, 0-9 and '-', starting with a letter"
+    )]
     App(String),
     #[error("invalid process type {0:?}: use 1-30 characters a-z, 0-9, '_' and '-', starting with a letter")]
     Process(String),
@@ -48,7 +50,7 @@ impl AppName {
 
 impl fmt::Display for AppName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -70,9 +72,8 @@ impl ProcessType {
         let ok = !b.is_empty()
             && b.len() <= 30
             && b[0].is_ascii_lowercase()
-            && b.iter().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_'
-            });
+            && b.iter()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'_');
         if ok {
             Ok(ProcessType(s.to_owned()))
         } else {
@@ -95,7 +96,7 @@ impl ProcessType {
 
 impl fmt::Display for ProcessType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -133,7 +134,7 @@ impl KeyName {
 
 impl fmt::Display for KeyName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -165,7 +166,7 @@ mod tests {
             "../x",
             "a.git",
             "a_b",
-            "ａｐｐ",       // fullwidth letters
+            "ａｐｐ",     // fullwidth letters
             "a\u{200b}b", // zero-width space
             "é",
             &long,

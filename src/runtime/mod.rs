@@ -22,7 +22,9 @@ use crate::build::Artifact;
 use crate::names::{AppName, ProcessType};
 
 /// The stable name of one instance: `APP-vREL-PROCESS-INDEX`, e.g. `shop-v3-web-1`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct InstanceId(pub String);
 

@@ -1,0 +1,424 @@
+//! The daemon's configuration: flags, `CYGNI_*` environment variables and
+//! the config file, merged and validated before any port is bound.
+//!
+//! ```text
+//! flag ──► CYGNI_<FLAG> env ──► config file key ──► built-in default
+//!  (first one set wins)                                      │
+//!                                                            ▼
+//!                                   Config::resolve ──► Config (validated)
+//! ```
+//!
+//! Config file keys are the flag names with `_` for `-` (`data_dir`,
+//! `ssh_listen`, ...). An error names the key and says what is wrong, so the
+//! operator knows what to change; the binary exits 64 (EX_USAGE) on it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The default config file, read when it exists and `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/cygni/cygni.toml";
+
+/// Let's Encrypt production; staging is
+/// `https://acme-staging-v02.api.letsencrypt.org/directory`.
+pub const DEFAULT_ACME_DIRECTORY: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config: {key}: {message}")]
+    Invalid { key: &'static str, message: String },
+    #[error("config: cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config: {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// `cygni serve` flags; each also reads `CYGNI_<FLAG>`.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Config file (TOML). Default: /etc/cygni/cygni.toml when it exists.
+    #[arg(long, env = "CYGNI_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where state, repos, slugs, logs and keys live.
+    #[arg(long, env = "CYGNI_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// SSH listen address (git push and admin commands). Default 0.0.0.0:2222.
+    #[arg(long, env = "CYGNI_SSH_LISTEN", value_name = "ADDR")]
+    pub ssh_listen: Option<String>,
+    /// HTTP listen address. Default :80 as root, else :8080.
+    #[arg(long, env = "CYGNI_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// HTTPS listen address. Default :443 as root, else :8443.
+    #[arg(long, env = "CYGNI_HTTPS_LISTEN", value_name = "ADDR")]
+    pub https_listen: Option<String>,
+    /// Apps are served at APP.DOMAIN. Default localhost.
+    #[arg(long, env = "CYGNI_DOMAIN", value_name = "DOMAIN")]
+    pub domain: Option<String>,
+    /// How apps run: auto, local, docker or kube. Default auto.
+    #[arg(long, env = "CYGNI_RUNTIME", value_name = "RUNTIME")]
+    pub runtime: Option<String>,
+    /// An OpenSSH public key file that becomes an admin key on first start.
+    #[arg(long, env = "CYGNI_ADMIN_KEY", value_name = "FILE")]
+    pub admin_key: Option<PathBuf>,
+    /// ACME directory URL. Default: Let's Encrypt production.
+    #[arg(long, env = "CYGNI_ACME_DIRECTORY", value_name = "URL")]
+    pub acme_directory: Option<String>,
+    /// Contact email for the ACME account.
+    #[arg(long, env = "CYGNI_ACME_EMAIL", value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+    /// A PEM file of extra roots to trust for the ACME directory (Pebble, internal CAs).
+    #[arg(long, env = "CYGNI_ACME_CA", value_name = "FILE")]
+    pub acme_ca: Option<PathBuf>,
+}
+
+/// The config file: the same keys as the flags, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    ssh_listen: Option<String>,
+    http_listen: Option<String>,
+    https_listen: Option<String>,
+    domain: Option<String>,
+    runtime: Option<String>,
+    admin_key: Option<PathBuf>,
+    acme_directory: Option<String>,
+    acme_email: Option<String>,
+    acme_ca: Option<PathBuf>,
+    boot_timeout_secs: Option<u64>,
+}
+
+/// Which runtime backend to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    Auto,
+    Local,
+    Docker,
+    Kube,
+}
+
+impl RuntimeChoice {
+    fn parse(s: &str) -> Result<RuntimeChoice, ConfigError> {
+        match s {
+            "auto" => Ok(RuntimeChoice::Auto),
+            "local" => Ok(RuntimeChoice::Local),
+            "docker" => Ok(RuntimeChoice::Docker),
+            "kube" => Ok(RuntimeChoice::Kube),
+            other => Err(invalid(
+                "runtime",
+                format!("{other:?} is not one of auto, local, docker, kube"),
+            )),
+        }
+    }
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub ssh_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+    pub https_listen: SocketAddr,
+    pub domain: String,
+    pub runtime: RuntimeChoice,
+    pub admin_key: Option<PathBuf>,
+    pub acme_directory: String,
+    pub acme_email: Option<String>,
+    pub acme_ca: Option<PathBuf>,
+    /// How long a new `web` instance has to pass its health check.
+    pub boot_timeout: Duration,
+}
+
+impl Config {
+    /// Merge flags/env over the config file over defaults, and validate.
+    pub fn resolve(args: &ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => load_file(path)?,
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                load_file(Path::new(DEFAULT_CONFIG_FILE))?
+            }
+            None => FileConfig::default(),
+        };
+        let root = is_root();
+
+        let data_dir = match args.data_dir.clone().or(file.data_dir) {
+            Some(dir) => dir,
+            None => default_data_dir(root)?,
+        };
+        if data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let data_dir = absolute(&data_dir).map_err(|e| invalid("data_dir", e.to_string()))?;
+
+        let (http_port, https_port) = if root { (80, 443) } else { (8080, 8443) };
+        let ssh_listen = listen_addr(
+            "ssh_listen",
+            args.ssh_listen.as_deref().or(file.ssh_listen.as_deref()),
+            2222,
+        )?;
+        let http_listen = listen_addr(
+            "http_listen",
+            args.http_listen.as_deref().or(file.http_listen.as_deref()),
+            http_port,
+        )?;
+        let https_listen = listen_addr(
+            "https_listen",
+            args.https_listen
+                .as_deref()
+                .or(file.https_listen.as_deref()),
+            https_port,
+        )?;
+
+        let domain = args
+            .domain
+            .clone()
+            .or(file.domain)
+            .unwrap_or_else(|| "localhost".to_owned());
+        let domain = normalize_domain(&domain).map_err(|m| invalid("domain", m))?;
+
+        let runtime = RuntimeChoice::parse(
+            args.runtime
+                .as_deref()
+                .or(file.runtime.as_deref())
+                .unwrap_or("auto"),
+        )?;
+
+        let admin_key = args.admin_key.clone().or(file.admin_key);
+        if let Some(path) = &admin_key {
+            if !path.is_file() {
+                return Err(invalid(
+                    "admin_key",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+
+        let acme_directory = args
+            .acme_directory
+            .clone()
+            .or(file.acme_directory)
+            .unwrap_or_else(|| DEFAULT_ACME_DIRECTORY.to_owned());
+        if !acme_directory.starts_with("https://") {
+            return Err(invalid(
+                "acme_directory",
+                format!("{acme_directory:?} must be an https:// URL"),
+            ));
+        }
+        let acme_email = args.acme_email.clone().or(file.acme_email);
+        if let Some(email) = &acme_email {
+            let valid = email.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty() && host.contains('.') && !email.contains(char::is_whitespace)
+            });
+            if !valid {
+                return Err(invalid(
+                    "acme_email",
+                    format!("{email:?} is not an email address"),
+                ));
+            }
+        }
+        let acme_ca = args.acme_ca.clone().or(file.acme_ca);
+        if let Some(path) = &acme_ca {
+            if !path.is_file() {
+                return Err(invalid(
+                    "acme_ca",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+        }
+        let boot_timeout = Duration::from_secs(file.boot_timeout_secs.unwrap_or(60));
+        if boot_timeout.is_zero() {
+            return Err(invalid("boot_timeout_secs", "must be at least 1"));
+        }
+
+        Ok(Config {
+            data_dir,
+            ssh_listen,
+            http_listen,
+            https_listen,
+            domain,
+            runtime,
+            admin_key,
+            acme_directory,
+            acme_email,
+            acme_ca,
+            boot_timeout,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        // toml's Display spans several lines; keep the first, which names the key.
+        message: e
+            .message()
+            .lines()
+            .next()
+            .unwrap_or("invalid TOML")
+            .to_owned(),
+    })
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn default_data_dir(root: bool) -> Result<PathBuf, ConfigError> {
+    if root {
+        return Ok(PathBuf::from("/var/lib/cygni"));
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("cygni"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/cygni")),
+        None => Err(invalid(
+            "data_dir",
+            "neither XDG_DATA_HOME nor HOME is set: pass --data-dir",
+        )),
+    }
+}
+
+fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+    if path.is_absolute() {
+        Ok(path.to_owned())
+    } else {
+        Ok(std::env::current_dir()?.join(path))
+    }
+}
+
+/// `:8080` (all interfaces), `127.0.0.1:0`, `[::1]:2222`.
+fn listen_addr(
+    key: &'static str,
+    value: Option<&str>,
+    default_port: u16,
+) -> Result<SocketAddr, ConfigError> {
+    let Some(value) = value else {
+        return Ok(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            default_port,
+        ));
+    };
+    if let Some(port) = value.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| invalid(key, format!("{value:?} has no valid port")))?;
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    value.parse().map_err(|_| {
+        invalid(
+            key,
+            format!("{value:?} is not an address like 0.0.0.0:2222 or :2222"),
+        )
+    })
+}
+
+/// Lowercase, no trailing dot, each label a valid DNS label.
+pub fn normalize_domain(domain: &str) -> Result<String, String> {
+    let d = domain.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b.len() <= 63
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        });
+    if valid {
+        Ok(d)
+    } else {
+        Err(format!("{domain:?} is not a valid domain name"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> ServeArgs {
+        ServeArgs {
+            data_dir: Some("/tmp/cygni-test".into()),
+            ..ServeArgs::default()
+        }
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(
+            listen_addr("k", Some(":8080"), 1).unwrap(),
+            "0.0.0.0:8080".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("k", Some("[::1]:22"), 1).unwrap(),
+            "[::1]:22".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("k", None, 2222).unwrap(),
+            "0.0.0.0:2222".parse().unwrap()
+        );
+        let err = listen_addr("ssh_listen", Some("nope"), 1).unwrap_err();
+        assert!(err.to_string().starts_with("config: ssh_listen:"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        type Setter = fn(&mut ServeArgs);
+        let cases: [(&str, Setter); 4] = [
+            ("runtime", |a| a.runtime = Some("podman".into())),
+            ("domain", |a| a.domain = Some("bad domain".into())),
+            ("acme_directory", |a| {
+                a.acme_directory = Some("http://x".into())
+            }),
+            ("admin_key", |a| {
+                a.admin_key = Some("/nonexistent/key.pub".into())
+            }),
+        ];
+        for (key, set) in cases {
+            let mut a = args();
+            set(&mut a);
+            let err = Config::resolve(&a).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("config: {key}:")), "{err}");
+        }
+    }
+
+    #[test]
+    fn file_keys_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cygni.toml");
+        std::fs::write(&path, "domain = \"Example.COM.\"\nssh_listen = \":2022\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path.clone());
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.domain, "example.com");
+        assert_eq!(c.ssh_listen.port(), 2022);
+        // Flags win over the file.
+        a.domain = Some("flag.test".into());
+        assert_eq!(Config::resolve(&a).unwrap().domain, "flag.test");
+
+        std::fs::write(&path, "colour = \"blue\"\n").unwrap();
+        a.domain = None;
+        let err = Config::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("colour"), "{err}");
+    }
+}

@@ -1,0 +1,268 @@
+//! `cygni serve`: start-up, the task tree, and shutdown.
+//!
+//! ```text
+//! Config (validated) ──► data dir, SQLite (migrated), host key, admin key
+//!                    ──► bind SSH, HTTP, hook socket (all before serving)
+//!                    ──► spawn under one CancellationToken:
+//!                          ssh::serve · hook::serve · proxy
+//! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::git::{GitEnv, Repos};
+use crate::hook::{self, PushRegistry};
+use crate::names::KeyName;
+use crate::ssh::{self, keys, SshContext};
+use crate::state::{self, keys::Role, Db};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error(transparent)]
+    Git(#[from] crate::git::GitError),
+    #[error(transparent)]
+    Hook(#[from] hook::HookError),
+    #[error("admin key {path}: {source}")]
+    AdminKey {
+        path: PathBuf,
+        #[source]
+        source: keys::KeyError,
+    },
+    #[error("cannot find this program's path: {0}")]
+    SelfPath(std::io::Error),
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |source| DaemonError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
+}
+
+fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
+    let l = std::net::TcpListener::bind(addr).map_err(|source| DaemonError::Bind {
+        what,
+        addr,
+        source,
+    })?;
+    l.set_nonblocking(true)
+        .map_err(|source| DaemonError::Bind { what, addr, source })?;
+    Ok(l)
+}
+
+/// Make the `--admin-key` an admin on first start (idempotent by fingerprint).
+/// With no admin at all and no flag, adopt the running user's own key, as
+/// Piku does, so `cygni serve` works out of the box on a workstation.
+fn ensure_admin(db: &Db, config: &Config) -> Result<(), DaemonError> {
+    let candidate = match &config.admin_key {
+        Some(path) => Some(path.clone()),
+        None => {
+            let admins = db.call_blocking(|c| state::keys::count_admins(c))?;
+            if admins > 0 {
+                None
+            } else {
+                std::env::var_os("HOME").and_then(|home| {
+                    ["id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub"]
+                        .iter()
+                        .map(|f| Path::new(&home).join(".ssh").join(f))
+                        .find(|p| p.is_file())
+                })
+            }
+        }
+    };
+    let Some(path) = candidate else {
+        let admins = db.call_blocking(|c| state::keys::count_admins(c))?;
+        if admins == 0 {
+            tracing::warn!("no admin key: restart with --admin-key ~/.ssh/id_ed25519.pub");
+        }
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| DaemonError::AdminKey {
+        path: path.clone(),
+        source: keys::KeyError::Parse(e.to_string()),
+    })?;
+    let key = keys::parse_user_key(&text).map_err(|source| DaemonError::AdminKey {
+        path: path.clone(),
+        source,
+    })?;
+    let fingerprint = keys::fingerprint(&key);
+    let public = key.to_openssh().map_err(|e| DaemonError::AdminKey {
+        path: path.clone(),
+        source: keys::KeyError::Parse(e.to_string()),
+    })?;
+    let comment_name = KeyName::parse(key.comment().as_str_lossy()).ok();
+    db.call_blocking(move |c| {
+        if state::keys::by_fingerprint(c, &fingerprint)?.is_some() {
+            return Ok(());
+        }
+        // Prefer the key's comment as its name; fall back to admin, admin-2, ...
+        let mut names = comment_name.into_iter().chain(
+            std::iter::once("admin".to_owned())
+                .chain((2..100).map(|i| format!("admin-{i}")))
+                .filter_map(|n| KeyName::parse(&n).ok()),
+        );
+        loop {
+            let Some(name) = names.next() else {
+                return Ok(());
+            };
+            match state::keys::add(
+                c,
+                state::keys::NewKey {
+                    name: &name,
+                    fingerprint: &fingerprint,
+                    public_key: &public,
+                    role: Role::Admin,
+                },
+            ) {
+                Ok(_) => {
+                    tracing::info!(key = %name, %fingerprint, "added admin key");
+                    return Ok(());
+                }
+                Err(state::StateError::Exists(_)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    })?;
+    Ok(())
+}
+
+/// Run the daemon until SIGTERM or Ctrl-C.
+pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    let data = config.data_dir.clone();
+    create_dir(&data, 0o711)?;
+    let db = Db::open(&data.join("cygni.db"))?;
+    let host_key = keys::load_or_create_host_key(&data.join("ssh_host_ed25519_key"))?;
+    let host_fingerprint = keys::fingerprint(host_key.public_key());
+    ensure_admin(&db, &config)?;
+    let git_env = GitEnv::install(&data)?;
+    let repos = Repos::new(&data)?;
+
+    // Bind everything before serving anything: a port in use fails the
+    // start cleanly, with nothing half-running.
+    let ssh_std = bind_tcp("ssh", config.ssh_listen)?;
+    let http_std = bind_tcp("http", config.http_listen)?;
+    let hook_listener = hook::bind(&data)?;
+    let ssh_addr = ssh_std.local_addr().map_err(|source| DaemonError::Bind {
+        what: "ssh",
+        addr: config.ssh_listen,
+        source,
+    })?;
+    let http_addr = http_std.local_addr().map_err(|source| DaemonError::Bind {
+        what: "http",
+        addr: config.http_listen,
+        source,
+    })?;
+    let ssh_listener =
+        tokio::net::TcpListener::from_std(ssh_std).map_err(|source| DaemonError::Bind {
+            what: "ssh",
+            addr: ssh_addr,
+            source,
+        })?;
+
+    let pushes = Arc::new(PushRegistry::default());
+    let ctx = Arc::new(SshContext {
+        db: db.clone(),
+        repos,
+        git_env,
+        pushes: pushes.clone(),
+        hook_socket: hook::socket_path(&data),
+        cygni_bin: std::env::current_exe().map_err(DaemonError::SelfPath)?,
+        data_dir: data.clone(),
+        domain: config.domain.clone(),
+        http_port: http_addr.port(),
+    });
+
+    let host = if ssh_addr.ip().is_unspecified() {
+        "localhost".to_owned()
+    } else {
+        ssh_addr.ip().to_string()
+    };
+    println!("cygni {} ready", env!("CARGO_PKG_VERSION"));
+    println!("  ssh:   {ssh_addr} (host key {host_fingerprint})");
+    println!(
+        "  http:  {http_addr} (apps at {})",
+        ctx.app_url(&example_app())
+    );
+    println!("  data:  {}", data.display());
+    println!(
+        "  push:  git remote add cygni ssh://cygni@{host}:{}/myapp && git push cygni main",
+        ssh_addr.port()
+    );
+
+    let shutdown = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let ssh_config = Arc::new(ssh::server::russh_config(host_key));
+    tasks.spawn(ssh::server::serve(
+        ssh_listener,
+        ctx.clone(),
+        ssh_config,
+        shutdown.clone(),
+    ));
+    tasks.spawn(hook::serve(
+        hook_listener,
+        pushes,
+        Arc::new(crate::deploy::Deployer),
+        shutdown.clone(),
+    ));
+    // The HTTP listener is bound so the port is ours; the proxy serves it.
+    let _http = http_std;
+    tasks.close();
+
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    shutdown.cancel();
+    if tokio::time::timeout(Duration::from_secs(15), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some tasks did not stop within 15s; exiting anyway");
+    }
+    Ok(())
+}
+
+fn example_app() -> crate::names::AppName {
+    crate::names::AppName::parse("myapp").expect("a valid literal")
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,224 @@
+//! Bare git repositories, one per app, under `DATA/repos/APP.git`.
+//!
+//! This module owns the repositories on disk and the git configuration
+//! every `git receive-pack` / `upload-pack` Cygni spawns runs with. It knows
+//! nothing of deploys: the push hook hands pushes to `deploy`.
+
+use std::path::{Path, PathBuf};
+
+use crate::names::AppName;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("repository for {app}: {source}")]
+    Repo {
+        app: AppName,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The pinned git configuration and the one pre-receive hook, as files Cygni owns.
+///
+/// `GIT_CONFIG_GLOBAL` points at `config`, `GIT_CONFIG_SYSTEM` at an empty
+/// file, so neither the host's `/etc/gitconfig` nor root's `~/.gitconfig` can
+/// change how pushes are received.
+#[derive(Debug, Clone)]
+pub struct GitEnv {
+    pub global_config: PathBuf,
+    pub system_config: PathBuf,
+    pub hooks_dir: PathBuf,
+}
+
+/// The largest pack a push may send.
+const MAX_INPUT_SIZE: &str = "2g";
+
+/// The pre-receive hook: it calls back into the daemon, which decides.
+/// `CYGNI_BIN`, the socket and the push token come from the daemon through
+/// git's environment, so a push that did not come through Cygni's SSH server
+/// is refused rather than deployed.
+const PRE_RECEIVE: &str = r#"#!/bin/sh
+# Written by Cygni at every start; edits are overwritten.
+if [ -z "$CYGNI_BIN" ]; then
+    echo "cygni: pushes must go through Cygni's SSH server" >&2
+    exit 1
+fi
+exec "$CYGNI_BIN" hook pre-receive
+"#;
+
+impl GitEnv {
+    /// Write the config and hook under `DATA/git`, replacing old versions so
+    /// an upgraded daemon's hook is always the one that runs.
+    pub fn install(data_dir: &Path) -> Result<GitEnv, GitError> {
+        let dir = data_dir.join("git");
+        let hooks_dir = dir.join("hooks");
+        let io = |what, path: &Path| {
+            let path = path.to_owned();
+            move |source| GitError::Io { what, path, source }
+        };
+        std::fs::create_dir_all(&hooks_dir).map_err(io("cannot create", &hooks_dir))?;
+        let global_config = dir.join("config");
+        let system_config = dir.join("system-config");
+        let config = format!(
+            "[core]\n\thooksPath = {hooks}\n\
+             [receive]\n\tfsckObjects = true\n\tdenyDeletes = true\n\tmaxInputSize = {MAX_INPUT_SIZE}\n\
+             [transfer]\n\tfsckObjects = true\n\
+             [uploadpack]\n\tallowFilter = true\n",
+            hooks = hooks_dir.display()
+        );
+        write_atomic(&global_config, config.as_bytes(), 0o644)?;
+        write_atomic(&system_config, b"", 0o644)?;
+        write_atomic(
+            &hooks_dir.join("pre-receive"),
+            PRE_RECEIVE.as_bytes(),
+            0o755,
+        )?;
+        Ok(GitEnv {
+            global_config,
+            system_config,
+            hooks_dir,
+        })
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), GitError> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = path.with_extension("tmp");
+    let io = |what, p: &Path| {
+        let path = p.to_owned();
+        move |source| GitError::Io { what, path, source }
+    };
+    std::fs::write(&tmp, bytes).map_err(io("cannot write", &tmp))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+        .map_err(io("cannot chmod", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(io("cannot replace", path))
+}
+
+/// The repositories directory.
+#[derive(Debug, Clone)]
+pub struct Repos {
+    root: PathBuf,
+}
+
+impl Repos {
+    pub fn new(data_dir: &Path) -> Result<Repos, GitError> {
+        let root = data_dir.join("repos");
+        std::fs::create_dir_all(&root).map_err(|source| GitError::Io {
+            what: "cannot create",
+            path: root.clone(),
+            source,
+        })?;
+        Ok(Repos { root })
+    }
+
+    /// The absolute path of an app's repository. `AppName` cannot contain
+    /// `/` or `.`, so this always stays inside the repos directory.
+    pub fn path(&self, app: &AppName) -> PathBuf {
+        self.root.join(format!("{app}.git"))
+    }
+
+    pub fn exists(&self, app: &AppName) -> bool {
+        self.path(app).join("HEAD").is_file()
+    }
+
+    /// Create the bare repository (idempotent).
+    pub fn create(&self, app: &AppName) -> Result<PathBuf, GitError> {
+        let path = self.path(app);
+        if !self.exists(app) {
+            let mut opts = git2::RepositoryInitOptions::new();
+            opts.bare(true).initial_head("main").mkdir(true);
+            git2::Repository::init_opts(&path, &opts).map_err(|source| GitError::Repo {
+                app: app.clone(),
+                source,
+            })?;
+        }
+        Ok(path)
+    }
+
+    /// Remove the repository and everything in it. A missing repo is fine.
+    pub fn remove(&self, app: &AppName) -> Result<(), GitError> {
+        let path = self.path(app);
+        match std::fs::remove_dir_all(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(GitError::Io {
+                what: "cannot remove",
+                path,
+                source,
+            }),
+        }
+    }
+
+    /// Bytes used on disk by the repository.
+    pub fn size(&self, app: &AppName) -> u64 {
+        dir_size(&self.path(app))
+    }
+
+    /// The branches and their commit ids, for `apps:info`.
+    pub fn branches(&self, app: &AppName) -> Result<Vec<(String, String)>, GitError> {
+        let err = |source| GitError::Repo {
+            app: app.clone(),
+            source,
+        };
+        let repo = git2::Repository::open_bare(self.path(app)).map_err(err)?;
+        let mut out = Vec::new();
+        for b in repo.branches(Some(git2::BranchType::Local)).map_err(err)? {
+            let (b, _) = b.map_err(err)?;
+            if let (Ok(Some(name)), Some(oid)) = (b.name(), b.get().target()) {
+                out.push((name.to_owned(), oid.to_string()));
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_is_idempotent_and_stays_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let repos = Repos::new(dir.path()).unwrap();
+        let app = AppName::parse("shop").unwrap();
+        let p = repos.create(&app).unwrap();
+        assert!(p.starts_with(dir.path().join("repos")));
+        assert!(repos.exists(&app));
+        repos.create(&app).unwrap();
+        assert!(repos.size(&app) > 0);
+        repos.remove(&app).unwrap();
+        assert!(!repos.exists(&app));
+        repos.remove(&app).unwrap();
+    }
+
+    #[test]
+    fn env_files_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = GitEnv::install(dir.path()).unwrap();
+        let cfg = std::fs::read_to_string(&env.global_config).unwrap();
+        assert!(cfg.contains("fsckObjects = true"));
+        assert!(cfg.contains("denyDeletes = true"));
+        assert!(env.hooks_dir.join("pre-receive").is_file());
+    }
+}

@@ -1,0 +1,200 @@
+//! The git bridge: an SSH channel on one side, `git receive-pack` or
+//! `git upload-pack` on the other.
+//!
+//! The repository argument is parsed as an [`AppName`] before it touches a
+//! path or a process, so `'../../etc'` or `'--upload-pack=touch x'` never
+//! get further than the parser. git runs with the repo's absolute path, an
+//! environment built from nothing, and config files Cygni owns.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use super::commands::CommandError;
+use super::{visible_app, Exec};
+use crate::hook::PushSession;
+use crate::names::AppName;
+use crate::state;
+
+/// The PATH git and its hook run with.
+const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    Receive,
+    Upload,
+}
+
+/// `'APP'`, `'/APP'`, `'APP.git'` and `'/APP.git'` all name the app `APP`.
+pub fn parse_repo_arg(arg: &str) -> Result<AppName, CommandError> {
+    let trimmed = arg.strip_prefix('/').unwrap_or(arg);
+    let trimmed = trimmed.strip_suffix(".git").unwrap_or(trimmed);
+    AppName::parse(trimmed).map_err(|_| {
+        CommandError::Invalid(format!(
+            "invalid repository {arg:?}: use ssh://cygni@HOST:PORT/APP where APP is a valid app name"
+        ))
+    })
+}
+
+/// Serve one git request; returns the exit status for the channel.
+pub(crate) async fn serve(exec: &mut Exec, words: &[String]) -> u32 {
+    match serve_inner(exec, words).await {
+        Ok(status) => status,
+        Err(e) => {
+            exec.stderr(format!("error: {e}\n")).await;
+            1
+        }
+    }
+}
+
+async fn serve_inner(exec: &mut Exec, words: &[String]) -> Result<u32, CommandError> {
+    let service = match words[0].as_str() {
+        "git-receive-pack" => Service::Receive,
+        _ => Service::Upload,
+    };
+    let [_, arg] = words else {
+        return Err(CommandError::Invalid(format!(
+            "{} takes exactly one repository argument",
+            words[0]
+        )));
+    };
+    let app = parse_repo_arg(arg)?;
+    let ctx = exec.ctx.clone();
+
+    // An admin's first push to an unknown app creates it.
+    match visible_app(&ctx, &exec.identity, &app).await {
+        Ok(_) => {}
+        Err(CommandError::AppNotFound(_))
+            if service == Service::Receive && exec.identity.is_admin() =>
+        {
+            let name = app.clone();
+            match ctx.db.call(move |c| state::apps::create(c, &name)).await {
+                Ok(_) | Err(state::StateError::Exists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+            exec.stderr(format!("-----> Created app {app}\n")).await;
+        }
+        Err(e) => return Err(e),
+    }
+    let repo_path = ctx.repos.create(&app)?;
+
+    let mut cmd = Command::new("git");
+    cmd.arg(match service {
+        Service::Receive => "receive-pack",
+        Service::Upload => "upload-pack",
+    })
+    .arg(&repo_path)
+    .env_clear()
+    .env("PATH", SAFE_PATH)
+    .env("HOME", &ctx.data_dir)
+    .env("LANG", "C.UTF-8")
+    .env("GIT_CONFIG_GLOBAL", &ctx.git_env.global_config)
+    .env("GIT_CONFIG_SYSTEM", &ctx.git_env.system_config)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    if let Some(proto) = &exec.git_protocol {
+        cmd.env("GIT_PROTOCOL", proto);
+    }
+    // Held until git exits: the hook's token is valid only for this push.
+    let _token = match service {
+        Service::Receive => {
+            let token = ctx.pushes.register(PushSession {
+                app: app.clone(),
+                key_name: exec.identity.key_name.clone(),
+            });
+            cmd.env("CYGNI_BIN", &ctx.cygni_bin)
+                .env("CYGNI_HOOK_SOCKET", &ctx.hook_socket)
+                .env("CYGNI_PUSH_TOKEN", &token.token);
+            Some(token)
+        }
+        Service::Upload => None,
+    };
+
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| CommandError::Internal(format!("cannot start git: {e}")))?;
+    let (Some(mut stdin), Some(mut stdout), Some(mut stderr)) =
+        (child.stdin.take(), child.stdout.take(), child.stderr.take())
+    else {
+        return Err(CommandError::Internal("git pipes missing".into()));
+    };
+
+    // client → git stdin, until the client's EOF. Runs beside the copies
+    // below; it ends by itself when stdin ends or git stops reading.
+    let mut client_in = std::mem::replace(&mut exec.stdin, tokio::sync::mpsc::channel(1).1);
+    let to_git = tokio::spawn(async move {
+        while let Some(chunk) = client_in.recv().await {
+            if stdin.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        // Dropping stdin closes git's input.
+        drop(stdin);
+        // Keep draining so the channel pump never blocks on us.
+        while client_in.recv().await.is_some() {}
+    });
+
+    let out = &exec.out;
+    let copy_out = async {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.data_bytes(buf[..n].to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let copy_err = async {
+        let mut buf = vec![0u8; 8 * 1024];
+        loop {
+            match stderr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out.extended_data_bytes(1, buf[..n].to_vec()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    tokio::join!(copy_out, copy_err);
+    let status = child
+        .wait()
+        .await
+        .map_err(|e| CommandError::Internal(format!("waiting for git: {e}")))?;
+    to_git.abort();
+    Ok(status.code().map(|c| c as u32).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_args() {
+        for ok in ["shop", "/shop", "shop.git", "/shop.git"] {
+            assert_eq!(parse_repo_arg(ok).unwrap().as_str(), "shop", "{ok}");
+        }
+        for bad in [
+            "../../etc",
+            "/../shop",
+            "--upload-pack=touch x",
+            "shop/../x",
+            "~/shop",
+            "",
+            "/",
+            "Shop",
+            "shop.git.git",
+        ] {
+            let err = parse_repo_arg(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid repository"), "{bad:?}: {err}");
+        }
+    }
+}

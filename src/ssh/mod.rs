@@ -1,0 +1,167 @@
+//! The SSH front door: `git push` and admin commands.
+//!
+//! - `server.rs`: listener, limits, authentication, channel requests;
+//! - `git.rs`: the bridge between a channel and `git receive-pack` /
+//!   `git upload-pack`;
+//! - `commands.rs`: the admin command grammar and what each command does;
+//! - `keys.rs`: host key and user public keys.
+//!
+//! An exec string is split into words (never given to a shell) and goes to
+//! exactly one of git or commands. Both report one exit status.
+
+pub mod commands;
+pub mod git;
+pub mod keys;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use russh::server::Msg;
+use russh::ChannelWriteHalf;
+use tokio::sync::mpsc;
+
+use crate::git::{GitEnv, Repos};
+use crate::hook::PushRegistry;
+use crate::state::{self, keys::Role, Db};
+
+/// What the SSH side needs from the rest of the daemon.
+pub struct SshContext {
+    pub db: Db,
+    pub repos: Repos,
+    pub git_env: GitEnv,
+    pub pushes: Arc<PushRegistry>,
+    pub hook_socket: PathBuf,
+    /// This binary, which the pre-receive hook runs as `cygni hook pre-receive`.
+    pub cygni_bin: PathBuf,
+    pub data_dir: PathBuf,
+    /// Apps are at `http://APP.DOMAIN[:PORT]`.
+    pub domain: String,
+    pub http_port: u16,
+}
+
+impl SshContext {
+    /// The URL an app is served at, for messages.
+    pub fn app_url(&self, app: &crate::names::AppName) -> String {
+        match self.http_port {
+            80 => format!("http://{app}.{}", self.domain),
+            port => format!("http://{app}.{}:{port}", self.domain),
+        }
+    }
+}
+
+/// Who is on the other end, decided once the key's signature is verified.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub key_name: String,
+    pub fingerprint: String,
+    pub role: Role,
+}
+
+impl Identity {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+}
+
+/// One `exec` request in flight.
+pub(crate) struct Exec {
+    pub ctx: Arc<SshContext>,
+    pub identity: Identity,
+    pub peer: SocketAddr,
+    pub git_protocol: Option<String>,
+    /// The client's stdin; ends at the client's EOF.
+    pub stdin: mpsc::Receiver<Bytes>,
+    pub out: ChannelWriteHalf<Msg>,
+}
+
+impl Exec {
+    pub async fn stdout(&self, bytes: impl Into<Bytes>) {
+        // A client that went away is not an error worth reporting.
+        let _ = self.out.data_bytes(bytes.into()).await;
+    }
+
+    pub async fn stderr(&self, bytes: impl Into<Bytes>) {
+        let _ = self.out.extended_data_bytes(1, bytes.into()).await;
+    }
+
+    /// Read stdin to its end, refusing more than `limit` bytes.
+    pub async fn read_stdin(&mut self, limit: usize) -> Result<Vec<u8>, commands::CommandError> {
+        let mut buf = Vec::new();
+        while let Some(chunk) = self.stdin.recv().await {
+            if buf.len() + chunk.len() > limit {
+                return Err(commands::CommandError::Invalid(format!(
+                    "input is larger than {limit} bytes"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(buf)
+    }
+}
+
+/// Run one exec request to completion and close the channel with its status.
+pub(crate) async fn run_exec(mut exec: Exec, command: String) {
+    let status = match shell_words::split(&command) {
+        Err(_) => {
+            exec.stderr("error: unbalanced quotes in the command\n")
+                .await;
+            2
+        }
+        Ok(words) => match words.first().map(String::as_str) {
+            Some("git-receive-pack") | Some("git-upload-pack") => {
+                git::serve(&mut exec, &words).await
+            }
+            Some("git-upload-archive") => {
+                exec.stderr("error: git-upload-archive is not supported\n")
+                    .await;
+                1
+            }
+            _ => commands::run(&mut exec, words).await,
+        },
+    };
+    tracing::info!(peer = %exec.peer, key = %exec.identity.key_name, command = %first_word(&command), status, "ssh exec");
+    // Drop stdin first so a pump blocked on a full queue moves on.
+    exec.stdin.close();
+    let _ = exec.out.exit_status(status).await;
+    let _ = exec.out.eof().await;
+    let _ = exec.out.close().await;
+}
+
+/// For logs: the command without its arguments, which may hold secrets.
+fn first_word(command: &str) -> &str {
+    command.split_whitespace().next().unwrap_or("")
+}
+
+/// Look an app up as `identity` may see it: admins see every app, deployers
+/// only those granted to them. Anything else is "app not found", so that a
+/// deployer cannot even learn which apps exist.
+pub(crate) async fn visible_app(
+    ctx: &SshContext,
+    identity: &Identity,
+    app: &crate::names::AppName,
+) -> Result<state::apps::App, commands::CommandError> {
+    let name = app.clone();
+    let fingerprint = identity.fingerprint.clone();
+    let (found, key) = ctx
+        .db
+        .call(move |c| {
+            Ok((
+                state::apps::get(c, &name)?,
+                state::keys::by_fingerprint(c, &fingerprint)?,
+            ))
+        })
+        .await?;
+    // Re-read the key: a grant or the key itself may have changed since login.
+    let allowed = match key {
+        Some(k) if k.role == Role::Admin => true,
+        Some(k) => k.apps.contains(app),
+        None => false,
+    };
+    match found {
+        Some(a) if allowed => Ok(a),
+        _ => Err(commands::CommandError::AppNotFound(app.to_string())),
+    }
+}

@@ -1,0 +1,115 @@
+//! The `apps` table: which apps exist.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{now, write_tx, StateError};
+use crate::names::AppName;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct App {
+    #[serde(skip)]
+    pub id: i64,
+    pub name: AppName,
+    pub created_at: i64,
+    /// None: `main`, or `master` when only that exists.
+    pub deploy_branch: Option<String>,
+}
+
+fn row_to_app(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
+    let name: String = r.get(1)?;
+    // Names are validated before insert; a bad row means someone edited the
+    // file by hand, which we surface as a conversion error, not a panic.
+    let name = AppName::parse(&name).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(App {
+        id: r.get(0)?,
+        name,
+        created_at: r.get(2)?,
+        deploy_branch: r.get(3)?,
+    })
+}
+
+const COLUMNS: &str = "id, name, created_at, deploy_branch";
+
+pub fn create(conn: &mut Connection, name: &AppName) -> Result<App, StateError> {
+    let tx = write_tx(conn)?;
+    let exists: bool = tx
+        .query_row(
+            "SELECT 1 FROM apps WHERE name = ?1",
+            [name.as_str()],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    if exists {
+        return Err(StateError::Exists(format!("app {name}")));
+    }
+    let created_at = now();
+    tx.execute(
+        "INSERT INTO apps (name, created_at) VALUES (?1, ?2)",
+        params![name.as_str(), created_at],
+    )?;
+    let id = tx.last_insert_rowid();
+    tx.commit()?;
+    Ok(App {
+        id,
+        name: name.clone(),
+        created_at,
+        deploy_branch: None,
+    })
+}
+
+pub fn get(conn: &Connection, name: &AppName) -> Result<Option<App>, StateError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM apps WHERE name = ?1"),
+            [name.as_str()],
+            row_to_app,
+        )
+        .optional()?)
+}
+
+pub fn list(conn: &Connection) -> Result<Vec<App>, StateError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM apps ORDER BY name"))?;
+    let apps = stmt
+        .query_map([], row_to_app)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(apps)
+}
+
+/// Delete an app and everything that references it (grants cascade).
+pub fn delete(conn: &mut Connection, name: &AppName) -> Result<(), StateError> {
+    let tx = write_tx(conn)?;
+    let n = tx.execute("DELETE FROM apps WHERE name = ?1", [name.as_str()])?;
+    if n == 0 {
+        return Err(StateError::NotFound(format!("app {name}")));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_db;
+
+    #[test]
+    fn create_get_list_delete() {
+        let (_dir, db) = test_db();
+        let a = AppName::parse("shop").unwrap();
+        let b = AppName::parse("blog").unwrap();
+        db.call_blocking(|c| {
+            create(c, &a)?;
+            create(c, &b)?;
+            assert!(matches!(create(c, &a), Err(StateError::Exists(_))));
+            let names: Vec<_> = list(c)?.into_iter().map(|x| x.name).collect();
+            assert_eq!(names, vec![b.clone(), a.clone()]);
+            delete(c, &a)?;
+            assert!(get(c, &a)?.is_none());
+            assert!(matches!(delete(c, &a), Err(StateError::NotFound(_))));
+            Ok(())
+        })
+        .unwrap();
+    }
+}

@@ -1,0 +1,194 @@
+//! State: the one SQLite file, and plain functions over a connection.
+//!
+//! - `mod.rs` opens the database (WAL, foreign keys, busy timeout) and runs
+//!   the numbered migrations;
+//! - one file per table family (`apps.rs`, `keys.rs`, ...).
+//!
+//! Writes run in `BEGIN IMMEDIATE` transactions so that two writers never
+//! deadlock on a lock upgrade. Async code reaches the connection only through
+//! [`Db::call`], which runs on tokio's blocking pool, so SQLite never stalls
+//! an async worker.
+
+pub mod apps;
+pub mod keys;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, Transaction, TransactionBehavior};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("database migration {version} failed: {source}")]
+    Migrate {
+        version: usize,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the database is from a newer Cygni (schema {found}, this build knows {known})")]
+    TooNew { found: usize, known: usize },
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("{0} already exists")]
+    Exists(String),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// Numbered migrations: index + 1 is the schema version (`PRAGMA user_version`).
+/// Never edit one that has shipped; append a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: apps, SSH keys and deployer grants.
+    "CREATE TABLE apps (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        deploy_branch TEXT
+    );
+    CREATE TABLE keys (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        fingerprint TEXT NOT NULL UNIQUE,
+        public_key TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'deployer')),
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE grants (
+        key_id INTEGER NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        PRIMARY KEY (key_id, app_id)
+    );",
+];
+
+/// A handle to the database, cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Db {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub fn open(path: &Path) -> Result<Db, StateError> {
+        let open_err = |source| StateError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
+        migrate(&mut conn)?;
+        Ok(Db {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Run `f` on the connection from async code, on the blocking pool.
+    pub async fn call<F, R>(&self, f: F) -> Result<R, StateError>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, StateError> + Send + 'static,
+        R: Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || db.call_blocking(f))
+            .await
+            .map_err(|e| StateError::Task(e.to_string()))?
+    }
+
+    /// Run `f` on the connection from a blocking context.
+    pub fn call_blocking<F, R>(&self, f: F) -> Result<R, StateError>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, StateError>,
+    {
+        // A panic while holding the lock poisons it; the connection itself is
+        // still consistent (SQLite rolled back the open transaction), so go on.
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+}
+
+/// Start a write transaction that takes the write lock up front.
+pub fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>, StateError> {
+    Ok(conn.transaction_with_behavior(TransactionBehavior::Immediate)?)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StateError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let current = usize::try_from(current).unwrap_or(usize::MAX);
+    if current > MIGRATIONS.len() {
+        return Err(StateError::TooNew {
+            found: current,
+            known: MIGRATIONS.len(),
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+        let version = i + 1;
+        let tx = write_tx(conn)?;
+        tx.execute_batch(sql)
+            .and_then(|()| tx.pragma_update(None, "user_version", version as i64))
+            .map_err(|source| StateError::Migrate { version, source })?;
+        tx.commit()
+            .map_err(|source| StateError::Migrate { version, source })?;
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch, for `created_at` columns.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) fn test_db() -> (tempfile::TempDir, Db) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(&dir.path().join("cygni.db")).expect("open db");
+    (dir, db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_idempotent_and_versioned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        drop(Db::open(&path).unwrap());
+        let db = Db::open(&path).unwrap();
+        let v: i64 = db
+            .call_blocking(|c| Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(v as usize, MIGRATIONS.len());
+        let mode: String = db
+            .call_blocking(|c| Ok(c.pragma_query_value(None, "journal_mode", |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 999).unwrap();
+        drop(conn);
+        assert!(matches!(Db::open(&path), Err(StateError::TooNew { .. })));
+    }
+}
