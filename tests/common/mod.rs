@@ -1,0 +1,414 @@
+//! The end-to-end harness: a real `cygni serve` on free loopback ports in a
+//! temp dir, driven with the real OpenSSH client, git and curl.
+//!
+//! ```ignore
+//! let d = TestDaemon::start();
+//! let out = d.ssh(&d.admin, "apps:create shop");
+//! out.ok();
+//! ```
+
+#![allow(dead_code)] // each test file uses a different part of the harness
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A key pair made with ssh-keygen.
+#[derive(Clone, Debug)]
+pub struct Key {
+    pub private: PathBuf,
+    pub public: PathBuf,
+}
+
+impl Key {
+    pub fn generate(dir: &Path, name: &str) -> Key {
+        Key::generate_typed(dir, name, &["-t", "ed25519"])
+    }
+
+    pub fn generate_typed(dir: &Path, name: &str, type_args: &[&str]) -> Key {
+        let private = dir.join(name);
+        let st = Command::new("ssh-keygen")
+            .args(["-q", "-N", "", "-C", name, "-f"])
+            .arg(&private)
+            .args(type_args)
+            .status()
+            .expect("ssh-keygen runs");
+        assert!(st.success(), "ssh-keygen failed for {name}");
+        Key {
+            public: private.with_extension("pub"),
+            private,
+        }
+    }
+
+    pub fn public_text(&self) -> String {
+        std::fs::read_to_string(&self.public).expect("read public key")
+    }
+}
+
+/// What a command printed and how it exited.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    fn from(o: std::process::Output) -> Out {
+        Out {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    /// Assert success and return self.
+    #[track_caller]
+    pub fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "expected success, got {self:#?}");
+        self
+    }
+
+    /// Assert failure whose stderr contains `needle`.
+    #[track_caller]
+    pub fn fails_with(self, needle: &str) -> Out {
+        assert_ne!(self.code, 0, "expected failure, got {self:#?}");
+        assert!(
+            self.stderr.contains(needle),
+            "stderr should contain {needle:?}: {self:#?}"
+        );
+        self
+    }
+}
+
+pub struct TestDaemon {
+    pub dir: tempfile::TempDir,
+    pub data_dir: PathBuf,
+    pub admin: Key,
+    pub ssh_port: u16,
+    pub http_port: u16,
+    pub host_fingerprint: String,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl TestDaemon {
+    pub fn start() -> TestDaemon {
+        TestDaemon::start_with(&[])
+    }
+
+    pub fn start_with(extra_args: &[&str]) -> TestDaemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Apps run as an unprivileged user when the tests run as root; let
+        // that user reach into the temp dir.
+        set_mode(dir.path(), 0o755);
+        let admin = Key::generate(dir.path(), "admin");
+        let mut d = TestDaemon {
+            data_dir: dir.path().join("data"),
+            dir,
+            admin,
+            ssh_port: 0,
+            http_port: 0,
+            host_fingerprint: String::new(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("daemon log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cygni"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--ssh-listen", "127.0.0.1:0"])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .args(["--https-listen", "127.0.0.1:0"])
+            .arg("--admin-key")
+            .arg(&self.admin.public)
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,cygni=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start cygni serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (mut ssh, mut http, mut fp) = (None, None, None);
+        while ssh.is_none() || http.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => panic!(
+                    "cygni serve did not print its addresses in time; log:\n{}",
+                    self.log()
+                ),
+            };
+            if let Some(rest) = line.trim().strip_prefix("ssh:") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                ssh = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+                fp = rest
+                    .split("host key ")
+                    .nth(1)
+                    .map(|s| s.trim_end_matches(')').to_string());
+            } else if let Some(rest) = line.trim().strip_prefix("http:") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                http = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            }
+        }
+        self.ssh_port = ssh.expect("ssh port");
+        self.http_port = http.expect("http port");
+        self.host_fingerprint = fp.unwrap_or_default();
+        self.child = Some(child);
+    }
+
+    /// The daemon's stderr so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Stop with SIGTERM and wait (bounded) for a clean exit; returns its code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cygni did not stop within 20s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        let code = self.stop();
+        assert_eq!(code, Some(0), "clean exit on SIGTERM; log:\n{}", self.log());
+        self.spawn();
+    }
+
+    pub fn new_key(&self, name: &str) -> Key {
+        Key::generate(self.dir.path(), name)
+    }
+
+    /// Add a key through the admin's `keys:add`.
+    pub fn add_key(&self, name: &str, role: &str) -> Key {
+        let key = self.new_key(name);
+        self.ssh_stdin(
+            &self.admin,
+            &format!("keys:add {name} --role {role}"),
+            key.public_text().as_bytes(),
+        )
+        .ok();
+        key
+    }
+
+    fn ssh_base(&self, key: &Key) -> Command {
+        let mut c = Command::new("ssh");
+        c.arg("-p")
+            .arg(self.ssh_port.to_string())
+            .arg("-i")
+            .arg(&key.private)
+            .args(ssh_opts())
+            .arg("cygni@127.0.0.1");
+        c
+    }
+
+    /// `ssh cygni@127.0.0.1 COMMAND` with `key`. `command` is sent as the
+    /// exec string, as ssh would send it.
+    pub fn ssh(&self, key: &Key, command: &str) -> Out {
+        let out = self
+            .ssh_base(key)
+            .arg(command)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh");
+        Out::from(out)
+    }
+
+    pub fn ssh_stdin(&self, key: &Key, command: &str, stdin: &[u8]) -> Out {
+        let mut child = self
+            .ssh_base(key)
+            .arg(command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run ssh");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write stdin");
+        Out::from(child.wait_with_output().expect("ssh output"))
+    }
+
+    pub fn remote(&self, app: &str) -> String {
+        format!("ssh://cygni@127.0.0.1:{}/{app}", self.ssh_port)
+    }
+
+    /// Run git in `cwd` with `key` as its SSH identity.
+    pub fn git(&self, key: &Key, cwd: &Path, args: &[&str]) -> Out {
+        let ssh = format!("ssh -i {} {}", key.private.display(), ssh_opts().join(" "));
+        let out = git_cmd(cwd)
+            .env("GIT_SSH_COMMAND", ssh)
+            .args(args)
+            .output()
+            .expect("run git");
+        Out::from(out)
+    }
+
+    /// `curl -H 'Host: HOST' http://127.0.0.1:HTTP_PORT/PATH`: (status, body).
+    pub fn curl(&self, host: &str, path: &str) -> (u16, String) {
+        curl(self.http_port, host, path)
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM first so the daemon stops its apps; then make sure.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn ssh_opts() -> Vec<&'static str> {
+    vec![
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "LogLevel=ERROR",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+}
+
+/// git with no user or system config in play.
+pub fn git_cmd(cwd: &Path) -> Command {
+    let mut c = Command::new("git");
+    c.current_dir(cwd)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com");
+    c
+}
+
+/// A fresh git repo holding a copy of `files` (path, contents), committed on `main`.
+pub fn make_repo(dir: &Path, files: &[(&str, &str)]) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("repo dir");
+    for (path, contents) in files {
+        let p = dir.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&p, contents).expect("write file");
+    }
+    run_ok(git_cmd(dir).args(["init", "-q", "-b", "main"]));
+    commit_all(dir, "initial");
+    dir.to_owned()
+}
+
+pub fn commit_all(dir: &Path, message: &str) {
+    run_ok(git_cmd(dir).args(["add", "-A"]));
+    run_ok(git_cmd(dir).args(["commit", "-q", "--allow-empty", "-m", message]));
+}
+
+pub fn head_sha(dir: &Path) -> String {
+    let out = git_cmd(dir)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .expect("rev-parse");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().expect("run command");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// One curl request: (status, body). Status 0 when the connection failed.
+pub fn curl(port: u16, host: &str, path: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-o", "-", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Host: {host}"))
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// Poll `f` until it returns Some, or panic with `what` at the deadline.
+#[track_caller]
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Docker and Pebble tests may skip on a developer machine, loudly; under
+/// CI=true a skip is a failure.
+pub fn skip_or_fail(reason: &str) {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true and this test cannot run: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
