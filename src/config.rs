@@ -99,6 +99,7 @@ struct FileConfig {
     acme_email: Option<String>,
     acme_ca: Option<PathBuf>,
     boot_timeout_secs: Option<u64>,
+    buildpacks_dir: Option<PathBuf>,
 }
 
 /// Which runtime backend to use.
@@ -140,6 +141,8 @@ pub struct Config {
     pub acme_ca: Option<PathBuf>,
     /// How long a new `web` instance has to pass its health check.
     pub boot_timeout: Duration,
+    /// Where the shipped buildpacks are (config file key `buildpacks_dir`).
+    pub buildpacks_dir: PathBuf,
 }
 
 impl Config {
@@ -243,6 +246,17 @@ impl Config {
             return Err(invalid("boot_timeout_secs", "must be at least 1"));
         }
 
+        let buildpacks_dir = match file.buildpacks_dir {
+            Some(dir) if dir.is_dir() => dir,
+            Some(dir) => {
+                return Err(invalid(
+                    "buildpacks_dir",
+                    format!("{} is not a directory", dir.display()),
+                ))
+            }
+            None => default_buildpacks_dir(),
+        };
+
         Ok(Config {
             data_dir,
             ssh_listen,
@@ -255,7 +269,19 @@ impl Config {
             acme_email,
             acme_ca,
             boot_timeout,
+            buildpacks_dir,
         })
+    }
+}
+
+/// The installer puts buildpacks in /usr/share/cygni; a build from source
+/// uses the tree it was built from.
+fn default_buildpacks_dir() -> PathBuf {
+    let installed = PathBuf::from("/usr/share/cygni/buildpacks");
+    if installed.is_dir() {
+        installed
+    } else {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("buildpacks")
     }
 }
 

@@ -4,7 +4,9 @@
 //! Config (validated) ──► data dir, SQLite (migrated), host key, admin key
 //!                    ──► bind SSH, HTTP, hook socket (all before serving)
 //!                    ──► spawn under one CancellationToken:
-//!                          ssh::serve · hook::serve · proxy
+//!                          ssh::serve · hook::serve · proxy · reconcile loop
+//! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
+//!                  ──► the local runtime stops its instances
 //! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
 //! ```
 
@@ -16,7 +18,11 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, RuntimeChoice};
+use crate::deploy::{self, Paths, Platform};
+use crate::logs::LogStore;
+use crate::proxy::{self, Challenges, ProxyConfig, RouteTable, Routes};
+use crate::runtime::local::{LocalConfig, LocalRuntime, RunAs};
 use crate::git::{GitEnv, Repos};
 use crate::hook::{self, PushRegistry};
 use crate::names::KeyName;
@@ -54,6 +60,10 @@ pub enum DaemonError {
     },
     #[error("cannot find this program's path: {0}")]
     SelfPath(std::io::Error),
+    #[error(transparent)]
+    Logs(#[from] crate::logs::LogError),
+    #[error("the {0} runtime is not available in this build yet: use --runtime local")]
+    RuntimeUnavailable(&'static str),
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -155,6 +165,11 @@ fn ensure_admin(db: &Db, config: &Config) -> Result<(), DaemonError> {
 
 /// Run the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
+    match config.runtime {
+        RuntimeChoice::Auto | RuntimeChoice::Local => {}
+        RuntimeChoice::Docker => return Err(DaemonError::RuntimeUnavailable("docker")),
+        RuntimeChoice::Kube => return Err(DaemonError::RuntimeUnavailable("kube")),
+    }
     let data = config.data_dir.clone();
     create_dir(&data, 0o711)?;
     let db = Db::open(&data.join("cygni.db"))?;
@@ -163,6 +178,39 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     ensure_admin(&db, &config)?;
     let git_env = GitEnv::install(&data)?;
     let repos = Repos::new(&data)?;
+    let interrupted = db.call_blocking(|c| state::releases::fail_unfinished(c))?;
+    if interrupted > 0 {
+        tracing::warn!(interrupted, "marked deploys interrupted by the last stop as failed");
+    }
+    for dir in ["slugs", "cache"] {
+        create_dir(&data.join(dir), 0o711)?;
+    }
+    let logs = Arc::new(LogStore::open(&data.join("logs"))?);
+    let run_as = RunAs::resolve_default();
+    let runtime = Arc::new(LocalRuntime::new(
+        LocalConfig {
+            run_as: run_as.clone(),
+            ..LocalConfig::default()
+        },
+        logs.clone(),
+    ));
+    let routes = Arc::new(RouteTable::new(Routes::empty()));
+    let challenges = Challenges::shared();
+    let platform = Arc::new(Platform::new(
+        db.clone(),
+        repos.clone(),
+        runtime.clone(),
+        routes.clone(),
+        logs,
+        Paths {
+            slugs: data.join("slugs"),
+            cache: data.join("cache"),
+            buildpacks: config.buildpacks_dir.clone(),
+        },
+        config.domain.clone(),
+        config.boot_timeout,
+        run_as.map(|r| (r.uid, r.gid)),
+    ));
 
     // Bind everything before serving anything: a port in use fails the
     // start cleanly, with nothing half-running.
@@ -197,6 +245,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         data_dir: data.clone(),
         domain: config.domain.clone(),
         http_port: http_addr.port(),
+        platform: platform.clone(),
     });
 
     let host = if ssh_addr.ip().is_unspecified() {
@@ -228,11 +277,24 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     tasks.spawn(hook::serve(
         hook_listener,
         pushes,
-        Arc::new(crate::deploy::Deployer),
+        platform.clone(),
         shutdown.clone(),
     ));
-    // The HTTP listener is bound so the port is ours; the proxy serves it.
-    let _http = http_std;
+    let proxy_shutdown = shutdown.clone();
+    tasks.spawn(async move {
+        if let Err(e) = proxy::serve_http(
+            http_std,
+            routes,
+            challenges,
+            ProxyConfig::default(),
+            proxy_shutdown,
+        )
+        .await
+        {
+            tracing::error!(error = %e, "the HTTP proxy stopped");
+        }
+    });
+    tasks.spawn(deploy::reconcile::run(platform, shutdown.clone()));
     tasks.close();
 
     wait_for_signal().await;
@@ -244,6 +306,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     {
         tracing::warn!("some tasks did not stop within 15s; exiting anyway");
     }
+    // Local instances are children of the daemon: stop them with it. The
+    // next start's reconcile brings the live releases back.
+    runtime.shutdown().await;
     Ok(())
 }
 

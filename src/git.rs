@@ -4,6 +4,7 @@
 //! every `git receive-pack` / `upload-pack` Cygni spawns runs with. It knows
 //! nothing of deploys: the push hook hands pushes to `deploy`.
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::names::AppName;
@@ -16,6 +17,8 @@ pub enum GitError {
         #[source]
         source: git2::Error,
     },
+    #[error("{0}")]
+    Tree(String),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -179,6 +182,126 @@ impl Repos {
     }
 }
 
+/// Open an app's repository so that it also sees a push's quarantined
+/// objects: while pre-receive runs, the pushed objects are not yet in the
+/// repository proper, only in the directories git names in the hook's env.
+pub fn open_pushed(
+    repo_path: &Path,
+    object_dirs: &[PathBuf],
+) -> Result<git2::Repository, git2::Error> {
+    let repo = git2::Repository::open_bare(repo_path)?;
+    {
+        let odb = repo.odb()?;
+        for dir in object_dirs {
+            if dir.is_dir() {
+                odb.add_disk_alternate(&dir.to_string_lossy())?;
+            }
+        }
+    }
+    Ok(repo)
+}
+
+/// A regular file's bytes at `path` in commit `sha`, read from git objects,
+/// never from a checkout: a symlinked `Procfile` is not followed (None).
+pub fn read_file(
+    repo: &git2::Repository,
+    sha: &str,
+    path: &str,
+) -> Result<Option<Vec<u8>>, GitError> {
+    let err = |e: git2::Error| GitError::Tree(format!("reading {path} at {sha}: {}", e.message()));
+    let oid = git2::Oid::from_str(sha).map_err(err)?;
+    let tree = repo.find_commit(oid).map_err(err)?.tree().map_err(err)?;
+    let entry = match tree.get_path(Path::new(path)) {
+        Ok(e) => e,
+        Err(e) if e.code() == git2::ErrorCode::NotFound => return Ok(None),
+        Err(e) => return Err(err(e)),
+    };
+    if entry.kind() != Some(git2::ObjectType::Blob) || entry.filemode() == 0o120000 {
+        return Ok(None);
+    }
+    let blob = repo.find_blob(entry.id()).map_err(err)?;
+    Ok(Some(blob.content().to_vec()))
+}
+
+/// Write commit `sha`'s tree into `dest`, which must not exist yet.
+///
+/// Every path is created fresh (`create_new`), directories before their
+/// contents, and symlinks are recreated as links without ever being
+/// followed, so a tree cannot make the export write outside `dest`.
+/// Submodules are skipped (their commits are not in this repository).
+pub fn export(repo: &git2::Repository, sha: &str, dest: &Path) -> Result<u64, GitError> {
+    let err = |e: git2::Error| GitError::Tree(format!("exporting {sha}: {}", e.message()));
+    let oid = git2::Oid::from_str(sha).map_err(err)?;
+    let tree = repo.find_commit(oid).map_err(err)?.tree().map_err(err)?;
+    let io = |what, p: &Path| {
+        let path = p.to_owned();
+        move |source| GitError::Io { what, path, source }
+    };
+    std::fs::create_dir(dest).map_err(io("cannot create", dest))?;
+    let mut files = 0;
+    export_tree(repo, &tree, dest, &mut files)?;
+    Ok(files)
+}
+
+fn export_tree(
+    repo: &git2::Repository,
+    tree: &git2::Tree<'_>,
+    dir: &Path,
+    files: &mut u64,
+) -> Result<(), GitError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    for entry in tree.iter() {
+        let name = std::str::from_utf8(entry.name_bytes())
+            .map_err(|_| GitError::Tree("a path in the tree is not UTF-8".into()))?;
+        // fsck refuses these on receive; checking again costs nothing.
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.contains('\0')
+            || name.eq_ignore_ascii_case(".git")
+        {
+            return Err(GitError::Tree(format!("refusing tree entry {name:?}")));
+        }
+        let path = dir.join(name);
+        let io = |what, p: &Path| {
+            let path = p.to_owned();
+            move |source| GitError::Io { what, path, source }
+        };
+        let gerr = |e: git2::Error| GitError::Tree(format!("{}: {}", path.display(), e.message()));
+        match entry.filemode() {
+            0o040000 => {
+                std::fs::create_dir(&path).map_err(io("cannot create", &path))?;
+                let sub = repo.find_tree(entry.id()).map_err(gerr)?;
+                export_tree(repo, &sub, &path, files)?;
+            }
+            0o120000 => {
+                let blob = repo.find_blob(entry.id()).map_err(gerr)?;
+                let target = std::ffi::OsStr::from_bytes(blob.content());
+                std::os::unix::fs::symlink(target, &path).map_err(io("cannot link", &path))?;
+            }
+            0o160000 => {} // submodule
+            mode => {
+                let blob = repo.find_blob(entry.id()).map_err(gerr)?;
+                let perm = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .mode(perm)
+                    .open(&path)
+                    .map_err(io("cannot create", &path))?;
+                f.write_all(blob.content())
+                    .map_err(io("cannot write", &path))?;
+                *files += 1;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
@@ -210,6 +333,55 @@ mod tests {
         repos.remove(&app).unwrap();
         assert!(!repos.exists(&app));
         repos.remove(&app).unwrap();
+    }
+
+    fn commit(dir: &Path, files: &[(&str, &[u8], i32)], link: Option<(&str, &str)>) -> String {
+        let repo = git2::Repository::init_bare(dir).unwrap();
+        let mut tb = repo.treebuilder(None).unwrap();
+        for (name, content, mode) in files {
+            let oid = repo.blob(content).unwrap();
+            tb.insert(name, oid, *mode).unwrap();
+        }
+        if let Some((name, target)) = link {
+            let oid = repo.blob(target.as_bytes()).unwrap();
+            tb.insert(name, oid, 0o120000).unwrap();
+        }
+        let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@t").unwrap();
+        repo.commit(None, &sig, &sig, "m", &tree, &[])
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn export_writes_files_and_never_follows_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path().join("r.git");
+        let sha = commit(
+            &repo_dir,
+            &[
+                ("run.sh", b"#!/bin/sh\n", 0o100755),
+                ("README", b"hi", 0o100644),
+            ],
+            Some(("Procfile", "/etc/passwd")),
+        );
+        let repo = open_pushed(&repo_dir, &[]).unwrap();
+        let dest = dir.path().join("out");
+        assert_eq!(export(&repo, &sha, &dest).unwrap(), 2);
+        assert_eq!(std::fs::read(dest.join("README")).unwrap(), b"hi");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dest.join("run.sh")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o111, 0o111);
+        // The symlink is a link, and reading Procfile from objects does not follow it.
+        assert!(std::fs::symlink_metadata(dest.join("Procfile"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(read_file(&repo, &sha, "Procfile").unwrap(), None);
+        assert_eq!(read_file(&repo, &sha, "README").unwrap().unwrap(), b"hi");
+        assert_eq!(read_file(&repo, &sha, "missing").unwrap(), None);
+        // The destination must be fresh.
+        assert!(export(&repo, &sha, &dest).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use super::{keys, visible_app, Exec};
 use crate::names::{AppName, InvalidName, KeyName};
-use crate::state::{self, keys::Role};
+use crate::state::{self, keys::Role, releases};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -107,6 +107,28 @@ enum Cmd {
         app: String,
         #[arg(long)]
         json: bool,
+    },
+    /// List an app's releases; the live one is marked
+    Releases {
+        app: String,
+        #[arg(long)]
+        json: bool,
+        /// How many, newest first
+        #[arg(short = 'n', long = "num", default_value_t = 20)]
+        num: u32,
+    },
+    /// Show an app's output, or a release's build log
+    Logs {
+        app: String,
+        /// How many lines
+        #[arg(short = 'n', long = "num", default_value_t = 100)]
+        num: usize,
+        /// Only this process type or instance (web, web.1)
+        #[arg(long, short = 'p', value_name = "PROCESS")]
+        process: Option<String>,
+        /// The build log of a release (v3 or 3) instead
+        #[arg(long, value_name = "VERSION")]
+        build: Option<String>,
     },
     /// List SSH keys
     Keys {
@@ -272,9 +294,10 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
                     "this destroys {app} and all its data: confirm with `apps:destroy {app} --confirm {app}`"
                 )));
             }
-            let name = app.clone();
-            ctx.db.call(move |c| state::apps::delete(c, &name)).await?;
-            ctx.repos.remove(&app)?;
+            ctx.platform
+                .destroy_app(&app)
+                .await
+                .map_err(|e| CommandError::Internal(e.message))?;
             exec.stdout(format!("destroyed {app}\n")).await;
         }
         Cmd::AppsInfo { app, json: as_json } => {
@@ -308,6 +331,72 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
                 }
                 s
             };
+            exec.stdout(text).await;
+        }
+        Cmd::Releases {
+            app,
+            json: as_json,
+            num,
+        } => {
+            let app = AppName::parse(&app)?;
+            visible_app(&ctx, &exec.identity, &app).await?;
+            let a = app.clone();
+            let list = ctx
+                .db
+                .call(move |c| state::releases::list(c, &a, num.min(1000)))
+                .await?;
+            let text = if as_json {
+                json(&list)?
+            } else if list.is_empty() {
+                format!("{app} has no releases yet: git push to deploy\n")
+            } else {
+                let mut s = format!("=== {app} releases\n");
+                for r in &list {
+                    let sha = r.sha.as_deref().map(|s| &s[..s.len().min(7)]).unwrap_or("-");
+                    let status = match (&r.status, &r.failed_stage) {
+                        (releases::Status::Failed, Some(stage)) => format!("failed ({stage})"),
+                        (st, _) => st.as_str().to_owned(),
+                    };
+                    let mark = if r.status == releases::Status::Live { "*" } else { " " };
+                    s.push_str(&format!(
+                        "{mark} v{:<4} {sha:<7}  {status:<20} {}  {}\n",
+                        r.version,
+                        time(r.created_at),
+                        r.description
+                    ));
+                }
+                s
+            };
+            exec.stdout(text).await;
+        }
+        Cmd::Logs {
+            app,
+            num,
+            process,
+            build,
+        } => {
+            let app = AppName::parse(&app)?;
+            visible_app(&ctx, &exec.identity, &app).await?;
+            if let Some(v) = build {
+                let version: u32 = v
+                    .strip_prefix('v')
+                    .unwrap_or(&v)
+                    .parse()
+                    .map_err(|_| CommandError::Invalid(format!("{v:?} is not a release like v3")))?;
+                let bytes = ctx
+                    .platform
+                    .logs
+                    .read_build_log(&app, version)
+                    .map_err(|_| CommandError::Invalid(format!("no build log for {app} v{version}")))?;
+                exec.stdout(bytes).await;
+                return Ok(());
+            }
+            let lines = ctx
+                .platform
+                .logs
+                .tail(&app, num.min(100_000), process.as_deref())
+                .map_err(|e| CommandError::Internal(e.to_string()))?;
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
             exec.stdout(text).await;
         }
         Cmd::Keys { json: as_json } => {

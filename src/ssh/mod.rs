@@ -40,6 +40,7 @@ pub struct SshContext {
     /// Apps are at `http://APP.DOMAIN[:PORT]`.
     pub domain: String,
     pub http_port: u16,
+    pub platform: Arc<crate::deploy::Platform>,
 }
 
 impl SshContext {

@@ -10,7 +10,10 @@
 //! an async worker.
 
 pub mod apps;
+pub mod config_vars;
+pub mod formation;
 pub mod keys;
+pub mod releases;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -66,6 +69,36 @@ const MIGRATIONS: &[&str] = &[
         key_id INTEGER NOT NULL REFERENCES keys(id) ON DELETE CASCADE,
         app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
         PRIMARY KEY (key_id, app_id)
+    );",
+    // 2: releases, config vars and the process formation.
+    "CREATE TABLE releases (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        version INTEGER NOT NULL,
+        sha TEXT,
+        description TEXT NOT NULL,
+        builder TEXT,
+        artifact TEXT,
+        env TEXT NOT NULL,
+        processes TEXT NOT NULL,
+        status TEXT NOT NULL,
+        failed_stage TEXT,
+        error TEXT,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        UNIQUE (app_id, version)
+    );
+    CREATE TABLE config_vars (
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (app_id, name)
+    );
+    CREATE TABLE formation (
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        process TEXT NOT NULL,
+        quantity INTEGER NOT NULL CHECK (quantity >= 0),
+        PRIMARY KEY (app_id, process)
     );",
 ];
 

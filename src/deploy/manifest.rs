@@ -1,0 +1,111 @@
+//! `cygni.toml`: an app's own settings, read from the pushed commit's git
+//! objects (never from a checkout, so a symlink cannot point it elsewhere).
+//!
+//! ```toml
+//! [build]
+//! builder = "buildpack:python"   # or "dockerfile", "nixpacks", a buildpack name
+//!
+//! [healthcheck]
+//! path = "/health"   # HTTP check (2xx/3xx) instead of the default TCP check
+//! timeout = 60       # seconds the new `web` instances have to pass it
+//! ```
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    #[serde(default)]
+    pub build: BuildSection,
+    #[serde(default)]
+    pub healthcheck: HealthSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    pub builder: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub path: Option<String>,
+    pub timeout: Option<u64>,
+}
+
+/// How a new `web` instance proves it is up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// Accepts TCP connections on `$PORT`.
+    Tcp,
+    /// Answers `GET path` with 2xx or 3xx.
+    Http { path: String },
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
+        let text = std::str::from_utf8(bytes).map_err(|_| "cygni.toml is not UTF-8".to_owned())?;
+        let m: Manifest = toml::from_str(text).map_err(|e| {
+            format!(
+                "cygni.toml: {}",
+                e.message().lines().next().unwrap_or("invalid TOML")
+            )
+        })?;
+        if let Some(path) = &m.healthcheck.path {
+            let ok = path.starts_with('/')
+                && path.len() <= 1024
+                && path.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(format!(
+                    "cygni.toml: healthcheck.path {path:?} must be a URL path starting with /"
+                ));
+            }
+        }
+        if m.healthcheck.timeout == Some(0) || m.healthcheck.timeout > Some(3600) {
+            return Err("cygni.toml: healthcheck.timeout must be 1 to 3600 seconds".into());
+        }
+        Ok(m)
+    }
+
+    pub fn health_check(&self) -> HealthCheck {
+        match &self.healthcheck.path {
+            Some(path) => HealthCheck::Http { path: path.clone() },
+            None => HealthCheck::Tcp,
+        }
+    }
+
+    pub fn boot_timeout(&self, default: Duration) -> Duration {
+        self.healthcheck
+            .timeout
+            .map(Duration::from_secs)
+            .unwrap_or(default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_validates() {
+        let m = Manifest::parse(b"[build]\nbuilder = \"nixpacks\"\n[healthcheck]\npath = \"/up\"\ntimeout = 5\n")
+            .unwrap();
+        assert_eq!(m.build.builder.as_deref(), Some("nixpacks"));
+        assert_eq!(m.health_check(), HealthCheck::Http { path: "/up".into() });
+        assert_eq!(m.boot_timeout(Duration::from_secs(60)), Duration::from_secs(5));
+        assert_eq!(Manifest::parse(b"").unwrap().health_check(), HealthCheck::Tcp);
+        for bad in [
+            &b"[healthcheck]\npath = \"up\"\n"[..],
+            b"[healthcheck]\npath = \"/a b\"\n",
+            b"[healthcheck]\ntimeout = 0\n",
+            b"colour = 1\n",
+            b"[build\n",
+        ] {
+            let e = Manifest::parse(bad).unwrap_err();
+            assert!(e.starts_with("cygni.toml"), "{e}");
+        }
+    }
+}

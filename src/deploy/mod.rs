@@ -1,0 +1,791 @@
+//! The release pipeline: the only writer of releases.
+//!
+//! ```text
+//! push (pre-receive) ──► queued ──► building ──► releasing ──► starting ──► checking ──► live
+//!                            └──────────┴────────────┴────────────┴────────────┴──► failed
+//!                                            (the previous release keeps serving)
+//!
+//! building:  export the rev (no symlinks followed; Procfile and cygni.toml
+//!            read from git objects) → detect builder → build in place
+//! releasing: record vN (sha, artifact, env snapshot, processes); run `release:`
+//! starting:  start the formation's instances
+//! checking:  every new `web` instance passes its health check
+//! live:      switch routes atomically, mark live, drain and stop the old ones
+//! ```
+//!
+//! Stage functions take data and return data; only this module sequences
+//! them and writes release status. One deploy per app at a time: a second
+//! push waits its turn and says so. [`reconcile`] brings what runs back to
+//! what SQLite says should run, idempotently.
+
+pub mod health;
+pub mod manifest;
+pub mod reconcile;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use tokio::sync::mpsc;
+
+use crate::build::{self, Artifact, BuildRequest, Target};
+use crate::git::{self, Repos};
+use crate::hook::{Push, PushHandler, PushOutput};
+use crate::logs::{BuildLogWriter, LogStore};
+use crate::names::{AppName, ProcessType};
+use crate::procfile::Procfile;
+use crate::proxy::RouteTable;
+use crate::runtime::{Instance, InstanceSpec, InstanceState, OneOffSpec, Runtime};
+use crate::state::{self, formation, releases, releases::Release, releases::Status, Db};
+use manifest::{HealthCheck, Manifest};
+
+/// Where a deploy failed. Shown to the pusher and kept on the release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Export,
+    Build,
+    Release,
+    Start,
+    Check,
+    Switch,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Export => "export",
+            Stage::Build => "build",
+            Stage::Release => "release",
+            Stage::Start => "start",
+            Stage::Check => "health check",
+            Stage::Switch => "switch",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{} failed: {message}", stage.as_str())]
+pub struct DeployError {
+    pub stage: Stage,
+    /// One line the pusher can act on; internal detail goes to the log.
+    pub message: String,
+}
+
+fn fail(stage: Stage, message: impl Into<String>) -> DeployError {
+    DeployError {
+        stage,
+        message: message.into(),
+    }
+}
+
+/// Internal errors are logged in full and shown as a short line.
+fn internal(stage: Stage, e: impl std::fmt::Display) -> DeployError {
+    tracing::error!(stage = stage.as_str(), error = %e, "deploy error");
+    fail(stage, "internal error; see the server log")
+}
+
+/// Where deploys keep their files.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// `DATA/slugs/APP/vN`: built apps, run in place.
+    pub slugs: PathBuf,
+    /// `DATA/cache/APP`: buildpack caches, kept between builds.
+    pub cache: PathBuf,
+    pub buildpacks: PathBuf,
+}
+
+/// How long old instances keep serving in-flight requests after the route
+/// switch, before they are asked to stop.
+const DRAIN: Duration = Duration::from_secs(2);
+/// SIGTERM → SIGKILL grace for old instances.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long the `release:` command may run.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// Slugs of this many recent good releases are kept for rollback.
+const KEEP_SLUGS: usize = 5;
+
+/// Everything a deploy touches, shared by the hook, commands and reconcile.
+pub struct Platform {
+    pub db: Db,
+    pub repos: Repos,
+    pub runtime: Arc<dyn Runtime>,
+    pub routes: Arc<RouteTable>,
+    pub logs: Arc<LogStore>,
+    pub paths: Paths,
+    pub domain: String,
+    pub boot_timeout: Duration,
+    /// uid/gid builds run as when the daemon is root.
+    pub build_as: Option<(u32, u32)>,
+    locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Progress of one deploy: to the pusher and to the release's build log.
+pub struct Progress {
+    out: Option<PushOutput>,
+    log: Option<BuildLogWriter>,
+}
+
+impl Progress {
+    pub fn new(out: Option<PushOutput>) -> Progress {
+        Progress { out, log: None }
+    }
+
+    pub async fn raw(&mut self, text: &str) {
+        if let Some(log) = &mut self.log {
+            use std::io::Write;
+            let _ = log.write_all(text.as_bytes());
+        }
+        if let Some(out) = &self.out {
+            let _ = out.send(text.to_owned()).await;
+        }
+    }
+
+    /// A Heroku-style step: `-----> Building with buildpack Python`.
+    pub async fn step(&mut self, text: impl AsRef<str>) {
+        self.raw(&format!("-----> {}\n", text.as_ref())).await;
+    }
+
+    /// An indented detail line under a step.
+    pub async fn info(&mut self, text: impl AsRef<str>) {
+        self.raw(&format!("       {}\n", text.as_ref())).await;
+    }
+}
+
+impl Platform {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        db: Db,
+        repos: Repos,
+        runtime: Arc<dyn Runtime>,
+        routes: Arc<RouteTable>,
+        logs: Arc<LogStore>,
+        paths: Paths,
+        domain: String,
+        boot_timeout: Duration,
+        build_as: Option<(u32, u32)>,
+    ) -> Platform {
+        Platform {
+            db,
+            repos,
+            runtime,
+            routes,
+            logs,
+            paths,
+            domain,
+            boot_timeout,
+            build_as,
+            locks: Default::default(),
+        }
+    }
+
+    /// The per-app lock that serializes deploys, config releases, rollbacks
+    /// and reconcile for one app.
+    pub fn app_lock(&self, app: &AppName) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(app.clone()).or_default().clone()
+    }
+
+    async fn lock_app(
+        &self,
+        app: &AppName,
+        progress: &mut Progress,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.app_lock(app);
+        match lock.clone().try_lock_owned() {
+            Ok(guard) => guard,
+            Err(_) => {
+                progress
+                    .step(format!(
+                        "Another deploy of {app} is running; waiting for it to finish"
+                    ))
+                    .await;
+                lock.lock_owned().await
+            }
+        }
+    }
+
+    fn slug_dir(&self, app: &AppName, version: u32) -> PathBuf {
+        self.paths.slugs.join(app.as_str()).join(format!("v{version}"))
+    }
+
+    /// Is `branch` the one whose pushes deploy?
+    fn is_deploy_branch(setting: Option<&str>, branch: &str) -> bool {
+        match setting {
+            Some(b) => b == branch,
+            None => branch == "main" || branch == "master",
+        }
+    }
+
+    /// Build and release a pushed commit. Runs inside the pre-receive hook:
+    /// an error rejects the push.
+    pub async fn deploy(
+        &self,
+        app: &AppName,
+        sha: &str,
+        branch: &str,
+        object_dirs: Vec<PathBuf>,
+        progress: &mut Progress,
+    ) -> Result<Release, DeployError> {
+        let _guard = self.lock_app(app, progress).await;
+        let short = &sha[..sha.len().min(7)];
+        let (a, s, d) = (app.clone(), sha.to_owned(), format!("Deploy {short}"));
+        let mut release = self
+            .db
+            .call(move |c| {
+                releases::create(
+                    c,
+                    releases::NewRelease {
+                        app: &a,
+                        sha: Some(&s),
+                        description: &d,
+                        status: Status::Building,
+                    },
+                )
+            })
+            .await
+            .map_err(|e| internal(Stage::Export, e))?;
+        progress.log = self.logs.build_log(app, release.version).ok();
+        progress
+            .step(format!(
+                "Deploying {app} v{} ({branch} {short})",
+                release.version
+            ))
+            .await;
+
+        let started = Instant::now();
+        let result = self
+            .build_release(&mut release, object_dirs, progress)
+            .await;
+        let result = match result {
+            Ok(check) => self.start_and_switch(&release, check, true, progress).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                progress
+                    .step(format!(
+                        "Released v{} in {:.1}s",
+                        release.version,
+                        started.elapsed().as_secs_f64()
+                    ))
+                    .await;
+                progress.info(format!("{} deployed", self.app_url(app))).await;
+                self.prune_slugs(app).await;
+                release.status = Status::Live;
+                Ok(release)
+            }
+            Err(e) => {
+                let (id, stage, msg) = (release.id, e.stage.as_str(), e.message.clone());
+                let _ = self
+                    .db
+                    .call(move |c| releases::fail(c, id, stage, &msg))
+                    .await;
+                // A failed release is never rolled back to: free its slug.
+                let _ = tokio::fs::remove_dir_all(self.slug_dir(app, release.version)).await;
+                progress
+                    .raw(&format!(
+                        " !     v{} failed at {}; the running release is unchanged\n",
+                        release.version,
+                        e.stage.as_str()
+                    ))
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    pub fn app_url(&self, app: &AppName) -> String {
+        format!("http://{app}.{}", self.domain)
+    }
+
+    /// Stages up to the recorded snapshot: export, detect, build.
+    async fn build_release(
+        &self,
+        release: &mut Release,
+        object_dirs: Vec<PathBuf>,
+        progress: &mut Progress,
+    ) -> Result<(HealthCheck, Duration), DeployError> {
+        let app = release.app.clone();
+        let sha = release.sha.clone().unwrap_or_default();
+        let slug = self.slug_dir(&app, release.version);
+
+        // Export, and read Procfile and cygni.toml from the objects.
+        let app_dir = self.paths.slugs.join(app.as_str());
+        tokio::fs::create_dir_all(&app_dir)
+            .await
+            .map_err(|e| internal(Stage::Export, e))?;
+        set_mode(&self.paths.slugs, 0o755);
+        set_mode(&app_dir, 0o755);
+        let _ = tokio::fs::remove_dir_all(&slug).await;
+        let repo_path = self.repos.path(&app);
+        let (slug2, sha2) = (slug.clone(), sha.clone());
+        let (procfile, manifest) = tokio::task::spawn_blocking(move || {
+            let repo = git::open_pushed(&repo_path, &object_dirs)
+                .map_err(|e| internal(Stage::Export, e))?;
+            git::export(&repo, &sha2, &slug2).map_err(|e| internal(Stage::Export, e))?;
+            let procfile =
+                git::read_file(&repo, &sha2, "Procfile").map_err(|e| internal(Stage::Export, e))?;
+            let manifest = git::read_file(&repo, &sha2, "cygni.toml")
+                .map_err(|e| internal(Stage::Export, e))?;
+            Ok::<_, DeployError>((procfile, manifest))
+        })
+        .await
+        .map_err(|e| internal(Stage::Export, e))??;
+
+        let manifest = match manifest {
+            Some(bytes) => Manifest::parse(&bytes).map_err(|e| fail(Stage::Build, e))?,
+            None => Manifest::default(),
+        };
+        let procfile = match procfile {
+            Some(bytes) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| fail(Stage::Build, "Procfile is not UTF-8"))?;
+                Some(Procfile::parse(&text).map_err(|e| fail(Stage::Build, e.to_string()))?)
+            }
+            None => None,
+        };
+
+        let a = app.clone();
+        let env = self
+            .db
+            .call(move |c| state::config_vars::get_all(c, &a))
+            .await
+            .map_err(|e| internal(Stage::Build, e))?;
+        let pinned = manifest
+            .build
+            .builder
+            .clone()
+            .or_else(|| env.get("CYGNI_BUILDER").cloned());
+
+        // Build, streaming the builder's output as it comes.
+        let cache = self.paths.cache.join(app.as_str());
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+        let request = BuildRequest {
+            app: &app,
+            source_dir: &slug,
+            cache_dir: &cache,
+            env: &env,
+            buildpacks_dir: &self.paths.buildpacks,
+            pinned: pinned.as_deref(),
+            target: Target::Slug,
+            run_as: self.build_as,
+            output: tx,
+        };
+        let built = {
+            let fut = build::build(request);
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    r = &mut fut => break r,
+                    Some(line) = rx.recv() => progress.raw(&String::from_utf8_lossy(&line)).await,
+                }
+            }
+        };
+        while let Ok(line) = rx.try_recv() {
+            progress.raw(&String::from_utf8_lossy(&line)).await;
+        }
+        let built = built.map_err(|e| {
+            if e.is_app_fault() {
+                fail(Stage::Build, e.to_string())
+            } else {
+                internal(Stage::Build, e)
+            }
+        })?;
+
+        // The Procfile wins over the builder's defaults.
+        let mut processes = built.default_processes.clone();
+        if let Some(p) = &procfile {
+            for (t, cmd) in p.processes() {
+                processes.insert(t.clone(), cmd.clone());
+            }
+        }
+        if !processes.keys().any(|p| p.as_str() != "release") {
+            return Err(fail(
+                Stage::Build,
+                "no process types: add a Procfile with a `web: COMMAND` line",
+            ));
+        }
+        progress
+            .step(format!(
+                "Process types: {}",
+                processes
+                    .keys()
+                    .map(ProcessType::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .await;
+
+        release.builder = Some(built.builder.clone());
+        release.artifact = Some(built.artifact.clone());
+        release.env = env;
+        release.processes = processes;
+        let snapshot = release.clone();
+        self.db
+            .call(move |c| releases::set_snapshot(c, &snapshot))
+            .await
+            .map_err(|e| internal(Stage::Build, e))?;
+        Ok((
+            manifest.health_check(),
+            manifest.boot_timeout(self.boot_timeout),
+        ))
+    }
+
+    /// Stages from `release:` to live, shared by deploys, config changes and
+    /// rollbacks. On error, whatever this call started is stopped.
+    pub async fn start_and_switch(
+        &self,
+        release: &Release,
+        (check, boot_timeout): (HealthCheck, Duration),
+        run_release_phase: bool,
+        progress: &mut Progress,
+    ) -> Result<(), DeployError> {
+        let app = &release.app;
+        let artifact = release
+            .artifact
+            .clone()
+            .ok_or_else(|| fail(Stage::Release, "this release has nothing to run"))?;
+        self.set_status(release.id, Status::Releasing).await;
+
+        if let (true, Some(cmd)) = (run_release_phase, release_command(release)) {
+            progress.step(format!("Running release command: {cmd}")).await;
+            let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+            let spec = OneOffSpec {
+                app: app.clone(),
+                release: release.version,
+                argv: vec!["/bin/sh".into(), "-c".into(), cmd.to_owned()],
+                env: release.env.clone(),
+                artifact: artifact.clone(),
+                timeout: RELEASE_TIMEOUT,
+            };
+            let code = {
+                let fut = self.runtime.run_once(spec, tx);
+                tokio::pin!(fut);
+                loop {
+                    tokio::select! {
+                        r = &mut fut => break r,
+                        Some(line) = rx.recv() => {
+                            let text = String::from_utf8_lossy(&line);
+                            progress.info(text.trim_end()).await;
+                        }
+                    }
+                }
+            };
+            while let Ok(line) = rx.try_recv() {
+                progress.info(String::from_utf8_lossy(&line).trim_end()).await;
+            }
+            match code {
+                Ok(0) => {}
+                Ok(code) => {
+                    return Err(fail(
+                        Stage::Release,
+                        format!("the release command exited with status {code}"),
+                    ))
+                }
+                Err(e) => return Err(fail(Stage::Release, e.to_string())),
+            }
+        }
+
+        // Start the formation.
+        self.set_status(release.id, Status::Starting).await;
+        let a = app.clone();
+        let stored = self
+            .db
+            .call(move |c| formation::get(c, &a))
+            .await
+            .map_err(|e| internal(Stage::Start, e))?;
+        let desired = formation::desired(&stored, &release.processes);
+        let mut started: Vec<Instance> = Vec::new();
+        for (process, count) in &desired {
+            for index in 1..=*count {
+                let spec = InstanceSpec {
+                    app: app.clone(),
+                    release: release.version,
+                    process: process.clone(),
+                    index,
+                    command: release.processes[process].clone(),
+                    env: release.env.clone(),
+                    artifact: artifact.clone(),
+                };
+                match self.runtime.start(spec).await {
+                    Ok(i) => started.push(i),
+                    Err(e) => {
+                        self.stop_all(&started).await;
+                        return Err(fail(Stage::Start, format!("{process}.{index}: {e}")));
+                    }
+                }
+            }
+        }
+        let summary: Vec<String> = desired.iter().map(|(p, n)| format!("{p}={n}")).collect();
+        progress
+            .step(format!("Starting {}", summary.join(" ")))
+            .await;
+
+        // Health-check every new web instance, all at once.
+        self.set_status(release.id, Status::Checking).await;
+        let webs: Vec<&Instance> = started.iter().filter(|i| i.process.is_web()).collect();
+        if !webs.is_empty() {
+            let what = match &check {
+                HealthCheck::Tcp => "accepting connections on $PORT".to_owned(),
+                HealthCheck::Http { path } => format!("answering GET {path}"),
+            };
+            progress
+                .step(format!(
+                    "Waiting for web to be {what} (up to {}s)",
+                    boot_timeout.as_secs()
+                ))
+                .await;
+            let checks = webs
+                .iter()
+                .map(|i| self.wait_healthy(i, &check, boot_timeout));
+            let results = join_all(checks).await;
+            if let Some((inst, err)) = webs
+                .iter()
+                .zip(results)
+                .find_map(|(i, r)| r.err().map(|e| (*i, e)))
+            {
+                let name = format!("{}.{}", inst.process, inst.index);
+                self.show_recent_output(app, &name, progress).await;
+                self.stop_all(&started).await;
+                return Err(fail(Stage::Check, format!("{name} {err}")));
+            }
+        }
+
+        // Switch: the new release becomes live, then routes follow state.
+        let id = release.id;
+        self.db
+            .call(move |c| releases::make_live(c, id))
+            .await
+            .map_err(|e| internal(Stage::Switch, e))?;
+        if let Err(e) = self.publish_routes().await {
+            tracing::error!(error = %e, "route update failed after a release");
+        }
+
+        // Drain: in-flight requests on the old instances finish first.
+        let old: Vec<Instance> = self
+            .runtime
+            .list(Some(app))
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| i.release != release.version)
+            .collect();
+        if !old.is_empty() {
+            tokio::time::sleep(DRAIN).await;
+            self.stop_all(&old).await;
+        }
+        Ok(())
+    }
+
+    /// Wait until `inst` passes `check`, failing early when it exits.
+    async fn wait_healthy(
+        &self,
+        inst: &Instance,
+        check: &HealthCheck,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        let Some(addr) = inst.endpoint else {
+            return Err("has no endpoint".into());
+        };
+        let mut last = String::from("did not start");
+        loop {
+            match health::probe(addr, check).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            // A process that already crashed will not become healthy.
+            let now = self
+                .runtime
+                .list(Some(&inst.app))
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .find(|i| i.id == inst.id);
+            match now {
+                None => return Err("exited during boot".into()),
+                Some(i) if i.restarts > 0 || i.state == InstanceState::CrashLoop => {
+                    return Err("exited during boot (it crashed and was restarted)".into())
+                }
+                Some(i) if i.state == InstanceState::Stopped => {
+                    return Err("exited during boot".into())
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "did not pass its health check within {}s: {last}",
+                    timeout.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// The last few lines an instance printed, to explain a failed check.
+    async fn show_recent_output(&self, app: &AppName, instance: &str, progress: &mut Progress) {
+        let lines = self.logs.tail(app, 10, Some(instance)).unwrap_or_default();
+        if lines.is_empty() {
+            return;
+        }
+        progress.step(format!("Last output of {instance}:")).await;
+        for l in lines {
+            progress.info(&l.text).await;
+        }
+    }
+
+    async fn stop_all(&self, instances: &[Instance]) {
+        let stops = instances
+            .iter()
+            .map(|i| self.runtime.stop(&i.id, STOP_GRACE));
+        for (i, r) in instances.iter().zip(join_all(stops).await) {
+            if let Err(e) = r {
+                tracing::warn!(instance = %i.id, error = %e, "stop failed");
+            }
+        }
+    }
+
+    async fn set_status(&self, id: i64, status: Status) {
+        if let Err(e) = self
+            .db
+            .call(move |c| releases::set_status(c, id, status))
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record release status");
+        }
+    }
+
+    /// Keep the slugs of the last few good releases (rollback targets) and
+    /// the live one; remove the rest.
+    async fn prune_slugs(&self, app: &AppName) {
+        let a = app.clone();
+        let Ok(recent) = self.db.call(move |c| releases::list(c, &a, 100)).await else {
+            return;
+        };
+        let keep: Vec<PathBuf> = recent
+            .iter()
+            .filter(|r| r.status != Status::Failed)
+            .take(KEEP_SLUGS)
+            .chain(recent.iter().filter(|r| r.status == Status::Live))
+            .filter_map(|r| match &r.artifact {
+                Some(Artifact::Slug { dir }) => Some(dir.clone()),
+                _ => None,
+            })
+            .collect();
+        let dir = self.paths.slugs.join(app.as_str());
+        let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+            return;
+        };
+        while let Ok(Some(e)) = entries.next_entry().await {
+            let path = e.path();
+            if !keep.contains(&path) {
+                let _ = tokio::fs::remove_dir_all(&path).await;
+            }
+        }
+    }
+}
+
+impl Platform {
+    /// Remove everything that belongs to an app: instances, routes,
+    /// releases, config, formation, repo, slugs, cache and logs.
+    pub async fn destroy_app(&self, app: &AppName) -> Result<(), DeployError> {
+        let mut quiet = Progress::new(None);
+        let _guard = self.lock_app(app, &mut quiet).await;
+        let instances = self
+            .runtime
+            .list(Some(app))
+            .await
+            .map_err(|e| internal(Stage::Switch, e))?;
+        self.stop_all(&instances).await;
+        let a = app.clone();
+        self.db
+            .call(move |c| state::apps::delete(c, &a))
+            .await
+            .map_err(|e| internal(Stage::Switch, e))?;
+        // Routes first, so the host answers 404 even if a removal below fails.
+        if let Err(e) = self.publish_routes().await {
+            tracing::warn!(error = %e, "route update after destroy");
+        }
+        self.repos
+            .remove(app)
+            .map_err(|e| internal(Stage::Switch, e))?;
+        for dir in [
+            self.paths.slugs.join(app.as_str()),
+            self.paths.cache.join(app.as_str()),
+        ] {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(internal(Stage::Switch, e))
+                }
+                _ => {}
+            }
+        }
+        if let Err(e) = self.logs.remove_app(app) {
+            tracing::warn!(error = %e, "removing logs of a destroyed app");
+        }
+        Ok(())
+    }
+}
+
+fn release_command(release: &Release) -> Option<&str> {
+    release
+        .processes
+        .iter()
+        .find(|(p, _)| p.as_str() == "release")
+        .map(|(_, c)| c.as_str())
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+}
+
+#[async_trait::async_trait]
+impl PushHandler for Platform {
+    async fn pre_receive(&self, push: Push, out: PushOutput) -> Result<(), String> {
+        let app = push.session.app.clone();
+        let a = app.clone();
+        let record = self
+            .db
+            .call(move |c| state::apps::get(c, &a))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "app lookup in hook");
+                "internal error; see the server log".to_owned()
+            })?
+            .ok_or_else(|| format!("app not found: {app}"))?;
+        let mut object_dirs: Vec<PathBuf> = push.quarantine.object_directory.into_iter().collect();
+        object_dirs.extend(push.quarantine.alternate_object_directories);
+
+        let mut progress = Progress::new(Some(out));
+        let mut deployed = false;
+        for update in &push.updates {
+            let Some(branch) = update.branch() else {
+                continue;
+            };
+            let short = &update.new[..update.new.len().min(7)];
+            if update.is_delete() {
+                return Err(format!("deleting branch {branch} is not allowed"));
+            }
+            progress
+                .step(format!("Received {app} ({branch} {short})"))
+                .await;
+            if !Self::is_deploy_branch(record.deploy_branch.as_deref(), branch) || deployed {
+                let target = record.deploy_branch.as_deref().unwrap_or("main");
+                progress
+                    .info(format!(
+                        "branch {branch} stored, not deployed (pushes to {target} deploy)"
+                    ))
+                    .await;
+                continue;
+            }
+            self.deploy(&app, &update.new, branch, object_dirs.clone(), &mut progress)
+                .await
+                .map_err(|e| e.to_string())?;
+            deployed = true;
+        }
+        Ok(())
+    }
+}

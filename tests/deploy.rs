@@ -1,0 +1,298 @@
+//! The main job, end to end: `git push` → build → live app behind the
+//! proxy, on the local runtime. Real git, ssh and curl; fixture apps from
+//! tests/fixtures.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+/// A git repo holding a copy of a fixture app, committed on main.
+fn fixture_repo(d: &TestDaemon, name: &str, dir_name: &str) -> PathBuf {
+    let dir = d.dir.path().join(dir_name);
+    copy_dir(&fixture(name), &dir);
+    make_repo(&dir, &[])
+}
+
+/// Replace the repo's files with another fixture's, as a new commit.
+fn replace_with_fixture(repo: &Path, name: &str) {
+    for e in std::fs::read_dir(repo).unwrap().flatten() {
+        if e.file_name() != ".git" {
+            let p = e.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+    copy_dir(&fixture(name), repo);
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} lacks {from:?}", path.display());
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
+fn push(d: &TestDaemon, repo: &Path, app: &str) -> Out {
+    d.git(&d.admin, repo, &["push", &d.remote(app), "main"])
+}
+
+fn host(app: &str) -> String {
+    format!("{app}.localhost")
+}
+
+/// Push, check the page, push a change, check the new page and `releases`.
+fn push_and_redeploy(fixture_name: &str, app: &str, marker: &str, file: &str) {
+    let d = TestDaemon::start();
+    let repo = fixture_repo(&d, fixture_name, app);
+
+    let out = push(&d, &repo, app).ok();
+    assert!(out.stderr.contains("remote: -----> Released v1"), "{out:#?}");
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200, "{body}\n{}", d.log());
+    assert!(body.contains(marker), "{body}");
+
+    edit(&repo.join(file), marker, &format!("{marker} v2"));
+    commit_all(&repo, "change");
+    let out = push(&d, &repo, app).ok();
+    assert!(out.stderr.contains("remote: -----> Released v2"), "{out:#?}");
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200);
+    assert!(body.contains(&format!("{marker} v2")), "{body}");
+
+    let rel = d.ssh(&d.admin, &format!("releases {app} --json")).ok();
+    let rel: serde_json::Value = serde_json::from_str(&rel.stdout).unwrap();
+    assert_eq!(rel[0]["version"], 2);
+    assert_eq!(rel[0]["status"], "live");
+    assert_eq!(rel[1]["version"], 1);
+    assert_eq!(rel[1]["status"], "superseded");
+    let text = d.ssh(&d.admin, &format!("releases {app}")).ok();
+    assert!(text.stdout.contains("* v2"), "{}", text.stdout);
+
+    // The build log of each deploy is kept and readable over SSH.
+    let log = d.ssh(&d.admin, &format!("logs {app} --build v2")).ok();
+    assert!(log.stdout.contains("-----> "), "{log:#?}");
+}
+
+#[test]
+fn python_app_push_and_redeploy() {
+    push_and_redeploy("python-app", "py", "hello from python-app", "app.py");
+}
+
+#[test]
+fn node_app_push_and_redeploy() {
+    push_and_redeploy("node-app", "nodeapp", "hello from node-app", "server.js");
+}
+
+#[test]
+fn procfile_app_push_and_redeploy() {
+    push_and_redeploy(
+        "procfile-app",
+        "static",
+        "hello from procfile-app",
+        "index.html",
+    );
+}
+
+/// A failing push: non-zero exit, reason as `remote:` lines, the branch
+/// does not move, the previous release keeps answering.
+fn failing_push(bad_fixture: &str, reason: &str) {
+    let d = TestDaemon::start();
+    let app = "steady";
+    let repo = fixture_repo(&d, "procfile-app", app);
+    push(&d, &repo, app).ok();
+    let good_sha = head_sha(&repo);
+
+    replace_with_fixture(&repo, bad_fixture);
+    // Keep a failing health check short.
+    std::fs::write(repo.join("cygni.toml"), "[healthcheck]\ntimeout = 5\n").unwrap();
+    commit_all(&repo, "break it");
+    let out = push(&d, &repo, app);
+    assert_ne!(out.code, 0, "push must fail: {out:#?}");
+    assert!(
+        out.stderr.contains("remote:") && out.stderr.contains(reason),
+        "reason {reason:?} missing: {out:#?}"
+    );
+    let ls = d.git(&d.admin, &repo, &["ls-remote", &d.remote(app)]).ok();
+    assert!(
+        ls.stdout.contains(&format!("{good_sha}\trefs/heads/main")),
+        "branch moved: {ls:#?}"
+    );
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200);
+    assert!(body.contains("hello from procfile-app"), "{body}");
+    let rel = d.ssh(&d.admin, &format!("releases {app} --json")).ok();
+    let rel: serde_json::Value = serde_json::from_str(&rel.stdout).unwrap();
+    assert_eq!(rel[0]["status"], "failed");
+    assert_eq!(rel[1]["status"], "live");
+}
+
+#[test]
+fn failing_push_start_command_exits() {
+    failing_push("fail-exits", "exited during boot");
+}
+
+#[test]
+fn failing_push_never_listens() {
+    failing_push("fail-noport", "did not pass its health check within 5s");
+}
+
+#[test]
+fn failing_push_build_fails() {
+    failing_push("fail-build", "build failed");
+}
+
+#[test]
+fn unknown_host_is_404_and_app_without_instances_is_503() {
+    let d = TestDaemon::start();
+    let (code, body) = d.curl("nosuch.localhost", "/");
+    assert_eq!(code, 404, "{body}");
+    d.ssh(&d.admin, "apps:create empty").ok();
+    let (code, _) = d.curl(&host("empty"), "/");
+    assert_eq!(code, 503);
+}
+
+#[test]
+fn other_branches_are_stored_not_deployed() {
+    let d = TestDaemon::start();
+    let repo = fixture_repo(&d, "procfile-app", "br");
+    run_ok(git_cmd(&repo).args(["checkout", "-q", "-b", "feature"]));
+    let out = d
+        .git(&d.admin, &repo, &["push", &d.remote("br"), "feature"])
+        .ok();
+    assert!(out.stderr.contains("stored, not deployed"), "{out:#?}");
+    let (code, _) = d.curl(&host("br"), "/");
+    assert_eq!(code, 503, "nothing is deployed yet");
+}
+
+/// Zero downtime: 4 clients keep requesting while the app redeploys; no
+/// request fails, and the answers switch from old to new.
+#[test]
+fn redeploy_has_zero_downtime() {
+    let d = TestDaemon::start();
+    let app = "zdt";
+    let repo = fixture_repo(&d, "procfile-app", app);
+    push(&d, &repo, app).ok();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen_old = Arc::new(AtomicUsize::new(0));
+    let seen_new = Arc::new(AtomicUsize::new(0));
+    let port = d.http_port;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, failures) = (stop.clone(), failures.clone());
+            let (seen_old, seen_new) = (seen_old.clone(), seen_new.clone());
+            std::thread::spawn(move || {
+                // Bounded: at most 120 s whatever happens to the push.
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let (code, body) = curl(port, &host(app), "/");
+                    if code != 200 {
+                        failures.lock().unwrap().push(format!("{code}: {body}"));
+                    } else if body.contains("hello from procfile-app v2") {
+                        seen_new.fetch_add(1, Ordering::Relaxed);
+                    } else if body.contains("hello from procfile-app") {
+                        seen_old.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failures.lock().unwrap().push(format!("odd body: {body}"));
+                    }
+                }
+            })
+        })
+        .collect();
+
+    edit(
+        &repo.join("index.html"),
+        "hello from procfile-app",
+        "hello from procfile-app v2",
+    );
+    commit_all(&repo, "v2");
+    push(&d, &repo, app).ok();
+    // Let the clients see the new release for a moment.
+    wait_for("new content", Duration::from_secs(10), || {
+        (seen_new.load(Ordering::Relaxed) > 10).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(seen_old.load(Ordering::Relaxed) > 0, "never saw v1");
+    assert!(seen_new.load(Ordering::Relaxed) > 0, "never saw v2");
+}
+
+/// Processes whose working directory is inside `dir`.
+fn pids_in(dir: &Path) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+            if cwd.starts_with(dir) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+#[test]
+fn app_comes_back_after_kill_9_and_after_a_daemon_restart() {
+    let mut d = TestDaemon::start();
+    let app = "phoenix";
+    let repo = fixture_repo(&d, "procfile-app", app);
+    push(&d, &repo, app).ok();
+    assert_eq!(d.curl(&host(app), "/").0, 200);
+
+    let slugs = d.data_dir.join("slugs").join(app);
+    let pids = pids_in(&slugs);
+    assert!(!pids.is_empty(), "no app process found under {slugs:?}");
+    for pid in &pids {
+        unsafe { libc::kill(*pid, libc::SIGKILL) };
+    }
+    wait_for("the app to answer after kill -9", Duration::from_secs(30), || {
+        let (code, body) = d.curl(&host(app), "/");
+        (code == 200 && body.contains("hello from procfile-app")).then_some(())
+    });
+    let new_pids = pids_in(&slugs);
+    assert!(
+        new_pids.iter().all(|p| !pids.contains(p)),
+        "the same process answered"
+    );
+
+    d.restart();
+    wait_for("the app to answer after a restart", Duration::from_secs(30), || {
+        let (code, body) = d.curl(&host(app), "/");
+        (code == 200 && body.contains("hello from procfile-app")).then_some(())
+    });
+    let rel = d.ssh(&d.admin, &format!("releases {app} --json")).ok();
+    let rel: serde_json::Value = serde_json::from_str(&rel.stdout).unwrap();
+    assert_eq!(rel.as_array().unwrap().len(), 1, "no new release was made");
+}
