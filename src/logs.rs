@@ -126,7 +126,7 @@ impl LogLine {
 
     /// `web` selects `web.1`, `web.2`, ... (not `webhook.1`); `web.1`
     /// selects exactly `web.1` (not `web.10`).
-    fn from_source(&self, prefix: &str) -> bool {
+    fn is_from(&self, prefix: &str) -> bool {
         match self.source.strip_prefix(prefix) {
             Some(rest) => rest.is_empty() || rest.starts_with('.'),
             None => false,
@@ -247,7 +247,7 @@ impl LogStore {
             let Some(file) = file else { continue };
             scan_backwards(&file, |raw| {
                 if let Some(line) = LogLine::parse(raw) {
-                    if source_prefix.is_none_or(|p| line.from_source(p)) {
+                    if source_prefix.is_none_or(|p| line.is_from(p)) {
                         newest_first.push(line);
                     }
                 }
