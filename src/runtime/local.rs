@@ -214,7 +214,7 @@ impl LocalRuntime {
     /// The pid of the instance's current process (its process group id),
     /// for `ps` and diagnostics; None between restarts or when unknown.
     pub fn pid(&self, id: &InstanceId) -> Option<u32> {
-        let entry = lock(&self.instances).get(id).cloned()?;
+        let entry = self.entry(id)?;
         let pid = lock(&entry.shared.status).pid;
         pid
     }
