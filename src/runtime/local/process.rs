@@ -1,0 +1,442 @@
+//! Process groups: spawn one command in a group of its own, learn when its
+//! leader exits, signal the whole group, and reap it.
+//!
+//! ```text
+//! spawn ──► [spawner thread] fork: setgid, setgroups(0), setuid, chdir,
+//!              │                   setpgid(0,0), PDEATHSIG, exec
+//!              ▼
+//!         ProcessGroup ──► exited()  (pidfd readable: the leader is a zombie)
+//!              │       ──► signal(-pgid)
+//!              └─────────► reap()    (SIGKILL the group, then waitpid)
+//! ```
+//!
+//! One invariant makes group signals safe: the leader is reaped only after
+//! the group has been killed. Until it is reaped its zombie holds its pid, so
+//! `-pgid` cannot name some unrelated group that reused the number.
+//!
+//! Why a dedicated spawner thread: `PR_SET_PDEATHSIG` fires when the
+//! *thread* that forked the child ends, not the process. Tokio's blocking
+//! threads end after being idle, so a child forked from one would be killed
+//! seconds later. The spawner thread lives as long as anything this module
+//! started may run (every group holds an `Arc` to it), so the death signal
+//! means exactly "the daemon is gone".
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, ErrorKind};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::net::unix::pipe;
+use tokio::sync::oneshot;
+
+use super::RunAs;
+
+/// How often the leader is polled for exit on kernels without pidfd (< 5.3).
+const EXIT_POLL: Duration = Duration::from_millis(100);
+
+/// Everything needed to start one process: no shell is added here.
+#[derive(Debug, Clone)]
+pub(super) struct Launch {
+    pub program: OsString,
+    pub args: Vec<OsString>,
+    pub cwd: PathBuf,
+    /// The whole environment: nothing is inherited from the daemon.
+    pub env: Vec<(OsString, OsString)>,
+    pub run_as: Option<RunAs>,
+}
+
+/// Owns the thread every child is forked from; see the module docs.
+pub(super) struct Spawner {
+    jobs: mpsc::Sender<Job>,
+}
+
+type Job = (Command, oneshot::Sender<io::Result<Child>>);
+
+impl Spawner {
+    pub fn new() -> io::Result<Spawner> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("cygni-spawner".into())
+            .spawn(move || {
+                // Ends when the last Spawner handle is dropped.
+                for (mut command, reply) in queue {
+                    let spawned = command.spawn();
+                    // Closes the parent's copies of the child's pipe ends.
+                    drop(command);
+                    if let Err(Ok(child)) = reply.send(spawned) {
+                        // The caller went away while we forked: nobody owns
+                        // this child, so end it now rather than leak it.
+                        kill_and_reap(child);
+                    }
+                }
+            })?;
+        Ok(Spawner { jobs })
+    }
+
+    async fn spawn(&self, command: Command) -> io::Result<Child> {
+        let gone = || io::Error::other("the spawner thread is gone");
+        let (reply, child) = oneshot::channel();
+        self.jobs.send((command, reply)).map_err(|_| gone())?;
+        child.await.map_err(|_| gone())?
+    }
+}
+
+/// Starts `launch` in a new process group, its stdout and stderr both on
+/// the returned pipe (one pipe, so lines keep the order they were written in).
+pub(super) async fn spawn(
+    spawner: &Arc<Spawner>,
+    launch: &Launch,
+) -> io::Result<(ProcessGroup, pipe::Receiver)> {
+    let (read, write) = pipe_cloexec()?;
+    let mut command = Command::new(&launch.program);
+    command
+        .args(&launch.args)
+        .current_dir(&launch.cwd)
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write.try_clone()?))
+        .stderr(Stdio::from(write))
+        .process_group(0);
+    let drop_privileges = launch.run_as.is_some();
+    if let Some(run_as) = &launch.run_as {
+        // std calls setgroups(0, NULL) before setuid when a uid is set and
+        // no groups are given; the check in pre_exec makes sure it did.
+        command.gid(run_as.gid).uid(run_as.uid);
+    }
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs between fork and exec, so it only makes
+    // async-signal-safe calls (prctl, getppid, getgroups) and does not
+    // allocate: io::Error from an OS code is not heap allocated.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent may have died before the death signal was armed.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if drop_privileges && libc::getgroups(0, std::ptr::null_mut()) != 0 {
+                // Supplementary groups survived the switch (no CAP_SETGID?):
+                // root's groups must not reach an app.
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            Ok(())
+        });
+    }
+
+    let child = spawner.spawn(command).await?;
+    let pid = child.id() as libc::pid_t;
+    let group = ProcessGroup {
+        exit: ExitWatch::new(pid),
+        child: Some(child),
+        pid,
+        _spawner: spawner.clone(),
+    };
+    // From here on, an error drops `group`, which kills it.
+    let output = pipe::Receiver::from_owned_fd(read)?;
+    Ok((group, output))
+}
+
+/// A running process and everything it started (unless it left the group).
+/// Dropping it kills the group.
+pub(super) struct ProcessGroup {
+    /// Some until reaped.
+    child: Option<Child>,
+    pid: libc::pid_t,
+    exit: ExitWatch,
+    /// Keeps the thread alive whose death would SIGKILL the leader.
+    _spawner: Arc<Spawner>,
+}
+
+impl ProcessGroup {
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Resolves once the leader has exited (it is not reaped yet, so the
+    /// group can still be signalled). Cancel-safe.
+    pub async fn exited(&self) {
+        self.exit.wait(self.pid).await
+    }
+
+    /// Sends `signal` to every process of the group.
+    pub fn signal(&self, signal: libc::c_int) {
+        if self.child.is_some() {
+            // SAFETY: plain syscall. The leader is not reaped (child is
+            // Some), so the pgid still names our group. ESRCH is fine.
+            unsafe { libc::kill(-self.pid, signal) };
+        }
+    }
+
+    /// After [`ProcessGroup::exited`]: kills what is left of the group (a
+    /// leftover holding the port or the output pipe) and reaps the leader.
+    pub async fn reap(&mut self) -> Exit {
+        self.signal(libc::SIGKILL);
+        let Some(mut child) = self.child.take() else {
+            return Exit::Unknown;
+        };
+        match child.try_wait() {
+            Ok(Some(status)) => Exit::from(status),
+            // Not expected after `exited`; wait without blocking a worker.
+            Ok(None) => match tokio::task::spawn_blocking(move || child.wait()).await {
+                Ok(Ok(status)) => Exit::from(status),
+                _ => Exit::Unknown,
+            },
+            Err(_) => Exit::Unknown,
+        }
+    }
+
+    /// SIGTERM to the group; SIGKILL once `grace` has passed without the
+    /// leader exiting; then reap.
+    pub async fn terminate(&mut self, grace: Duration) -> Exit {
+        self.signal(libc::SIGTERM);
+        if tokio::time::timeout(grace, self.exited()).await.is_err() {
+            self.signal(libc::SIGKILL);
+            self.exited().await;
+        }
+        self.reap().await
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            // Owner gone (task aborted, runtime shutting down): nothing may
+            // outlive the handle that was meant to stop it.
+            std::thread::spawn(move || kill_and_reap(child));
+        }
+    }
+}
+
+fn kill_and_reap(mut child: Child) {
+    // SAFETY: plain syscall; the leader is not reaped yet (see module docs).
+    unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+    let _ = child.wait();
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// Reaped by someone else; should not happen.
+    Unknown,
+}
+
+impl Exit {
+    /// The shell convention: the exit code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(code) => code,
+            Exit::Signal(signal) => 128 + signal,
+            Exit::Unknown => 255,
+        }
+    }
+}
+
+impl From<ExitStatus> for Exit {
+    fn from(status: ExitStatus) -> Exit {
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Exit::Code(code),
+            (None, Some(signal)) => Exit::Signal(signal),
+            (None, None) => Exit::Unknown,
+        }
+    }
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exit::Code(code) => write!(f, "exited with status {code}"),
+            Exit::Signal(signal) => write!(
+                f,
+                "was killed by signal {signal} ({})",
+                signal_name(*signal)
+            ),
+            Exit::Unknown => f.write_str("exited with an unknown status"),
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// Learns of the leader's exit without reaping it.
+enum ExitWatch {
+    /// A pidfd polls readable once the process has exited.
+    Pidfd(AsyncFd<OwnedFd>),
+    /// Old kernels: `waitid(WNOWAIT)` on a timer.
+    Poll,
+}
+
+impl ExitWatch {
+    fn new(pid: libc::pid_t) -> ExitWatch {
+        // SAFETY: plain syscall; the returned fd is ours (and CLOEXEC).
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return ExitWatch::Poll;
+        }
+        // SAFETY: `fd` was just returned by pidfd_open and is owned by no one else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) };
+        // SAFETY: an OwnedFd stays open, and names the same pidfd, for as
+        // long as the AsyncFd that owns it.
+        match unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+            Ok(fd) => ExitWatch::Pidfd(fd),
+            Err(_) => ExitWatch::Poll,
+        }
+    }
+
+    async fn wait(&self, pid: libc::pid_t) {
+        if let ExitWatch::Pidfd(fd) = self {
+            // Readiness is never cleared: an exited process stays exited.
+            if fd.readable().await.is_ok() {
+                return;
+            }
+        }
+        while !leader_exited(pid) {
+            tokio::time::sleep(EXIT_POLL).await;
+        }
+    }
+}
+
+fn leader_exited(pid: libc::pid_t) -> bool {
+    // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain syscall on our own child; WNOWAIT leaves it unreaped.
+    let rc = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // An error (ECHILD) means there is nothing left to wait for.
+    // SAFETY: waitid filled `info` (or left it zeroed: si_pid 0).
+    rc != 0 || unsafe { info.si_pid() } != 0
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by no one else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Splits a byte stream into lines of at most `max` bytes (a longer line
+/// comes out in pieces), so a process printing without newlines cannot
+/// make the daemon buffer without bound.
+pub(super) struct Lines<R> {
+    reader: BufReader<R>,
+    line: Vec<u8>,
+    max: usize,
+}
+
+impl<R: AsyncRead + Unpin> Lines<R> {
+    pub fn new(reader: R, max: usize) -> Lines<R> {
+        Lines {
+            reader: BufReader::new(reader),
+            line: Vec::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// The next line, with its `\n` if it had one; None at the end. A read
+    /// error ends the stream like EOF: the writer is gone either way.
+    pub async fn next_line(&mut self) -> Option<&[u8]> {
+        self.line.clear();
+        loop {
+            let available = match self.reader.fill_buf().await {
+                Ok(available) => available,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => &[],
+            };
+            if available.is_empty() {
+                return (!self.line.is_empty()).then_some(&self.line[..]);
+            }
+            let room = &available[..available.len().min(self.max - self.line.len())];
+            let (taken, complete) = match room.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (room.len(), self.line.len() + room.len() == self.max),
+            };
+            self.line.extend_from_slice(&room[..taken]);
+            self.reader.consume(taken);
+            if complete {
+                return Some(&self.line);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn lines_of(input: &[u8], max: usize) -> Vec<Vec<u8>> {
+        let mut lines = Lines::new(input, max);
+        let mut out = Vec::new();
+        while let Some(line) = lines.next_line().await {
+            out.push(line.to_vec());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn lines_split_and_cap() {
+        assert_eq!(
+            lines_of(b"a\nbb\n", 100).await,
+            [b"a\n".to_vec(), b"bb\n".to_vec()]
+        );
+        assert_eq!(
+            lines_of(b"a\nlast", 100).await,
+            [b"a\n".to_vec(), b"last".to_vec()]
+        );
+        assert_eq!(
+            lines_of(b"abcdefg\nh", 3).await,
+            [
+                b"abc".to_vec(),
+                b"def".to_vec(),
+                b"g\n".to_vec(),
+                b"h".to_vec()
+            ]
+        );
+        assert!(lines_of(b"", 3).await.is_empty());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell_convention() {
+        assert_eq!(Exit::Code(3).code(), 3);
+        assert_eq!(Exit::Signal(9).code(), 137);
+        assert_eq!(Exit::Code(1).to_string(), "exited with status 1");
+        assert_eq!(
+            Exit::Signal(9).to_string(),
+            "was killed by signal 9 (SIGKILL)"
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The unprivileged account apps run as when the daemon is root.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+/// The account apps run as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// The account's home from passwd, for information: apps get
+    /// `HOME` = their slug directory, as on Heroku (`HOME=/app`).
+    pub home: Option<PathBuf>,
+}
+
+/// The overflow id most systems give `nobody`.
+const NOBODY_ID: u32 = 65534;
+
+impl RunAs {
+    /// The account apps run as by default: none when the daemon is not
+    /// root (apps then run as the daemon's own user); otherwise `cygni-app`
+    /// if the installer created it, else `nobody`.
+    pub fn resolve_default() -> Option<RunAs> {
+        // SAFETY: geteuid cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            return None;
+        }
+        for name in ["cygni-app", "nobody"] {
+            match RunAs::lookup(name) {
+                // An account mapped to root would defeat the point.
+                Ok(Some(run_as)) if run_as.uid != 0 && run_as.gid != 0 => return Some(run_as),
+                Ok(Some(_)) => tracing::warn!(
+                    user = name,
+                    "refusing to run apps as an account with uid or gid 0"
+                ),
+                Ok(None) => {}
+                Err(error) => tracing::warn!(user = name, %error, "could not look up user"),
+            }
+        }
+        // Never fall back to running apps as root.
+        tracing::warn!("no cygni-app or nobody account; running apps as uid/gid {NOBODY_ID}");
+        Some(RunAs {
+            uid: NOBODY_ID,
+            gid: NOBODY_ID,
+            home: None,
+        })
+    }
+
+    /// Looks `name` up in the user database (passwd, LDAP, ... through NSS).
+    pub fn lookup(name: &str) -> io::Result<Option<RunAs>> {
+        let name = CString::new(name)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
+        // SAFETY: sysconf has no preconditions.
+        let hint = unsafe { libc::sysconf(libc::_SC_GETPW_R_SIZE_MAX) };
+        let mut len = usize::try_from(hint)
+            .ok()
+            .filter(|&n| n > 0)
+            .unwrap_or(1024);
+        loop {
+            let mut buf: Vec<libc::c_char> = vec![0; len];
+            // SAFETY: zeroed passwd is a valid out-parameter.
+            let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+            let mut found: *mut libc::passwd = std::ptr::null_mut();
+            // SAFETY: every pointer is valid for the call and `buf.len()`
+            // is the buffer's real size.
+            let rc = unsafe {
+                libc::getpwnam_r(
+                    name.as_ptr(),
+                    &mut pwd,
+                    buf.as_mut_ptr(),
+                    buf.len(),
+                    &mut found,
+                )
+            };
+            match rc {
+                0 if found.is_null() => return Ok(None),
+                0 => {}
+                libc::ERANGE if len < 1 << 20 => {
+                    len *= 2;
+                    continue;
+                }
+                // Some libcs report "no such user" as an error code.
+                libc::ENOENT | libc::ESRCH => return Ok(None),
+                rc => return Err(io::Error::from_raw_os_error(rc)),
+            }
+            let home = (!pwd.pw_dir.is_null()).then(|| {
+                // SAFETY: getpwnam_r succeeded, so pw_dir points to a NUL-
+                // terminated string inside `buf`, which is still alive.
+                let dir = unsafe { CStr::from_ptr(pwd.pw_dir) };
+                PathBuf::from(OsStr::from_bytes(dir.to_bytes()))
+            });
+            return Ok(Some(RunAs {
+                uid: pwd.pw_uid,
+                gid: pwd.pw_gid,
+                home,
+            }));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_up_root_and_misses_unknown_users() {
+        let root = RunAs::lookup("root").unwrap().expect("root exists");
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(RunAs::lookup("no-such-user-cygni").unwrap(), None);
+        assert!(RunAs::lookup("a\0b").is_err());
+    }
+
+    #[test]
+    fn default_is_unprivileged_when_root() {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { libc::geteuid() } == 0;
+        match RunAs::resolve_default() {
+            Some(run_as) => {
+                assert!(root, "run_as is only set when the daemon is root");
+                assert_ne!(run_as.uid, 0);
+                assert_ne!(run_as.gid, 0);
+            }
+            None => assert!(!root, "a root daemon must not run apps as root"),
+        }
+    }
+}
