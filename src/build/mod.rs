@@ -60,7 +60,6 @@ pub enum Target {
 }
 
 /// One build: the app, where its tree is, and where progress goes.
-#[derive(Debug)]
 pub struct BuildRequest<'a> {
     pub app: &'a AppName,
     /// The exported tree. The build happens in place: this directory becomes
@@ -84,6 +83,23 @@ pub struct BuildRequest<'a> {
     /// Progress, one line per message (with its `\n`), sent as it happens.
     /// A closed receiver does not stop the build.
     pub output: Sender<Vec<u8>>,
+}
+
+// By hand, so that a logged request shows which config vars were set but
+// never their values (they are secrets).
+impl std::fmt::Debug for BuildRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuildRequest")
+            .field("app", &self.app)
+            .field("source_dir", &self.source_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("buildpacks_dir", &self.buildpacks_dir)
+            .field("pinned", &self.pinned)
+            .field("target", &self.target)
+            .field("run_as", &self.run_as)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Knobs an operator may turn; [`build`] uses the defaults.
@@ -383,6 +399,29 @@ mod tests {
             "no builder detected: no Dockerfile; buildpacks nodejs, python, procfile did not detect; nixpacks found no plan"
         );
         assert!(err.is_app_fault());
+    }
+
+    #[test]
+    fn debug_of_a_request_hides_config_values() {
+        let app = AppName::parse("a").unwrap();
+        let env = BTreeMap::from([("SECRET_KEY".to_owned(), "hunter2".to_owned())]);
+        let (output, _rx) = tokio::sync::mpsc::channel(1);
+        let req = BuildRequest {
+            app: &app,
+            source_dir: Path::new("/src"),
+            cache_dir: Path::new("/cache"),
+            env: &env,
+            buildpacks_dir: Path::new("/bp"),
+            pinned: None,
+            target: Target::Slug,
+            run_as: None,
+            output,
+        };
+        let debug = format!("{req:?}");
+        assert!(
+            debug.contains("SECRET_KEY") && !debug.contains("hunter2"),
+            "{debug}"
+        );
     }
 
     #[test]
