@@ -240,6 +240,8 @@ fn redirect_https(host: &HeaderValue, uri: &Uri) -> Result<Response<ProxyBody>, 
 fn prepare_request(cx: &ConnCtx, req: &mut Request<Incoming>, host: HeaderValue) -> bool {
     let headers = req.headers_mut();
     let upgrade = strip_hop_by_hop(headers, true);
+    // Room for the headers added below in one growth, not several.
+    headers.reserve(5);
     if upgrade {
         headers.insert(header::CONNECTION, UPGRADE.clone());
     }
@@ -265,8 +267,6 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::TRANSFER_ENCODING
         || name == header::UPGRADE
         || name == KEEP_ALIVE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::PROXY_AUTHENTICATE
         || is_proxy_header(name.as_str())
 }
 
@@ -294,6 +294,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> b
         for token in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
             if token.eq_ignore_ascii_case("upgrade") {
                 upgrade = true;
+            } else if token.eq_ignore_ascii_case("keep-alive")
+                || token.eq_ignore_ascii_case("close")
+            {
+                // The common tokens: `Keep-Alive` is removed below anyway and
+                // `close` names no header. Skipping them keeps the usual
+                // `Connection: keep-alive` from costing an allocation.
             } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 named.push(name);
             }
