@@ -1,1 +1,161 @@
-//! The reverse proxy: routes snapshot, HTTP listener. (work in progress)
+//! The reverse proxy: every app reachable at `APP.DOMAIN` and its custom
+//! domains, through one HTTP listener (HTTPS comes with the TLS issue).
+//!
+//! ```text
+//!                 ┌──────────── worker 0 (current_thread runtime, core 0) ──────────┐
+//! listener ─dup─► │ accept ─► connection (hyper http1) ─► forward ─► pool ─► app    │
+//!          ─dup─► │ worker 1 ... one per core, each with its own upstream pool      │
+//!                 └──────────────────────────────────────────────────────────────────┘
+//!  RouteTable (ArcSwap<Routes>) and Challenges (ArcSwap<map>) are shared, read-only
+//!  on the request path; deploy swaps in new snapshots.
+//! ```
+//!
+//! - [`routes`]: host → app endpoints, the immutable snapshot and its swap.
+//! - [`challenges`]: ACME HTTP-01 tokens, answered before any routing.
+//! - `server`: listeners, per-core workers, connection timeouts, shutdown.
+//! - `forward`: one request: routing, header rewrite, upstream, upgrades.
+//! - `pool`, `body`: keep-alive upstream connections and streamed bodies.
+//!
+//! Why per-core `current_thread` runtimes: a proxied request hops between
+//! the client connection task and the upstream connection task several
+//! times; on a multi-thread runtime those hops become cross-core wakes.
+//! Keeping a connection and its upstream pool on one thread avoids them
+//! (see PERFORMANCE.md and the figures in `scripts/bench-proxy.sh`).
+
+mod body;
+mod challenges;
+mod forward;
+mod pool;
+pub mod routes;
+mod server;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hyper::StatusCode;
+
+pub use challenges::Challenges;
+pub use routes::{Route, RouteTable, Routes, RoutesBuilder};
+pub use server::serve_http;
+
+use crate::names::AppName;
+
+/// How the proxy listens and when it gives up on slow peers.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// A client must send a request's whole header block within this time,
+    /// counted from when the connection is ready for a request. It also
+    /// closes keep-alive connections that sit idle between requests.
+    pub header_read_timeout: Duration,
+    /// A connection on which no byte moved either way for this long is
+    /// closed (a stalled upload or an app that never answers). Upgraded
+    /// (WebSocket) connections are exempt: they have their own pings.
+    pub idle_timeout: Duration,
+    /// Most request headers accepted; more gets `431`. 100 keeps hyper's
+    /// parser on the stack; any other value costs a heap allocation per
+    /// request.
+    pub max_headers: usize,
+    /// Largest request head (request line and headers) in bytes; more gets
+    /// `431`.
+    pub max_header_bytes: usize,
+    /// Worker threads, each with its own runtime and upstream pool.
+    /// 0 = one per core available to the process.
+    pub workers: usize,
+    /// `false` serves on the caller's (multi-thread) runtime instead of
+    /// per-core runtimes; `workers` is then ignored. Kept for measurement.
+    pub per_core_runtimes: bool,
+    /// Give up connecting to an app endpoint after this long (then the next
+    /// endpoint is tried once).
+    pub connect_timeout: Duration,
+    /// On shutdown, in-flight requests get this long to finish.
+    pub drain_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_headers: 100,
+            max_header_bytes: 32 * 1024,
+            workers: 0,
+            per_core_runtimes: true,
+            connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything that can go wrong in the proxy. Request-level variants map to
+/// a status code in [`ProxyError::status`]; the client only ever sees a
+/// short page, the detail goes to the log.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid proxy configuration: {reason}")]
+    Config { reason: &'static str },
+    #[error("cannot prepare the HTTP listener")]
+    Listener {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start proxy worker {worker}")]
+    Worker {
+        worker: usize,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("proxy worker {worker} stopped unexpectedly")]
+    WorkerPanicked { worker: usize },
+
+    // Downstream (the client's request).
+    #[error("bad request: {reason}")]
+    BadRequest { reason: &'static str },
+    #[error("no app is served at this Host")]
+    UnknownHost,
+
+    // Upstream (the app).
+    #[error("app {app} has no running web endpoint")]
+    NoEndpoints { app: AppName },
+    #[error("cannot connect to app endpoint {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("timed out connecting to app endpoint {addr}")]
+    ConnectTimeout { addr: SocketAddr },
+    #[error("HTTP handshake with app endpoint {addr} failed")]
+    Handshake {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("app endpoint {addr} failed during the request")]
+    Upstream {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("app endpoint {addr} switched protocols without being asked to")]
+    UnexpectedUpgrade { addr: SocketAddr },
+}
+
+impl ProxyError {
+    /// The status a client gets for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::Handshake { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::UnexpectedUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Config { .. }
+            | ProxyError::Listener { .. }
+            | ProxyError::Worker { .. }
+            | ProxyError::WorkerPanicked { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
