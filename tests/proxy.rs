@@ -748,3 +748,27 @@ async fn shutdown_stops_accepting_and_lets_in_flight_requests_finish() {
         "serve_http returned: {result:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_pass_through_sized_and_chunked() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(routes(&[("a", &["a.localhost"], &[a.addr], false)]));
+    let body = "x".repeat(100_000);
+    let r = curl(
+        proxy.addr,
+        "a.localhost",
+        "/upload",
+        &["--data-binary", &body],
+    )
+    .await;
+    assert_eq!(r.body, "backend=a got 100000\n", "{r:?}");
+    // Transfer-Encoding is hop-by-hop: dropped, then re-framed upstream.
+    let r = curl(
+        proxy.addr,
+        "a.localhost",
+        "/upload",
+        &["-H", "Transfer-Encoding: chunked", "--data-binary", &body],
+    )
+    .await;
+    assert_eq!(r.body, "backend=a got 100000\n", "{r:?}");
+}
