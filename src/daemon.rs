@@ -20,12 +20,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RuntimeChoice};
 use crate::deploy::{self, Paths, Platform};
-use crate::logs::LogStore;
-use crate::proxy::{self, Challenges, ProxyConfig, RouteTable, Routes};
-use crate::runtime::local::{LocalConfig, LocalRuntime, RunAs};
 use crate::git::{GitEnv, Repos};
 use crate::hook::{self, PushRegistry};
+use crate::logs::LogStore;
 use crate::names::KeyName;
+use crate::proxy::{self, Challenges, ProxyConfig, RouteTable, Routes};
+use crate::runtime::local::{LocalConfig, LocalRuntime, RunAs};
 use crate::ssh::{self, keys, SshContext};
 use crate::state::{self, keys::Role, Db};
 
@@ -178,9 +178,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     ensure_admin(&db, &config)?;
     let git_env = GitEnv::install(&data)?;
     let repos = Repos::new(&data)?;
-    let interrupted = db.call_blocking(|c| state::releases::fail_unfinished(c))?;
+    let interrupted = db.call_blocking(state::releases::fail_unfinished)?;
     if interrupted > 0 {
-        tracing::warn!(interrupted, "marked deploys interrupted by the last stop as failed");
+        tracing::warn!(
+            interrupted,
+            "marked deploys interrupted by the last stop as failed"
+        );
     }
     for dir in ["slugs", "cache"] {
         create_dir(&data.join(dir), 0o711)?;

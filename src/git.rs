@@ -370,7 +370,10 @@ mod tests {
         assert_eq!(export(&repo, &sha, &dest).unwrap(), 2);
         assert_eq!(std::fs::read(dest.join("README")).unwrap(), b"hi");
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dest.join("run.sh")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dest.join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o111, 0o111);
         // The symlink is a link, and reading Procfile from objects does not follow it.
         assert!(std::fs::symlink_metadata(dest.join("Procfile"))

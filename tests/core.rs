@@ -6,12 +6,18 @@ use std::process::Command;
 
 use common::*;
 
+/// The smallest deployable app: a Procfile and a page.
+const APP: &[(&str, &str)] = &[
+    ("Procfile", "web: python3 -m http.server $PORT\n"),
+    ("index.html", "hello\n"),
+];
+
 #[test]
 fn create_push_and_list_apps() {
     let d = TestDaemon::start();
     d.ssh(&d.admin, "apps:create shop").ok();
 
-    let repo = make_repo(&d.dir.path().join("src"), &[("README", "hello\n")]);
+    let repo = make_repo(&d.dir.path().join("src"), APP);
     let sha = head_sha(&repo);
     let push = d
         .git(&d.admin, &repo, &["push", &d.remote("shop"), "main"])
@@ -49,7 +55,7 @@ fn create_push_and_list_apps() {
     )
     .ok();
     assert_eq!(
-        std::fs::read_to_string(clone_dir.join("README")).unwrap(),
+        std::fs::read_to_string(clone_dir.join("index.html")).unwrap(),
         "hello\n"
     );
 
@@ -66,7 +72,7 @@ fn create_push_and_list_apps() {
 #[test]
 fn admin_first_push_creates_the_app_and_other_branches_are_stored() {
     let d = TestDaemon::start();
-    let repo = make_repo(&d.dir.path().join("src"), &[("a", "1")]);
+    let repo = make_repo(&d.dir.path().join("src"), APP);
     let push = d
         .git(&d.admin, &repo, &["push", &d.remote("fresh"), "main"])
         .ok();
@@ -99,7 +105,7 @@ fn refusals_are_clear_and_write_nothing() {
         .fails_with("invalid app name \"../x\"");
 
     // A push to a path outside the repos dir.
-    let repo = make_repo(&d.dir.path().join("src"), &[("a", "1")]);
+    let repo = make_repo(&d.dir.path().join("src"), APP);
     let evil = format!("ssh://cygni@127.0.0.1:{}/../../etc", d.ssh_port);
     d.git(&d.admin, &repo, &["push", &evil, "main"])
         .fails_with("invalid repository");
@@ -176,7 +182,7 @@ fn deployer_with_a_grant_can_push_only_there() {
     d.ssh(&d.admin, "apps:create blog").ok();
     d.ssh(&d.admin, "keys:grant ci shop").ok();
 
-    let repo = make_repo(&d.dir.path().join("src"), &[("a", "1")]);
+    let repo = make_repo(&d.dir.path().join("src"), APP);
     d.git(&deployer, &repo, &["push", &d.remote("shop"), "main"])
         .ok();
     d.git(&deployer, &repo, &["push", &d.remote("blog"), "main"])
@@ -242,7 +248,7 @@ fn restart_keeps_apps_keys_repos_and_host_key() {
     let deployer = d.add_key("ci", "deployer");
     d.ssh(&d.admin, "apps:create shop").ok();
     d.ssh(&d.admin, "keys:grant ci shop").ok();
-    let repo = make_repo(&d.dir.path().join("src"), &[("a", "1")]);
+    let repo = make_repo(&d.dir.path().join("src"), APP);
     d.git(&d.admin, &repo, &["push", &d.remote("shop"), "main"])
         .ok();
     let sha = head_sha(&repo);

@@ -71,7 +71,10 @@ fn push_and_redeploy(fixture_name: &str, app: &str, marker: &str, file: &str) {
     let repo = fixture_repo(&d, fixture_name, app);
 
     let out = push(&d, &repo, app).ok();
-    assert!(out.stderr.contains("remote: -----> Released v1"), "{out:#?}");
+    assert!(
+        out.stderr.contains("remote: -----> Released v1"),
+        "{out:#?}"
+    );
     let (code, body) = d.curl(&host(app), "/");
     assert_eq!(code, 200, "{body}\n{}", d.log());
     assert!(body.contains(marker), "{body}");
@@ -79,7 +82,10 @@ fn push_and_redeploy(fixture_name: &str, app: &str, marker: &str, file: &str) {
     edit(&repo.join(file), marker, &format!("{marker} v2"));
     commit_all(&repo, "change");
     let out = push(&d, &repo, app).ok();
-    assert!(out.stderr.contains("remote: -----> Released v2"), "{out:#?}");
+    assert!(
+        out.stderr.contains("remote: -----> Released v2"),
+        "{out:#?}"
+    );
     let (code, body) = d.curl(&host(app), "/");
     assert_eq!(code, 200);
     assert!(body.contains(&format!("{marker} v2")), "{body}");
@@ -277,10 +283,14 @@ fn app_comes_back_after_kill_9_and_after_a_daemon_restart() {
     for pid in &pids {
         unsafe { libc::kill(*pid, libc::SIGKILL) };
     }
-    wait_for("the app to answer after kill -9", Duration::from_secs(30), || {
-        let (code, body) = d.curl(&host(app), "/");
-        (code == 200 && body.contains("hello from procfile-app")).then_some(())
-    });
+    wait_for(
+        "the app to answer after kill -9",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = d.curl(&host(app), "/");
+            (code == 200 && body.contains("hello from procfile-app")).then_some(())
+        },
+    );
     let new_pids = pids_in(&slugs);
     assert!(
         new_pids.iter().all(|p| !pids.contains(p)),
@@ -288,10 +298,14 @@ fn app_comes_back_after_kill_9_and_after_a_daemon_restart() {
     );
 
     d.restart();
-    wait_for("the app to answer after a restart", Duration::from_secs(30), || {
-        let (code, body) = d.curl(&host(app), "/");
-        (code == 200 && body.contains("hello from procfile-app")).then_some(())
-    });
+    wait_for(
+        "the app to answer after a restart",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = d.curl(&host(app), "/");
+            (code == 200 && body.contains("hello from procfile-app")).then_some(())
+        },
+    );
     let rel = d.ssh(&d.admin, &format!("releases {app} --json")).ok();
     let rel: serde_json::Value = serde_json::from_str(&rel.stdout).unwrap();
     assert_eq!(rel.as_array().unwrap().len(), 1, "no new release was made");

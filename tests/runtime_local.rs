@@ -371,7 +371,9 @@ async fn stop_ends_the_whole_process_group() {
         begun.elapsed()
     );
     assert!(!alive(leader), "leader {leader} survived");
-    assert!(!alive(bg), "background child {bg} survived");
+    // The leader is reaped by stop; the child got the same signal but may
+    // still be exiting.
+    eventually("the background child to die", || (!alive(bg)).then_some(())).await;
     host.log_line("cygni", |t| t == "worker.1 stopped").await;
 }
 
@@ -498,7 +500,12 @@ async fn one_off_timeout_kills_the_group() {
         "{result:?}"
     );
     assert!(begun.elapsed() < Duration::from_secs(5));
-    assert!(!alive(bg), "background child {bg} survived the timeout");
+    // The group got its signal together with the leader; give the kernel a
+    // moment to finish the child's exit rather than racing it.
+    eventually("the background child to die after the timeout", || {
+        (!alive(bg)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

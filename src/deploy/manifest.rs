@@ -91,12 +91,20 @@ mod tests {
 
     #[test]
     fn parses_and_validates() {
-        let m = Manifest::parse(b"[build]\nbuilder = \"nixpacks\"\n[healthcheck]\npath = \"/up\"\ntimeout = 5\n")
-            .unwrap();
+        let m = Manifest::parse(
+            b"[build]\nbuilder = \"nixpacks\"\n[healthcheck]\npath = \"/up\"\ntimeout = 5\n",
+        )
+        .unwrap();
         assert_eq!(m.build.builder.as_deref(), Some("nixpacks"));
         assert_eq!(m.health_check(), HealthCheck::Http { path: "/up".into() });
-        assert_eq!(m.boot_timeout(Duration::from_secs(60)), Duration::from_secs(5));
-        assert_eq!(Manifest::parse(b"").unwrap().health_check(), HealthCheck::Tcp);
+        assert_eq!(
+            m.boot_timeout(Duration::from_secs(60)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            Manifest::parse(b"").unwrap().health_check(),
+            HealthCheck::Tcp
+        );
         for bad in [
             &b"[healthcheck]\npath = \"up\"\n"[..],
             b"[healthcheck]\npath = \"/a b\"\n",

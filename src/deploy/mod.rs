@@ -22,7 +22,7 @@ pub mod health;
 pub mod manifest;
 pub mod reconcile;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -207,7 +207,10 @@ impl Platform {
     }
 
     fn slug_dir(&self, app: &AppName, version: u32) -> PathBuf {
-        self.paths.slugs.join(app.as_str()).join(format!("v{version}"))
+        self.paths
+            .slugs
+            .join(app.as_str())
+            .join(format!("v{version}"))
     }
 
     /// Is `branch` the one whose pushes deploy?
@@ -271,7 +274,9 @@ impl Platform {
                         started.elapsed().as_secs_f64()
                     ))
                     .await;
-                progress.info(format!("{} deployed", self.app_url(app))).await;
+                progress
+                    .info(format!("{} deployed", self.app_url(app)))
+                    .await;
                 self.prune_slugs(app).await;
                 release.status = Status::Live;
                 Ok(release)
@@ -450,7 +455,9 @@ impl Platform {
         self.set_status(release.id, Status::Releasing).await;
 
         if let (true, Some(cmd)) = (run_release_phase, release_command(release)) {
-            progress.step(format!("Running release command: {cmd}")).await;
+            progress
+                .step(format!("Running release command: {cmd}"))
+                .await;
             let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
             let spec = OneOffSpec {
                 app: app.clone(),
@@ -474,7 +481,9 @@ impl Platform {
                 }
             };
             while let Ok(line) = rx.try_recv() {
-                progress.info(String::from_utf8_lossy(&line).trim_end()).await;
+                progress
+                    .info(String::from_utf8_lossy(&line).trim_end())
+                    .await;
             }
             match code {
                 Ok(0) => {}
@@ -590,12 +599,11 @@ impl Platform {
         let Some(addr) = inst.endpoint else {
             return Err("has no endpoint".into());
         };
-        let mut last = String::from("did not start");
         loop {
-            match health::probe(addr, check).await {
+            let last = match health::probe(addr, check).await {
                 Ok(()) => return Ok(()),
-                Err(e) => last = e,
-            }
+                Err(e) => e,
+            };
             // A process that already crashed will not become healthy.
             let now = self
                 .runtime
@@ -781,9 +789,15 @@ impl PushHandler for Platform {
                     .await;
                 continue;
             }
-            self.deploy(&app, &update.new, branch, object_dirs.clone(), &mut progress)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.deploy(
+                &app,
+                &update.new,
+                branch,
+                object_dirs.clone(),
+                &mut progress,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             deployed = true;
         }
         Ok(())

@@ -79,10 +79,7 @@ impl Platform {
         let known: BTreeSet<&AppName> = apps.iter().map(|a| &a.name).collect();
 
         // Instances of apps that no longer exist: stop them.
-        let orphans: Vec<&Instance> = running
-            .iter()
-            .filter(|i| !known.contains(&i.app))
-            .collect();
+        let orphans: Vec<&Instance> = running.iter().filter(|i| !known.contains(&i.app)).collect();
         for i in orphans {
             tracing::info!(instance = %i.id, "stopping an instance of a removed app");
             let _ = self.runtime.stop(&i.id, STOP_GRACE).await;

@@ -279,6 +279,10 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
                 let _ = ctx.db.call(move |c| state::apps::delete(c, &name)).await;
                 return Err(e.into());
             }
+            // Routed at once: the new host answers 503 until a deploy, not 404.
+            if let Err(e) = ctx.platform.publish_routes().await {
+                tracing::warn!(error = %e, "route update after create");
+            }
             exec.stdout(format!(
                 "created {app}\ngit remote: ssh://cygni@HOST:PORT/{app}\nurl: {}\n",
                 ctx.app_url(&app)
@@ -352,12 +356,20 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
             } else {
                 let mut s = format!("=== {app} releases\n");
                 for r in &list {
-                    let sha = r.sha.as_deref().map(|s| &s[..s.len().min(7)]).unwrap_or("-");
+                    let sha = r
+                        .sha
+                        .as_deref()
+                        .map(|s| &s[..s.len().min(7)])
+                        .unwrap_or("-");
                     let status = match (&r.status, &r.failed_stage) {
                         (releases::Status::Failed, Some(stage)) => format!("failed ({stage})"),
                         (st, _) => st.as_str().to_owned(),
                     };
-                    let mark = if r.status == releases::Status::Live { "*" } else { " " };
+                    let mark = if r.status == releases::Status::Live {
+                        "*"
+                    } else {
+                        " "
+                    };
                     s.push_str(&format!(
                         "{mark} v{:<4} {sha:<7}  {status:<20} {}  {}\n",
                         r.version,
@@ -378,16 +390,16 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
             let app = AppName::parse(&app)?;
             visible_app(&ctx, &exec.identity, &app).await?;
             if let Some(v) = build {
-                let version: u32 = v
-                    .strip_prefix('v')
-                    .unwrap_or(&v)
-                    .parse()
-                    .map_err(|_| CommandError::Invalid(format!("{v:?} is not a release like v3")))?;
+                let version: u32 = v.strip_prefix('v').unwrap_or(&v).parse().map_err(|_| {
+                    CommandError::Invalid(format!("{v:?} is not a release like v3"))
+                })?;
                 let bytes = ctx
                     .platform
                     .logs
                     .read_build_log(&app, version)
-                    .map_err(|_| CommandError::Invalid(format!("no build log for {app} v{version}")))?;
+                    .map_err(|_| {
+                        CommandError::Invalid(format!("no build log for {app} v{version}"))
+                    })?;
                 exec.stdout(bytes).await;
                 return Ok(());
             }

@@ -73,6 +73,9 @@ async fn serve_inner(exec: &mut Exec, words: &[String]) -> Result<u32, CommandEr
                 Ok(_) | Err(state::StateError::Exists(_)) => {}
                 Err(e) => return Err(e.into()),
             }
+            if let Err(e) = ctx.platform.publish_routes().await {
+                tracing::warn!(error = %e, "route update after create");
+            }
             exec.stderr(format!("-----> Created app {app}\n")).await;
         }
         Err(e) => return Err(e),
