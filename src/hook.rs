@@ -96,11 +96,33 @@ pub struct PushSession {
 }
 
 /// A push as the daemon's handler sees it.
-#[derive(Debug, Clone)]
 pub struct Push {
     pub session: PushSession,
     pub updates: Vec<RefUpdate>,
     pub quarantine: Quarantine,
+    pub holder: PushHolder,
+}
+
+/// Keeps things alive until the push is over, i.e. until `receive-pack`
+/// has exited. git moves the refs only after the hook returns, so a lock
+/// that must cover the ref update (the app's deploy lock) is parked here.
+pub struct PushHolder {
+    registry: Arc<PushRegistry>,
+    token: String,
+}
+
+impl PushHolder {
+    pub fn keep_until_push_ends(&self, thing: Box<dyn std::any::Any + Send>) {
+        if let Some(p) = self.registry.lock().get_mut(&self.token) {
+            p.held.push(thing);
+        }
+        // No entry: the push already ended, and `thing` drops here.
+    }
+}
+
+struct Pending {
+    session: PushSession,
+    held: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 /// Text sent to the pusher, line by line, as it happens.
@@ -116,7 +138,7 @@ pub trait PushHandler: Send + Sync + 'static {
 /// Tokens of the pushes in flight, each tied to its SSH session.
 #[derive(Default)]
 pub struct PushRegistry {
-    pending: Mutex<HashMap<String, PushSession>>,
+    pending: Mutex<HashMap<String, Pending>>,
 }
 
 /// Removes the token when the push ends, however it ends.
@@ -127,18 +149,26 @@ pub struct PushToken {
 
 impl Drop for PushToken {
     fn drop(&mut self) {
-        self.registry.lock().remove(&self.token);
+        // Take the entry out under the lock, drop what it holds after.
+        let entry = self.registry.lock().remove(&self.token);
+        drop(entry);
     }
 }
 
 impl PushRegistry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, PushSession>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn register(self: &Arc<Self>, session: PushSession) -> PushToken {
         let token = random_token();
-        self.lock().insert(token.clone(), session);
+        self.lock().insert(
+            token.clone(),
+            Pending {
+                session,
+                held: Vec::new(),
+            },
+        );
         PushToken {
             registry: self.clone(),
             token,
@@ -146,7 +176,7 @@ impl PushRegistry {
     }
 
     fn lookup(&self, token: &str) -> Option<PushSession> {
-        self.lock().get(token).cloned()
+        self.lock().get(token).map(|p| p.session.clone())
     }
 }
 
@@ -214,7 +244,7 @@ pub async fn serve(
 
 async fn answer(
     stream: tokio::net::UnixStream,
-    registry: &PushRegistry,
+    registry: &Arc<PushRegistry>,
     handler: Arc<dyn PushHandler>,
 ) -> Result<(), HookError> {
     let (read, mut write) = stream.into_split();
@@ -236,6 +266,10 @@ async fn answer(
         session,
         updates: req.updates,
         quarantine: req.quarantine,
+        holder: PushHolder {
+            registry: registry.clone(),
+            token: req.token,
+        },
     };
 
     let (tx, mut rx) = mpsc::channel::<String>(256);

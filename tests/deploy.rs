@@ -310,3 +310,106 @@ fn app_comes_back_after_kill_9_and_after_a_daemon_restart() {
     let rel: serde_json::Value = serde_json::from_str(&rel.stdout).unwrap();
     assert_eq!(rel.as_array().unwrap().len(), 1, "no new release was made");
 }
+
+/// Two pushes at once: the second says it waits, and once the first has
+/// landed it is refused (its branch moved), as git refuses a stale push.
+/// Nothing it carried goes live.
+#[test]
+fn concurrent_push_waits_then_is_refused_as_stale() {
+    let d = TestDaemon::start();
+    let app = "busy";
+    let repo = fixture_repo(&d, "procfile-app", app);
+    push(&d, &repo, app).ok();
+
+    // First push: a slow release phase keeps the deploy lock for a while.
+    std::fs::write(
+        repo.join("Procfile"),
+        "web: python3 -m http.server $PORT\nrelease: sleep 4\n",
+    )
+    .unwrap();
+    edit(
+        &repo.join("index.html"),
+        "hello from procfile-app",
+        "hello from A",
+    );
+    commit_all(&repo, "A");
+
+    // Second push: another clone, another commit on the same parent.
+    let other = d.dir.path().join("other");
+    d.git(
+        &d.admin,
+        d.dir.path(),
+        &["clone", "-q", &d.remote(app), other.to_str().unwrap()],
+    )
+    .ok();
+    edit(
+        &other.join("index.html"),
+        "hello from procfile-app",
+        "hello from B",
+    );
+    commit_all(&other, "B");
+
+    let first = {
+        let remote = d.remote(app);
+        let key = d.admin.clone();
+        let repo = repo.clone();
+        let port = d.ssh_port;
+        std::thread::spawn(move || {
+            let ssh = format!("ssh -i {} {}", key.private.display(), ssh_opts().join(" "));
+            let _ = port;
+            git_cmd(&repo)
+                .env("GIT_SSH_COMMAND", ssh)
+                .args(["push", &remote, "main"])
+                .output()
+                .unwrap()
+        })
+    };
+    // Wait until the first deploy is in its release phase.
+    wait_for("the first deploy to start", Duration::from_secs(30), || {
+        let r = d.ssh(&d.admin, &format!("releases {app} --json"));
+        r.stdout.contains("\"releasing\"").then_some(())
+    });
+    let second = d.git(&d.admin, &other, &["push", &d.remote(app), "main"]);
+    let first = first.join().unwrap();
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_ne!(second.code, 0, "{second:#?}");
+    assert!(
+        second.stderr.contains("waiting for it to finish"),
+        "{second:#?}"
+    );
+    assert!(
+        second.stderr.contains("moved while this push waited"),
+        "{second:#?}"
+    );
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200);
+    assert!(body.contains("hello from A"), "{body}");
+}
+
+#[test]
+fn http_health_check_path_from_cygni_toml() {
+    let d = TestDaemon::start();
+    let app = "checked";
+    let repo = fixture_repo(&d, "procfile-app", app);
+    std::fs::write(
+        repo.join("cygni.toml"),
+        "[healthcheck]\npath = \"/nope\"\ntimeout = 5\n",
+    )
+    .unwrap();
+    commit_all(&repo, "bad check path");
+    push(&d, &repo, app).fails_with("GET /nope answered 404");
+
+    std::fs::write(
+        repo.join("cygni.toml"),
+        "[healthcheck]\npath = \"/index.html\"\n",
+    )
+    .unwrap();
+    commit_all(&repo, "good check path");
+    let out = push(&d, &repo, app).ok();
+    assert!(out.stderr.contains("answering GET /index.html"), "{out:#?}");
+    assert_eq!(d.curl(&host(app), "/").0, 200);
+}

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 
 use crate::build::{self, Artifact, BuildRequest, Target};
 use crate::git::{self, Repos};
-use crate::hook::{Push, PushHandler, PushOutput};
+use crate::hook::{Push, PushHandler, PushOutput, RefUpdate};
 use crate::logs::{BuildLogWriter, LogStore};
 use crate::names::{AppName, ProcessType};
 use crate::procfile::Procfile;
@@ -223,15 +223,31 @@ impl Platform {
 
     /// Build and release a pushed commit. Runs inside the pre-receive hook:
     /// an error rejects the push.
+    ///
+    /// Returns the app's deploy lock with the release: the caller keeps it
+    /// until git has moved the branch, so that a push waiting its turn sees
+    /// where the branch really is.
     pub async fn deploy(
         &self,
         app: &AppName,
-        sha: &str,
-        branch: &str,
+        update: &RefUpdate,
         object_dirs: Vec<PathBuf>,
         progress: &mut Progress,
-    ) -> Result<Release, DeployError> {
-        let _guard = self.lock_app(app, progress).await;
+    ) -> Result<(Release, tokio::sync::OwnedMutexGuard<()>), DeployError> {
+        let guard = self.lock_app(app, progress).await;
+        let (sha, branch) = (update.new.as_str(), update.branch().unwrap_or("main"));
+        // A push that waited for another deploy may find its branch moved:
+        // git would then refuse the ref update after we went live. Refuse
+        // first, as git itself would for a concurrent push.
+        let current = self.branch_head(app, &update.name).await;
+        tracing::debug!(%app, ?current, old = %update.old, "deploy lock taken");
+        let expected = (!update.old.bytes().all(|b| b == b'0')).then(|| update.old.clone());
+        if current != expected {
+            return Err(fail(
+                Stage::Export,
+                format!("{branch} moved while this push waited (another push landed first): fetch, merge and push again"),
+            ));
+        }
         let short = &sha[..sha.len().min(7)];
         let (a, s, d) = (app.clone(), sha.to_owned(), format!("Deploy {short}"));
         let mut release = self
@@ -279,7 +295,7 @@ impl Platform {
                     .await;
                 self.prune_slugs(app).await;
                 release.status = Status::Live;
-                Ok(release)
+                Ok((release, guard))
             }
             Err(e) => {
                 let (id, stage, msg) = (release.id, e.stage.as_str(), e.message.clone());
@@ -299,6 +315,20 @@ impl Platform {
                 Err(e)
             }
         }
+    }
+
+    /// Where a ref points in the repository proper (not the quarantine).
+    async fn branch_head(&self, app: &AppName, refname: &str) -> Option<String> {
+        let path = self.repos.path(app);
+        let refname = refname.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let repo = git2::Repository::open_bare(path).ok()?;
+            let oid = repo.refname_to_id(&refname).ok()?;
+            Some(oid.to_string())
+        })
+        .await
+        .ok()
+        .flatten()
     }
 
     pub fn app_url(&self, app: &AppName) -> String {
@@ -789,15 +819,11 @@ impl PushHandler for Platform {
                     .await;
                 continue;
             }
-            self.deploy(
-                &app,
-                &update.new,
-                branch,
-                object_dirs.clone(),
-                &mut progress,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let (_, guard) = self
+                .deploy(&app, update, object_dirs.clone(), &mut progress)
+                .await
+                .map_err(|e| e.to_string())?;
+            push.holder.keep_until_push_ends(Box::new(guard));
             deployed = true;
         }
         Ok(())
