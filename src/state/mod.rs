@@ -100,6 +100,15 @@ const MIGRATIONS: &[&str] = &[
         quantity INTEGER NOT NULL CHECK (quantity >= 0),
         PRIMARY KEY (app_id, process)
     );",
+    // 3: custom domains, and per-app switches.
+    "CREATE TABLE domains (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        host TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    ALTER TABLE apps ADD COLUMN redirect_https INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE apps ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A handle to the database, cheap to clone.

@@ -1,0 +1,123 @@
+//! `apps`, `apps:create`, `apps:destroy`, `apps:info`.
+
+use super::{json, require_admin, time, CommandError};
+use crate::names::AppName;
+use crate::ssh::{visible_app, Exec};
+use crate::state;
+
+pub(super) async fn list(exec: &mut Exec, as_json: bool) -> Result<(), CommandError> {
+    let ctx = exec.ctx.clone();
+    let mut apps = ctx.db.call(|c| state::apps::list(c)).await?;
+    if !exec.identity.is_admin() {
+        let fp = exec.identity.fingerprint.clone();
+        let key = ctx
+            .db
+            .call(move |c| state::keys::by_fingerprint(c, &fp))
+            .await?;
+        let granted = key.map(|k| k.apps).unwrap_or_default();
+        apps.retain(|a| granted.contains(&a.name));
+    }
+    let text = if as_json {
+        let rows: Vec<_> = apps
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "name": a.name,
+                    "url": ctx.app_url(&a.name),
+                    "created_at": a.created_at,
+                })
+            })
+            .collect();
+        json(&rows)?
+    } else if apps.is_empty() {
+        "no apps yet: push one with `git push cygni main`\n".to_owned()
+    } else {
+        apps.iter()
+            .map(|a| format!("{:<24} {}\n", a.name, ctx.app_url(&a.name)))
+            .collect()
+    };
+    exec.stdout(text).await;
+    Ok(())
+}
+
+pub(super) async fn create(exec: &mut Exec, app: String) -> Result<(), CommandError> {
+    let ctx = exec.ctx.clone();
+    require_admin(exec, "create apps")?;
+    let app = AppName::parse(&app)?;
+    let name = app.clone();
+    ctx.db.call(move |c| state::apps::create(c, &name)).await?;
+    if let Err(e) = ctx.repos.create(&app) {
+        // Keep the database and the disk in step: no app without a repo.
+        let name = app.clone();
+        let _ = ctx.db.call(move |c| state::apps::delete(c, &name)).await;
+        return Err(e.into());
+    }
+    // Routed at once: the new host answers 503 until a deploy, not 404.
+    if let Err(e) = ctx.platform.publish_routes().await {
+        tracing::warn!(error = %e, "route update after create");
+    }
+    exec.stdout(format!(
+        "created {app}\ngit remote: ssh://cygni@HOST:PORT/{app}\nurl: {}\n",
+        ctx.app_url(&app)
+    ))
+    .await;
+    Ok(())
+}
+
+pub(super) async fn destroy(
+    exec: &mut Exec,
+    app: String,
+    confirm: Option<String>,
+) -> Result<(), CommandError> {
+    let ctx = exec.ctx.clone();
+    require_admin(exec, "destroy apps")?;
+    let app = AppName::parse(&app)?;
+    visible_app(&ctx, &exec.identity, &app).await?;
+    if confirm.as_deref() != Some(app.as_str()) {
+        return Err(CommandError::Invalid(format!(
+            "this destroys {app} and all its data: confirm with `apps:destroy {app} --confirm {app}`"
+        )));
+    }
+    ctx.platform
+        .destroy_app(&app)
+        .await
+        .map_err(|e| CommandError::Internal(e.message))?;
+    exec.stdout(format!("destroyed {app}\n")).await;
+    Ok(())
+}
+
+pub(super) async fn info(exec: &mut Exec, app: String, as_json: bool) -> Result<(), CommandError> {
+    let ctx = exec.ctx.clone();
+    let app = AppName::parse(&app)?;
+    let record = visible_app(&ctx, &exec.identity, &app).await?;
+    let branches = ctx.repos.branches(&app).unwrap_or_default();
+    let repo_bytes = ctx.repos.size(&app);
+    let info = serde_json::json!({
+        "name": record.name,
+        "url": ctx.app_url(&app),
+        "created_at": record.created_at,
+        "deploy_branch": record.deploy_branch.as_deref().unwrap_or("main"),
+        "repo_size_bytes": repo_bytes,
+        "branches": branches.iter().map(|(b, sha)| serde_json::json!({"name": b, "sha": sha})).collect::<Vec<_>>(),
+    });
+    let text = if as_json {
+        json(&info)?
+    } else {
+        let mut s = format!(
+            "=== {app}\nurl:           {}\ncreated:       {}\ndeploy branch: {}\nrepo size:     {} KiB\n",
+            ctx.app_url(&app),
+            time(record.created_at),
+            record.deploy_branch.as_deref().unwrap_or("main"),
+            repo_bytes / 1024,
+        );
+        for (b, sha) in &branches {
+            s.push_str(&format!(
+                "branch:        {b} {}\n",
+                &sha[..sha.len().min(7)]
+            ));
+        }
+        s
+    };
+    exec.stdout(text).await;
+    Ok(())
+}

@@ -1,0 +1,370 @@
+//! Admin commands over `ssh cygni@HOST COMMAND [ARGS]`.
+//!
+//! One grammar: the exec string is split into words (shell-words, no shell)
+//! and parsed by clap. Every command prints its result on stdout and exits
+//! 0, or prints one line on stderr and exits non-zero. Listings take
+//! `--json`.
+//!
+//! Permissions: apps and keys change only for admins. A deployer sees only
+//! the apps granted to it; every other app is "app not found".
+
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+
+mod apps;
+mod keys;
+mod releases;
+
+use super::Exec;
+use crate::names::InvalidName;
+use crate::state;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The command line itself is wrong (exit 2).
+    #[error("{0}")]
+    Usage(String),
+    #[error("app not found: {0}")]
+    AppNotFound(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Name(#[from] InvalidName),
+    #[error(transparent)]
+    Key(#[from] super::keys::KeyError),
+    /// Details go to the server log; the user gets a short line.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<state::StateError> for CommandError {
+    fn from(e: state::StateError) -> Self {
+        match e {
+            state::StateError::Exists(what) => {
+                CommandError::Invalid(format!("{what} already exists"))
+            }
+            state::StateError::NotFound(what) => CommandError::Invalid(format!("{what} not found")),
+            other => {
+                tracing::error!(error = %other, "state error in a command");
+                CommandError::Internal("the database said no; see the server log".into())
+            }
+        }
+    }
+}
+
+impl From<crate::git::GitError> for CommandError {
+    fn from(e: crate::git::GitError) -> Self {
+        tracing::error!(error = %e, "git error in a command");
+        CommandError::Internal("repository error; see the server log".into())
+    }
+}
+
+impl CommandError {
+    fn exit_status(&self) -> u32 {
+        match self {
+            CommandError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// The command set. Doc comments are the one-line summaries `help` prints.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cygni",
+    no_binary_name = true,
+    disable_help_subcommand = true,
+    disable_version_flag = true,
+    override_usage = "ssh -p PORT cygni@HOST COMMAND [ARGS]"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List every command, or show one command's usage
+    Help { command: Option<String> },
+    /// Print Cygni's version
+    Version,
+    /// List apps
+    Apps {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an app
+    #[command(name = "apps:create")]
+    AppsCreate { app: String },
+    /// Destroy an app and everything it owns
+    #[command(name = "apps:destroy")]
+    AppsDestroy {
+        app: String,
+        /// The app's name again, to confirm
+        #[arg(long, value_name = "APP")]
+        confirm: Option<String>,
+    },
+    /// Show an app's details
+    #[command(name = "apps:info")]
+    AppsInfo {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an app's releases; the live one is marked
+    Releases {
+        app: String,
+        #[arg(long)]
+        json: bool,
+        /// How many, newest first
+        #[arg(short = 'n', long = "num", default_value_t = 20)]
+        num: u32,
+    },
+    /// Show an app's output, or a release's build log
+    Logs {
+        app: String,
+        /// How many lines
+        #[arg(short = 'n', long = "num", default_value_t = 100)]
+        num: usize,
+        /// Only this process type or instance (web, web.1)
+        #[arg(long, short = 'p', value_name = "PROCESS")]
+        process: Option<String>,
+        /// The build log of a release (v3 or 3) instead
+        #[arg(long, value_name = "VERSION")]
+        build: Option<String>,
+    },
+    /// List SSH keys
+    Keys {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add an SSH public key, read from stdin
+    #[command(name = "keys:add")]
+    KeysAdd {
+        name: String,
+        #[arg(long, default_value = "deployer", value_parser = ["admin", "deployer"])]
+        role: String,
+    },
+    /// Remove an SSH key by name or fingerprint
+    #[command(name = "keys:remove")]
+    KeysRemove { key: String },
+    /// Let a deployer key push to and manage an app
+    #[command(name = "keys:grant")]
+    KeysGrant { name: String, app: String },
+    /// Take a deployer key's access to an app away
+    #[command(name = "keys:revoke")]
+    KeysRevoke { name: String, app: String },
+}
+
+/// Parse words into a command. `Ok(Err(text))` is help text to print on
+/// stdout (`--help`).
+fn parse(words: &[String]) -> Result<Result<Cmd, String>, CommandError> {
+    let matches = Cli::command().try_get_matches_from(words);
+    match matches {
+        Ok(m) => Cli::from_arg_matches(&m)
+            .map(|c| Ok(c.cmd))
+            .map_err(|e| CommandError::Usage(one_line(&e))),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => Ok(Err(e.to_string())),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            Err(CommandError::Usage(
+                "no command given: try `help`".to_owned(),
+            ))
+        }
+        Err(e) => Err(CommandError::Usage(one_line(&e))),
+    }
+}
+
+/// clap's errors span several lines with usage; users get the first.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("invalid command");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    if e.kind() == clap::error::ErrorKind::InvalidSubcommand {
+        format!("{first}; try `help`")
+    } else {
+        first.to_owned()
+    }
+}
+
+/// Run a command and return the exit status; errors are printed here.
+pub(crate) async fn run(exec: &mut Exec, words: Vec<String>) -> u32 {
+    let result = match parse(&words) {
+        Ok(Ok(cmd)) => dispatch(exec, cmd).await,
+        Ok(Err(help)) => {
+            exec.stdout(help).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            exec.stderr(format!("error: {e}\n")).await;
+            e.exit_status()
+        }
+    }
+}
+
+pub(super) fn require_admin(exec: &Exec, what: &str) -> Result<(), CommandError> {
+    if exec.identity.is_admin() {
+        Ok(())
+    } else {
+        Err(CommandError::Forbidden(format!(
+            "only admin keys can {what}"
+        )))
+    }
+}
+
+pub(super) fn json<T: serde::Serialize>(value: &T) -> Result<String, CommandError> {
+    let mut s =
+        serde_json::to_string_pretty(value).map_err(|e| CommandError::Internal(e.to_string()))?;
+    s.push('\n');
+    Ok(s)
+}
+
+pub(super) fn time(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+        .unwrap_or_else(|| secs.to_string())
+}
+
+async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
+    match cmd {
+        Cmd::Help { command } => {
+            let text = help(command.as_deref())?;
+            exec.stdout(text).await;
+        }
+        Cmd::Version => {
+            exec.stdout(format!("cygni {}\n", env!("CARGO_PKG_VERSION")))
+                .await;
+        }
+        Cmd::Apps { json: as_json } => apps::list(exec, as_json).await?,
+        Cmd::AppsCreate { app } => apps::create(exec, app).await?,
+        Cmd::AppsDestroy { app, confirm } => apps::destroy(exec, app, confirm).await?,
+        Cmd::AppsInfo { app, json: as_json } => apps::info(exec, app, as_json).await?,
+        Cmd::Releases {
+            app,
+            json: as_json,
+            num,
+        } => releases::list(exec, app, as_json, num).await?,
+        Cmd::Logs {
+            app,
+            num,
+            process,
+            build,
+        } => releases::logs(exec, app, num, process, build).await?,
+        Cmd::Keys { json: as_json } => keys::list(exec, as_json).await?,
+        Cmd::KeysAdd { name, role } => keys::add(exec, name, role).await?,
+        Cmd::KeysRemove { key } => keys::remove(exec, key).await?,
+        Cmd::KeysGrant { name, app } => keys::grant(exec, name, app).await?,
+        Cmd::KeysRevoke { name, app } => keys::revoke(exec, name, app).await?,
+    }
+    Ok(())
+}
+
+/// `help` lists every command with its summary; `help COMMAND` its usage.
+fn help(command: Option<&str>) -> Result<String, CommandError> {
+    let mut root = Cli::command();
+    match command {
+        None => {
+            let mut s = String::from("Usage: ssh -p PORT cygni@HOST COMMAND [ARGS]\n\nCommands:\n");
+            for sub in root.get_subcommands() {
+                let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+                s.push_str(&format!("  {:<16} {about}\n", sub.get_name()));
+            }
+            s.push_str("\nRun `help COMMAND` for a command's usage. Listings take --json.\n");
+            Ok(s)
+        }
+        Some(name) => match root.find_subcommand_mut(name) {
+            Some(sub) => Ok(sub.clone().bin_name(name).render_long_help().to_string()),
+            None => Err(CommandError::Usage(format!(
+                "unknown command {name:?}; try `help`"
+            ))),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::AppName;
+
+    fn words(s: &str) -> Vec<String> {
+        shell_words::split(s).unwrap()
+    }
+
+    #[test]
+    fn parses_the_command_set() {
+        assert!(matches!(
+            parse(&words("apps --json")),
+            Ok(Ok(Cmd::Apps { json: true }))
+        ));
+        assert!(matches!(
+            parse(&words("apps:destroy shop --confirm shop")),
+            Ok(Ok(Cmd::AppsDestroy { .. }))
+        ));
+        assert!(matches!(
+            parse(&words("keys:add ci --role admin")),
+            Ok(Ok(Cmd::KeysAdd { .. }))
+        ));
+        assert!(matches!(parse(&words("apps --help")), Ok(Err(_))));
+    }
+
+    #[test]
+    fn bad_command_lines_are_one_line_errors() {
+        for line in [
+            "nope",
+            "apps:create",
+            "apps --bogus",
+            "keys:add x --role root",
+            "",
+        ] {
+            match parse(&words(line)) {
+                Err(CommandError::Usage(msg)) => {
+                    assert!(!msg.contains('\n'), "{line:?}: {msg:?}");
+                    assert!(!msg.is_empty());
+                }
+                other => panic!("{line:?} parsed: {other:?}"),
+            }
+        }
+    }
+
+    /// Names go through AppName after parsing: hostile ones never become paths.
+    #[test]
+    fn hostile_app_names() {
+        for name in [
+            "..",
+            "a;b",
+            "App",
+            "ａｐｐ",
+            "a\u{200b}",
+            "../x",
+            &"a".repeat(64),
+        ] {
+            let line = vec!["apps:create".to_string(), name.to_string()];
+            let Ok(Ok(Cmd::AppsCreate { app })) = parse(&line) else {
+                panic!("{name:?} should reach the name check");
+            };
+            assert!(AppName::parse(&app).is_err(), "{name:?}");
+        }
+        // `-h` is clap's help flag, never an app name.
+        assert!(matches!(parse(&words("apps:create -h")), Ok(Err(_))));
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let text = help(None).unwrap();
+        for name in [
+            "apps:create",
+            "apps:destroy",
+            "keys:add",
+            "keys:grant",
+            "version",
+        ] {
+            assert!(text.contains(name), "{name} missing from help");
+        }
+        assert!(help(Some("apps:destroy")).unwrap().contains("--confirm"));
+        assert!(help(Some("nope")).is_err());
+    }
+}
