@@ -249,6 +249,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         domain: config.domain.clone(),
         http_port: http_addr.port(),
         platform: platform.clone(),
+        started: std::time::Instant::now(),
     });
 
     let host = if ssh_addr.ip().is_unspecified() {

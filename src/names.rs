@@ -17,6 +17,8 @@ pub enum InvalidName {
     Process(String),
     #[error("invalid key name {0:?}: use 1-64 characters A-Z, a-z, 0-9, '.', '_', '@' and '-'")]
     Key(String),
+    #[error("invalid domain {0:?}: {1}")]
+    Host(String, &'static str),
 }
 
 /// An app name: `^[a-z][a-z0-9-]{0,62}$`.
@@ -138,6 +140,71 @@ impl fmt::Display for KeyName {
     }
 }
 
+/// A hostname as routed and certified: lowercase ASCII (IDNA applied), no
+/// trailing dot, no port, at least two labels, not an IP address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct Hostname(String);
+
+impl Hostname {
+    /// Normalize once: `Shop.Example.COM.`, `shop.example.com:443` and
+    /// `ShOp.example.com` are all `shop.example.com`; `bücher.de` is
+    /// `xn--bcher-kva.de`.
+    pub fn parse(input: &str) -> Result<Hostname, InvalidName> {
+        let err = |why| InvalidName::Host(input.to_owned(), why);
+        let mut s = input.trim();
+        if s.contains('/') || s.contains('@') || s.contains('*') {
+            return Err(err("give a bare host name, like www.example.com"));
+        }
+        // A port is not part of the name (`[v6]:port` is refused below as an IP).
+        if let Some((host, port)) = s.rsplit_once(':') {
+            if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+                s = host;
+            }
+        }
+        let s = s.strip_suffix('.').unwrap_or(s);
+        if s.parse::<std::net::IpAddr>().is_ok() || s.starts_with('[') {
+            return Err(err("an IP address is not a domain"));
+        }
+        let ascii = idna::domain_to_ascii(s).map_err(|_| err("not a valid international name"))?;
+        if ascii.is_empty() || ascii.len() > 253 {
+            return Err(err("must be 1 to 253 characters"));
+        }
+        let labels: Vec<&str> = ascii.split('.').collect();
+        if labels.len() < 2 {
+            return Err(err("needs at least two labels, like example.com"));
+        }
+        for label in &labels {
+            let b = label.as_bytes();
+            let ok = !b.is_empty()
+                && b.len() <= 63
+                && b[0] != b'-'
+                && b[b.len() - 1] != b'-'
+                && b.iter()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+            if !ok {
+                return Err(err(
+                    "each label is 1-63 of a-z, 0-9 and '-', not starting or ending in '-'",
+                ));
+            }
+        }
+        if labels[labels.len() - 1].bytes().all(|c| c.is_ascii_digit()) {
+            return Err(err("the last label cannot be numeric"));
+        }
+        Ok(Hostname(ascii))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Hostname {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +252,39 @@ mod tests {
         assert!(ProcessType::parse("worker_2").is_ok());
         for bad in ["", "Web", "1x", "a b", "a;b", &"w".repeat(31)] {
             assert!(ProcessType::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostnames_are_normalized_once() {
+        for (input, want) in [
+            ("Shop.Example.COM.", "shop.example.com"),
+            ("shop.example.com:443", "shop.example.com"),
+            ("  www.example.org ", "www.example.org"),
+            ("bücher.de", "xn--bcher-kva.de"),
+            ("ＥＸＡＭＰＬＥ.com", "example.com"),
+            ("a.localhost", "a.localhost"),
+        ] {
+            assert_eq!(Hostname::parse(input).unwrap().as_str(), want, "{input}");
+        }
+        for bad in [
+            "",
+            "localhost",
+            "127.0.0.1",
+            "[::1]:80",
+            "-a.com",
+            "a-.com",
+            "a..com",
+            "*.example.com",
+            "http://example.com",
+            "a b.com",
+            "a;b.com",
+            "user@example.com",
+            "example.123",
+            &format!("{}.com", "a".repeat(64)),
+        ] {
+            let e = Hostname::parse(bad).unwrap_err().to_string();
+            assert!(e.starts_with("invalid domain"), "{bad:?}: {e}");
         }
     }
 

@@ -20,6 +20,7 @@
 
 pub mod health;
 pub mod manifest;
+pub mod ops;
 pub mod reconcile;
 
 use std::collections::HashMap;
@@ -118,6 +119,9 @@ pub struct Platform {
     pub boot_timeout: Duration,
     /// uid/gid builds run as when the daemon is root.
     pub build_as: Option<(u32, u32)>,
+    /// Woken when an app's set of hosts changes (a domain added or removed,
+    /// an app created or destroyed), e.g. so certificates are ordered now.
+    pub hosts_notify: Arc<tokio::sync::Notify>,
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -176,8 +180,14 @@ impl Platform {
             domain,
             boot_timeout,
             build_as,
+            hosts_notify: Arc::new(tokio::sync::Notify::new()),
             locks: Default::default(),
         }
+    }
+
+    /// Tell whoever watches hosts (the certificate renewer) to look again.
+    pub fn hosts_changed(&self) {
+        self.hosts_notify.notify_waiters();
     }
 
     /// The per-app lock that serializes deploys, config releases, rollbacks
@@ -592,10 +602,15 @@ impl Platform {
             }
         }
 
-        // Switch: the new release becomes live, then routes follow state.
-        let id = release.id;
+        // Switch: the new release becomes live (and the app runs again if
+        // it was stopped: a release is a request to run it), then routes
+        // follow state.
+        let (id, a) = (release.id, app.clone());
         self.db
-            .call(move |c| releases::make_live(c, id))
+            .call(move |c| {
+                releases::make_live(c, id)?;
+                state::apps::set_stopped(c, &a, false)
+            })
             .await
             .map_err(|e| internal(Stage::Switch, e))?;
         if let Err(e) = self.publish_routes().await {

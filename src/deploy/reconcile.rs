@@ -40,9 +40,15 @@ impl Platform {
     /// Every app gets `APP.DOMAIN`; its endpoints are the live release's
     /// `web` instances that are up. An app with none answers 503.
     pub async fn publish_routes(&self) -> Result<(), ReconcileError> {
-        let (apps, live) = self
+        let (apps, live, domains) = self
             .db
-            .call(|c| Ok((state::apps::list(c)?, releases::all_live(c)?)))
+            .call(|c| {
+                Ok((
+                    state::apps::list(c)?,
+                    releases::all_live(c)?,
+                    state::domains::all(c)?,
+                ))
+            })
             .await?;
         let instances = self.runtime.list(None).await?;
         let live_version: HashMap<&AppName, u32> =
@@ -61,7 +67,13 @@ impl Platform {
                 })
                 .filter_map(|i| i.endpoint)
                 .collect();
-            let hosts = vec![format!("{}.{}", app.name, self.domain)];
+            let mut hosts = vec![format!("{}.{}", app.name, self.domain)];
+            hosts.extend(
+                domains
+                    .iter()
+                    .filter(|(a, _)| *a == app.name)
+                    .map(|(_, h)| h.to_string()),
+            );
             builder = builder.app(app.name.clone(), hosts, endpoints, false);
         }
         self.routes.replace(builder.build());
@@ -99,16 +111,24 @@ impl Platform {
         self.publish_routes().await
     }
 
-    async fn reconcile_app(
+    /// Bring one app's instances to its live release's formation (none when
+    /// the app is stopped). Returns the instances it started.
+    pub(super) async fn reconcile_app(
         &self,
         app: &AppName,
         release: Option<&releases::Release>,
         running: &[Instance],
-    ) -> Result<(), ReconcileError> {
+    ) -> Result<Vec<Instance>, ReconcileError> {
         let mine: Vec<&Instance> = running.iter().filter(|i| &i.app == app).collect();
         let mut wanted: BTreeSet<InstanceId> = BTreeSet::new();
+        let mut started = Vec::new();
+        let a = app.clone();
+        let stopped = self
+            .db
+            .call(move |c| state::apps::is_stopped(c, &a))
+            .await?;
 
-        if let Some(release) = release {
+        if let (Some(release), false) = (release, stopped) {
             if let Some(artifact) = &release.artifact {
                 let a = app.clone();
                 let stored = self.db.call(move |c| formation::get(c, &a)).await?;
@@ -129,7 +149,7 @@ impl Platform {
                             .any(|i| i.id == id && i.state != InstanceState::Stopped);
                         if !up {
                             tracing::info!(instance = %id, "reconcile: starting");
-                            self.runtime.start(spec).await?;
+                            started.push(self.runtime.start(spec).await?);
                         }
                         wanted.insert(id);
                     }
@@ -142,7 +162,7 @@ impl Platform {
                 self.runtime.stop(&i.id, STOP_GRACE).await?;
             }
         }
-        Ok(())
+        Ok(started)
     }
 }
 

@@ -60,7 +60,7 @@ use tokio::time::Instant;
 
 use self::process::{Launch, Lines, ProcessGroup, Spawner};
 use super::{
-    Instance, InstanceId, InstanceSpec, InstanceState, OneOffSpec, OutputSink, Runtime,
+    Attach, Instance, InstanceId, InstanceSpec, InstanceState, OneOffSpec, OutputSink, Runtime,
     RuntimeError,
 };
 use crate::build::Artifact;
@@ -419,6 +419,96 @@ impl Runtime for LocalRuntime {
             .collect();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(instances)
+    }
+
+    async fn run_attached(&self, spec: OneOffSpec, io: Attach) -> Result<i32, RuntimeError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let slug = slug_dir(&spec.artifact)?;
+        let what = format!("one-off command of {} v{}", spec.app, spec.release);
+        let spawn_error = |source| RuntimeError::Spawn {
+            id: what.clone(),
+            source,
+        };
+        let Some((program, args)) = spec.argv.split_first() else {
+            return Err(spawn_error(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "empty command",
+            )));
+        };
+        let mut env: Vec<(OsString, OsString)> =
+            self.base_env(slug, &spec.env).into_iter().collect();
+        let terminal = match &io.pty {
+            Some(p) => {
+                env.push(("TERM".into(), p.term.clone().into()));
+                process::Terminal::Pty {
+                    cols: p.cols,
+                    rows: p.rows,
+                }
+            }
+            None => process::Terminal::Pipes,
+        };
+        let launch = Launch {
+            program: program.into(),
+            args: args.iter().map(OsString::from).collect(),
+            cwd: slug.to_owned(),
+            env,
+            run_as: self.config.run_as.clone(),
+        };
+        let spawner = self.spawner().map_err(spawn_error)?;
+        let (mut group, attached) = process::spawn_attached(&spawner, &launch, terminal)
+            .await
+            .map_err(spawn_error)?;
+        let process::Attached {
+            mut output,
+            mut input,
+        } = attached;
+
+        let Attach {
+            mut stdin,
+            output: sink,
+            ..
+        } = io;
+        // Client → command, until the client's EOF (then the command's
+        // stdin closes) or the command stops reading.
+        let feed = tokio::spawn(async move {
+            while let Some(chunk) = stdin.recv().await {
+                if input.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            let _ = input.shutdown().await;
+        });
+        // Command → client, raw: a pty's output is a byte stream, not lines.
+        let pump = tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            let mut listening = true;
+            loop {
+                match output.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if listening && sink.send(buf[..n].to_vec()).await.is_err() {
+                            listening = false;
+                        }
+                    }
+                }
+            }
+        });
+
+        let finished = tokio::time::timeout(spec.timeout, group.exited()).await;
+        let exit = match finished {
+            Ok(()) => group.reap().await,
+            Err(_) => group.terminate(self.config.stop_grace).await,
+        };
+        feed.abort();
+        drain(pump, ONE_OFF_DRAIN).await;
+        match finished {
+            Ok(()) => Ok(exit.code()),
+            Err(_) => Err(RuntimeError::Timeout {
+                what: format!("`{}` ({what})", program),
+                secs: spec.timeout.as_secs_f64().ceil() as u64,
+            }),
+        }
     }
 
     async fn run_once(&self, spec: OneOffSpec, output: OutputSink) -> Result<i32, RuntimeError> {

@@ -127,6 +127,22 @@ pub enum RuntimeError {
 /// Output of a one-off command goes here, line by line as it comes.
 pub type OutputSink = tokio::sync::mpsc::Sender<Vec<u8>>;
 
+/// A one-off attached to a client (`run`): its stdin, where its output
+/// goes (raw bytes, as they come), and whether it gets a pseudo-terminal.
+pub struct Attach {
+    pub stdin: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    pub output: OutputSink,
+    pub pty: Option<PtySize>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PtySize {
+    pub cols: u16,
+    pub rows: u16,
+    /// `TERM` for the command.
+    pub term: String,
+}
+
 /// A way of running instances. See the module docs for the contract.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
@@ -147,4 +163,14 @@ pub trait Runtime: Send + Sync + 'static {
     /// Run a one-off command to completion, streaming its combined output to
     /// `output`; returns its exit code (128+signal when killed).
     async fn run_once(&self, spec: OneOffSpec, output: OutputSink) -> Result<i32, RuntimeError>;
+
+    /// Run a one-off attached to a client: stdin forwarded until it ends,
+    /// output passed on raw, a pty when asked. Returns the exit code.
+    async fn run_attached(&self, spec: OneOffSpec, io: Attach) -> Result<i32, RuntimeError> {
+        let _ = (spec, io);
+        Err(RuntimeError::Unsupported {
+            runtime: self.name(),
+            what: "attached one-off commands".into(),
+        })
+    }
 }

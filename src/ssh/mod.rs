@@ -41,6 +41,8 @@ pub struct SshContext {
     pub domain: String,
     pub http_port: u16,
     pub platform: Arc<crate::deploy::Platform>,
+    /// When the daemon started, for `status`.
+    pub started: std::time::Instant,
 }
 
 impl SshContext {
@@ -75,7 +77,22 @@ pub(crate) struct Exec {
     pub git_protocol: Option<String>,
     /// The client's stdin; ends at the client's EOF.
     pub stdin: mpsc::Receiver<Bytes>,
+    /// Cancelled when the client closes the channel or goes away, so long
+    /// commands (`logs -f`, `run`) stop even when they have nothing to say.
+    pub closed: tokio_util::sync::CancellationToken,
+    /// The client asked for a pseudo-terminal (`ssh -t`).
+    pub pty: Option<PtyRequest>,
     pub out: ChannelWriteHalf<Msg>,
+    /// A command whose status is another process's (`run`) sets it here.
+    pub exit_override: Option<u32>,
+}
+
+/// A pseudo-terminal as the client asked for it.
+#[derive(Debug, Clone)]
+pub struct PtyRequest {
+    pub term: String,
+    pub cols: u16,
+    pub rows: u16,
 }
 
 impl Exec {
@@ -120,7 +137,13 @@ pub(crate) async fn run_exec(mut exec: Exec, command: String) {
                     .await;
                 1
             }
-            _ => commands::run(&mut exec, words).await,
+            _ => {
+                let status = commands::run(&mut exec, words).await;
+                exec.exit_override
+                    .take()
+                    .filter(|_| status == 0)
+                    .unwrap_or(status)
+            }
         },
     };
     tracing::info!(peer = %exec.peer, key = %exec.identity.key_name, command = %first_word(&command), status, "ssh exec");

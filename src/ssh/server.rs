@@ -211,6 +211,7 @@ fn log_end(peer: SocketAddr, r: Result<(), russh::Error>) {
 struct ChannelSlot {
     channel: Option<Channel<Msg>>,
     git_protocol: Option<String>,
+    pty: Option<super::PtyRequest>,
 }
 
 /// One client connection's state, owned by russh's session task.
@@ -301,6 +302,7 @@ impl Handler for Connection {
             ChannelSlot {
                 channel: Some(channel),
                 git_protocol: None,
+                pty: None,
             },
         );
         reply.accept().await;
@@ -331,6 +333,38 @@ impl Handler for Connection {
                 session.channel_success(channel)
             }
             _ => session.channel_failure(channel),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // Only `run` uses it; the terminal name is passed on as TERM, so it
+        // is checked like any other value that reaches a process.
+        let term_ok = !term.is_empty()
+            && term.len() <= 64
+            && term
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+'));
+        match self.channels.get_mut(&channel) {
+            Some(slot) => {
+                slot.pty = Some(super::PtyRequest {
+                    term: if term_ok { term } else { "xterm" }.to_owned(),
+                    cols: cols.clamp(1, 1000) as u16,
+                    rows: rows.clamp(1, 1000) as u16,
+                });
+                session.channel_success(channel)
+            }
+            None => session.channel_failure(channel),
         }
     }
 
@@ -424,6 +458,7 @@ impl Handler for Connection {
             return session.channel_failure(channel);
         };
         let git_protocol = slot.git_protocol.clone();
+        let pty = slot.pty.clone();
         session.channel_success(channel)?;
 
         let command = String::from_utf8_lossy(data).into_owned();
@@ -432,14 +467,18 @@ impl Handler for Connection {
         tokio::spawn(async move {
             let (read, write) = ch.split();
             let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
-            tokio::spawn(pump_stdin(read, stdin_tx));
+            let closed = tokio_util::sync::CancellationToken::new();
+            tokio::spawn(pump_stdin(read, stdin_tx, closed.clone()));
             let exec = super::Exec {
                 ctx,
                 identity,
                 peer,
                 git_protocol,
                 stdin: stdin_rx,
+                closed,
+                pty,
                 out: write,
+                exit_override: None,
             };
             super::run_exec(exec, command).await;
         });
@@ -450,7 +489,13 @@ impl Handler for Connection {
 /// Read the channel until it closes, passing stdin bytes on while someone
 /// wants them. Reading never stops early: russh stalls the whole connection
 /// when a channel's queue is not drained.
-async fn pump_stdin(mut read: russh::ChannelReadHalf, tx: mpsc::Sender<Bytes>) {
+async fn pump_stdin(
+    mut read: russh::ChannelReadHalf,
+    tx: mpsc::Sender<Bytes>,
+    closed: tokio_util::sync::CancellationToken,
+) {
+    // However the loop ends, the channel is gone for good.
+    let _closed = closed.drop_guard();
     let mut tx = Some(tx);
     while let Some(msg) = read.wait().await {
         match msg {

@@ -13,6 +13,10 @@ pub struct App {
     pub created_at: i64,
     /// None: `main`, or `master` when only that exists.
     pub deploy_branch: Option<String>,
+    /// Redirect plain HTTP to HTTPS once the app has a certificate.
+    pub redirect_https: bool,
+    /// `ps:stop`: nothing runs until `ps:start`.
+    pub stopped: bool,
 }
 
 fn row_to_app(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
@@ -27,10 +31,12 @@ fn row_to_app(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
         name,
         created_at: r.get(2)?,
         deploy_branch: r.get(3)?,
+        redirect_https: r.get(4)?,
+        stopped: r.get(5)?,
     })
 }
 
-const COLUMNS: &str = "id, name, created_at, deploy_branch";
+const COLUMNS: &str = "id, name, created_at, deploy_branch, redirect_https, stopped";
 
 pub fn create(conn: &mut Connection, name: &AppName) -> Result<App, StateError> {
     let tx = write_tx(conn)?;
@@ -57,7 +63,26 @@ pub fn create(conn: &mut Connection, name: &AppName) -> Result<App, StateError> 
         name: name.clone(),
         created_at,
         deploy_branch: None,
+        redirect_https: true,
+        stopped: false,
     })
+}
+
+pub fn is_stopped(conn: &Connection, name: &AppName) -> Result<bool, StateError> {
+    Ok(get(conn, name)?.is_some_and(|a| a.stopped))
+}
+
+pub fn set_stopped(conn: &mut Connection, name: &AppName, stopped: bool) -> Result<(), StateError> {
+    let tx = write_tx(conn)?;
+    let n = tx.execute(
+        "UPDATE apps SET stopped = ?2 WHERE name = ?1",
+        params![name.as_str(), stopped],
+    )?;
+    if n == 0 {
+        return Err(StateError::NotFound(format!("app {name}")));
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 pub fn get(conn: &Connection, name: &AppName) -> Result<Option<App>, StateError> {

@@ -11,6 +11,7 @@
 
 pub mod apps;
 pub mod config_vars;
+pub mod domains;
 pub mod formation;
 pub mod keys;
 pub mod releases;

@@ -24,7 +24,7 @@
 use std::ffi::OsString;
 use std::fmt;
 use std::io::{self, ErrorKind};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -144,6 +144,248 @@ pub(super) async fn spawn(
     // From here on, an error drops `group`, which kills it.
     let output = pipe::Receiver::from_owned_fd(read)?;
     Ok((group, output))
+}
+
+/// How an attached one-off talks to its client.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Terminal {
+    /// stdin, and stdout+stderr merged, on pipes.
+    Pipes,
+    /// A pseudo-terminal of this size: the command is a session leader with
+    /// the pty as its controlling terminal, as under `ssh -t`.
+    Pty { cols: u16, rows: u16 },
+}
+
+/// The client's side of an attached one-off: what it prints, and its stdin.
+pub(super) struct Attached {
+    pub output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    pub input: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+}
+
+/// Like [`spawn`], with stdin connected, on pipes or on a pty.
+pub(super) async fn spawn_attached(
+    spawner: &Arc<Spawner>,
+    launch: &Launch,
+    terminal: Terminal,
+) -> io::Result<(ProcessGroup, Attached)> {
+    let mut command = Command::new(&launch.program);
+    command
+        .args(&launch.args)
+        .current_dir(&launch.cwd)
+        .env_clear()
+        .envs(launch.env.iter().map(|(k, v)| (k, v)));
+    let drop_privileges = launch.run_as.is_some();
+    if let Some(run_as) = &launch.run_as {
+        command.gid(run_as.gid).uid(run_as.uid);
+    }
+    let parent = std::process::id() as libc::pid_t;
+    let (pty_master, output_pipe) = match terminal {
+        Terminal::Pipes => {
+            let (read, write) = pipe_cloexec()?;
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::from(write.try_clone()?))
+                .stderr(Stdio::from(write))
+                .process_group(0);
+            (None, Some(read))
+        }
+        Terminal::Pty { cols, rows } => {
+            let (master, slave) = open_pty(cols, rows)?;
+            // If the app runs unprivileged, it must be able to use its tty.
+            if let Some(run_as) = &launch.run_as {
+                // SAFETY: fchown on an fd we own.
+                unsafe { libc::fchown(slave.as_raw_fd(), run_as.uid, run_as.gid) };
+            }
+            command
+                .stdin(Stdio::from(slave.try_clone()?))
+                .stdout(Stdio::from(slave.try_clone()?))
+                .stderr(Stdio::from(slave));
+            // No process_group(0): setsid below makes the command leader of
+            // a new session *and* group (a group leader could not setsid).
+            (Some(master), None)
+        }
+    };
+    let pty = pty_master.is_some();
+    // SAFETY: as in `spawn`: only async-signal-safe calls between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if drop_privileges && libc::getgroups(0, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::from_raw_os_error(libc::EPERM));
+            }
+            if pty {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // stdin is the pty's slave side: make it our terminal.
+                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+
+    let mut child = spawner.spawn(command).await?;
+    let stdin = child.stdin.take();
+    let pid = child.id() as libc::pid_t;
+    let group = ProcessGroup {
+        exit: ExitWatch::new(pid),
+        child: Some(child),
+        pid,
+        _spawner: spawner.clone(),
+    };
+    let attached = match (pty_master, output_pipe, stdin) {
+        (Some(master), _, _) => {
+            let writer = PtyMaster::new(master.try_clone()?)?;
+            Attached {
+                output: Box::new(PtyMaster::new(master)?),
+                input: Box::new(writer),
+            }
+        }
+        (None, Some(read), Some(stdin)) => Attached {
+            output: Box::new(pipe::Receiver::from_owned_fd(read)?),
+            input: Box::new(pipe::Sender::from_owned_fd(OwnedFd::from(stdin))?),
+        },
+        _ => return Err(io::Error::other("attached process has no stdio")),
+    };
+    Ok((group, attached))
+}
+
+fn open_pty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two fds on success; the name buffer is null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created and are owned by no one else.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&master, &slave] {
+        // SAFETY: fcntl on fds we own.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok((master, slave))
+}
+
+/// The master side of a pty as an async reader/writer. EIO on read means
+/// the slave side closed (the command and its children are gone): EOF.
+struct PtyMaster {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl PtyMaster {
+    fn new(fd: OwnedFd) -> io::Result<PtyMaster> {
+        // SAFETY: fcntl on an fd we own.
+        unsafe {
+            let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+        // SAFETY: an OwnedFd stays open, naming the same pty, for as long
+        // as the AsyncFd that owns it.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+        Ok(PtyMaster { fd })
+    }
+}
+
+impl tokio::io::AsyncRead for PtyMaster {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            let mut guard = match self.fd.poll_read_ready(cx) {
+                std::task::Poll::Ready(g) => g?,
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            };
+            let unfilled = buf.initialize_unfilled();
+            // SAFETY: reading into a buffer we own, of its stated length.
+            let n = unsafe {
+                libc::read(
+                    guard.get_inner().as_raw_fd(),
+                    unfilled.as_mut_ptr().cast(),
+                    unfilled.len(),
+                )
+            };
+            if n >= 0 {
+                buf.advance(n as usize);
+                return std::task::Poll::Ready(Ok(()));
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EAGAIN) => guard.clear_ready(),
+                Some(libc::EIO) => return std::task::Poll::Ready(Ok(())),
+                _ => return std::task::Poll::Ready(Err(err)),
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for PtyMaster {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        loop {
+            let mut guard = match self.fd.poll_write_ready(cx) {
+                std::task::Poll::Ready(g) => g?,
+                std::task::Poll::Pending => return std::task::Poll::Pending,
+            };
+            // SAFETY: writing from a slice we borrow, of its length.
+            let n = unsafe {
+                libc::write(
+                    guard.get_inner().as_raw_fd(),
+                    data.as_ptr().cast(),
+                    data.len(),
+                )
+            };
+            if n >= 0 {
+                return std::task::Poll::Ready(Ok(n as usize));
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EAGAIN) {
+                guard.clear_ready();
+            } else {
+                return std::task::Poll::Ready(Err(err));
+            }
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
 }
 
 /// A running process and everything it started (unless it left the group).

@@ -90,31 +90,111 @@ pub(super) async fn info(exec: &mut Exec, app: String, as_json: bool) -> Result<
     let ctx = exec.ctx.clone();
     let app = AppName::parse(&app)?;
     let record = visible_app(&ctx, &exec.identity, &app).await?;
+    let a = app.clone();
+    let (live, domains, stored) = ctx
+        .db
+        .call(move |c| {
+            Ok((
+                state::releases::live(c, &a)?,
+                state::domains::list(c, &a)?,
+                state::formation::get(c, &a)?,
+            ))
+        })
+        .await?;
+    let formation = live
+        .as_ref()
+        .map(|r| state::formation::desired(&stored, &r.processes))
+        .unwrap_or_default();
+    let running = ctx
+        .platform
+        .runtime
+        .list(Some(&app))
+        .await
+        .map(|v| v.len())
+        .unwrap_or(0);
     let branches = ctx.repos.branches(&app).unwrap_or_default();
     let repo_bytes = ctx.repos.size(&app);
+    let runtime = ctx.platform.runtime.name();
     let info = serde_json::json!({
         "name": record.name,
         "url": ctx.app_url(&app),
+        "domains": domains,
         "created_at": record.created_at,
         "deploy_branch": record.deploy_branch.as_deref().unwrap_or("main"),
+        "live_release": live.as_ref().map(|r| r.version),
+        "live_sha": live.as_ref().and_then(|r| r.sha.clone()),
+        "builder": live.as_ref().and_then(|r| r.builder.clone()),
+        "runtime": runtime,
+        "formation": formation,
+        "instances_running": running,
+        "stopped": record.stopped,
         "repo_size_bytes": repo_bytes,
         "branches": branches.iter().map(|(b, sha)| serde_json::json!({"name": b, "sha": sha})).collect::<Vec<_>>(),
     });
     let text = if as_json {
         json(&info)?
     } else {
-        let mut s = format!(
-            "=== {app}\nurl:           {}\ncreated:       {}\ndeploy branch: {}\nrepo size:     {} KiB\n",
-            ctx.app_url(&app),
-            time(record.created_at),
-            record.deploy_branch.as_deref().unwrap_or("main"),
-            repo_bytes / 1024,
+        let f: Vec<String> = formation.iter().map(|(p, n)| format!("{p}={n}")).collect();
+        let mut s = format!("=== {app}\n");
+        let mut row = |k: &str, v: String| s.push_str(&format!("{k:<14} {v}\n"));
+        row("url:", ctx.app_url(&app));
+        row(
+            "domains:",
+            if domains.is_empty() {
+                "(none)".into()
+            } else {
+                domains
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
         );
+        row(
+            "live release:",
+            match &live {
+                Some(r) => format!(
+                    "v{} ({})",
+                    r.version,
+                    r.sha
+                        .as_deref()
+                        .map(|s| &s[..s.len().min(7)])
+                        .unwrap_or("no sha")
+                ),
+                None => "none yet: git push to deploy".into(),
+            },
+        );
+        row(
+            "builder:",
+            live.as_ref()
+                .and_then(|r| r.builder.clone())
+                .unwrap_or_else(|| "-".into()),
+        );
+        row("runtime:", runtime.into());
+        row(
+            "formation:",
+            if f.is_empty() {
+                "-".into()
+            } else {
+                f.join(" ")
+            },
+        );
+        row(
+            "state:",
+            if record.stopped {
+                "stopped".into()
+            } else {
+                format!("{running} instance(s) running")
+            },
+        );
+        row("created:", time(record.created_at));
+        row(
+            "deploy branch:",
+            record.deploy_branch.as_deref().unwrap_or("main").into(),
+        );
+        row("repo size:", format!("{} KiB", repo_bytes / 1024));
         for (b, sha) in &branches {
-            s.push_str(&format!(
-                "branch:        {b} {}\n",
-                &sha[..sha.len().min(7)]
-            ));
+            row("branch:", format!("{b} {}", &sha[..sha.len().min(7)]));
         }
         s
     };

@@ -11,8 +11,12 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod apps;
+mod config;
+mod domains;
 mod keys;
+mod ps;
 mod releases;
+mod status;
 
 use super::Exec;
 use crate::names::InvalidName;
@@ -112,6 +116,103 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Show an app's config vars (values masked unless --reveal)
+    Config {
+        app: String,
+        #[arg(long)]
+        json: bool,
+        /// Show the values
+        #[arg(long)]
+        reveal: bool,
+    },
+    /// Print one config var's value
+    #[command(name = "config:get")]
+    ConfigGet {
+        app: String,
+        key: String,
+        /// Print it as a JSON string (exact, even with trailing newlines)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set config vars (KEY=VALUE ...) and release them without a rebuild
+    #[command(name = "config:set")]
+    ConfigSet {
+        app: String,
+        /// KEY=VALUE pairs
+        pairs: Vec<String>,
+        /// Only store the change; the next release picks it up
+        #[arg(long)]
+        no_restart: bool,
+        /// Values are base64
+        #[arg(long)]
+        encoded: bool,
+        /// Read KEY's value, byte for byte, from stdin
+        #[arg(long, value_name = "KEY")]
+        stdin: Option<String>,
+    },
+    /// Remove config vars and release the change
+    #[command(name = "config:unset")]
+    ConfigUnset {
+        app: String,
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[arg(long)]
+        no_restart: bool,
+    },
+    /// List an app's domains
+    Domains {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Route a custom domain to an app
+    #[command(name = "domains:add")]
+    DomainsAdd { app: String, host: String },
+    /// Stop routing a custom domain
+    #[command(name = "domains:remove")]
+    DomainsRemove { app: String, host: String },
+    /// List an app's instances: state, uptime, restarts
+    Ps {
+        app: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set how many instances of each process type run (web=2 worker=1)
+    #[command(name = "ps:scale")]
+    PsScale {
+        app: String,
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Restart an app's instances (of one type), without downtime
+    #[command(name = "ps:restart")]
+    PsRestart {
+        app: String,
+        process: Option<String>,
+    },
+    /// Stop every instance of an app until ps:start
+    #[command(name = "ps:stop")]
+    PsStop { app: String },
+    /// Start a stopped app again
+    #[command(name = "ps:start")]
+    PsStart { app: String },
+    /// Run a one-off command in the app's release and env: run APP -- CMD ...
+    Run {
+        app: String,
+        /// The command and its arguments (no shell: use `sh -c '...'` for one)
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// Make a new release from an earlier one's build and config (default: the previous)
+    Rollback {
+        app: String,
+        version: Option<String>,
+    },
+    /// Show the host and every app's state
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
     /// List an app's releases; the live one is marked
     Releases {
         app: String,
@@ -133,6 +234,9 @@ enum Cmd {
         /// The build log of a release (v3 or 3) instead
         #[arg(long, value_name = "VERSION")]
         build: Option<String>,
+        /// Keep printing new lines until you disconnect
+        #[arg(short = 'f', long = "tail")]
+        follow: bool,
     },
     /// List SSH keys
     Keys {
@@ -216,6 +320,41 @@ pub(super) fn require_admin(exec: &Exec, what: &str) -> Result<(), CommandError>
     }
 }
 
+/// Drive `fut` while forwarding the progress lines it sends to the
+/// client's stderr as they come (stdout stays for results).
+pub(super) async fn with_progress<T>(
+    exec: &Exec,
+    mut rx: tokio::sync::mpsc::Receiver<String>,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(fut);
+    let result = loop {
+        tokio::select! {
+            r = &mut fut => break r,
+            Some(line) = rx.recv() => exec.stderr(line).await,
+        }
+    };
+    while let Ok(line) = rx.try_recv() {
+        exec.stderr(line).await;
+    }
+    result
+}
+
+/// A deploy-side failure as the user sees it: one line.
+impl From<crate::deploy::DeployError> for CommandError {
+    fn from(e: crate::deploy::DeployError) -> Self {
+        CommandError::Invalid(e.to_string())
+    }
+}
+
+/// Parse `v3` or `3`.
+pub(super) fn parse_version(v: &str) -> Result<u32, CommandError> {
+    v.strip_prefix('v')
+        .unwrap_or(v)
+        .parse()
+        .map_err(|_| CommandError::Invalid(format!("{v:?} is not a release like v3")))
+}
+
 pub(super) fn json<T: serde::Serialize>(value: &T) -> Result<String, CommandError> {
     let mut s =
         serde_json::to_string_pretty(value).map_err(|e| CommandError::Internal(e.to_string()))?;
@@ -253,7 +392,41 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
             num,
             process,
             build,
-        } => releases::logs(exec, app, num, process, build).await?,
+            follow,
+        } => releases::logs(exec, app, num, process, build, follow).await?,
+        Cmd::Rollback { app, version } => releases::rollback(exec, app, version).await?,
+        Cmd::Config {
+            app,
+            json: as_json,
+            reveal,
+        } => config::show(exec, app, as_json, reveal).await?,
+        Cmd::ConfigGet {
+            app,
+            key,
+            json: as_json,
+        } => config::get(exec, app, key, as_json).await?,
+        Cmd::ConfigSet {
+            app,
+            pairs,
+            no_restart,
+            encoded,
+            stdin,
+        } => config::set(exec, app, pairs, !no_restart, encoded, stdin).await?,
+        Cmd::ConfigUnset {
+            app,
+            keys,
+            no_restart,
+        } => config::unset(exec, app, keys, !no_restart).await?,
+        Cmd::Domains { app, json: as_json } => domains::list(exec, app, as_json).await?,
+        Cmd::DomainsAdd { app, host } => domains::add(exec, app, host).await?,
+        Cmd::DomainsRemove { app, host } => domains::remove(exec, app, host).await?,
+        Cmd::Ps { app, json: as_json } => ps::list(exec, app, as_json).await?,
+        Cmd::PsScale { app, pairs } => ps::scale(exec, app, pairs).await?,
+        Cmd::PsRestart { app, process } => ps::restart(exec, app, process).await?,
+        Cmd::PsStop { app } => ps::stop_start(exec, app, true).await?,
+        Cmd::PsStart { app } => ps::stop_start(exec, app, false).await?,
+        Cmd::Run { app, command } => ps::run(exec, app, command).await?,
+        Cmd::Status { json: as_json } => status::show(exec, as_json).await?,
         Cmd::Keys { json: as_json } => keys::list(exec, as_json).await?,
         Cmd::KeysAdd { name, role } => keys::add(exec, name, role).await?,
         Cmd::KeysRemove { key } => keys::remove(exec, key).await?,

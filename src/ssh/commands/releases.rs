@@ -1,6 +1,7 @@
 //! `releases` and `logs`: what an app ran and what it printed.
 
-use super::{json, time, CommandError};
+use super::{json, parse_version, time, with_progress, CommandError};
+use crate::deploy::Progress;
 use crate::names::AppName;
 use crate::ssh::{visible_app, Exec};
 use crate::state::{self, releases};
@@ -59,30 +60,75 @@ pub(super) async fn logs(
     num: usize,
     process: Option<String>,
     build: Option<String>,
+    follow: bool,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
     let app = AppName::parse(&app)?;
     visible_app(&ctx, &exec.identity, &app).await?;
+    let logs = ctx.platform.logs.clone();
     if let Some(v) = build {
-        let version: u32 = v
-            .strip_prefix('v')
-            .unwrap_or(&v)
-            .parse()
-            .map_err(|_| CommandError::Invalid(format!("{v:?} is not a release like v3")))?;
-        let bytes = ctx
-            .platform
-            .logs
-            .read_build_log(&app, version)
+        let version = parse_version(&v)?;
+        let a = app.clone();
+        let bytes = tokio::task::spawn_blocking(move || logs.read_build_log(&a, version))
+            .await
+            .map_err(|e| CommandError::Internal(e.to_string()))?
             .map_err(|_| CommandError::Invalid(format!("no build log for {app} v{version}")))?;
         exec.stdout(bytes).await;
         return Ok(());
     }
-    let lines = ctx
-        .platform
-        .logs
-        .tail(&app, num.min(100_000), process.as_deref())
+    // Subscribe before reading the tail, so no line falls between the two.
+    let mut live = follow.then(|| logs.follow(&app));
+    let (a, p) = (app.clone(), process.clone());
+    let l2 = logs.clone();
+    let lines = tokio::task::spawn_blocking(move || l2.tail(&a, num.min(100_000), p.as_deref()))
+        .await
+        .map_err(|e| CommandError::Internal(e.to_string()))?
         .map_err(|e| CommandError::Internal(e.to_string()))?;
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     exec.stdout(text).await;
+    let Some(rx) = live.as_mut() else {
+        return Ok(());
+    };
+    let wanted = |source: &str| match &process {
+        None => true,
+        Some(p) => {
+            source == p
+                || source
+                    .strip_prefix(p.as_str())
+                    .is_some_and(|r| r.starts_with('.'))
+        }
+    };
+    let closed = exec.closed.clone();
+    loop {
+        tokio::select! {
+            _ = closed.cancelled() => return Ok(()),
+            line = rx.recv() => match line {
+                Ok(l) if wanted(&l.source) => exec.stdout(format!("{l}\n")).await,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    exec.stdout(format!("[... {n} lines skipped: the reader fell behind]\n")).await
+                }
+                // The app was destroyed.
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+            },
+        }
+    }
+}
+
+pub(super) async fn rollback(
+    exec: &mut Exec,
+    app: String,
+    version: Option<String>,
+) -> Result<(), CommandError> {
+    let ctx = exec.ctx.clone();
+    let app = AppName::parse(&app)?;
+    visible_app(&ctx, &exec.identity, &app).await?;
+    let version = version.as_deref().map(parse_version).transpose()?;
+    let platform = ctx.platform.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let mut progress = Progress::new(Some(tx));
+    let v = with_progress(exec, rx, platform.rollback(&app, version, &mut progress)).await?;
+    exec.stdout(format!("rolled {app} back: released v{v}\n"))
+        .await;
     Ok(())
 }
