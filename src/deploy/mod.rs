@@ -123,6 +123,9 @@ pub struct Platform {
     /// an app created or destroyed), e.g. so certificates are ordered now.
     pub hosts_notify: Arc<tokio::sync::Notify>,
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Instances taken out of the routes ahead of a stop, so requests
+    /// already on their way finish before the process goes.
+    draining: std::sync::Mutex<std::collections::HashSet<crate::runtime::InstanceId>>,
 }
 
 /// Progress of one deploy: to the pusher and to the release's build log.
@@ -182,6 +185,34 @@ impl Platform {
             build_as,
             hosts_notify: Arc::new(tokio::sync::Notify::new()),
             locks: Default::default(),
+            draining: Default::default(),
+        }
+    }
+
+    fn draining(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<crate::runtime::InstanceId>> {
+        self.draining.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn is_draining(&self, id: &crate::runtime::InstanceId) -> bool {
+        self.draining().contains(id)
+    }
+
+    /// Take `instances` out of the routes, let in-flight requests finish,
+    /// then stop them.
+    async fn drain_and_stop(&self, instances: &[Instance]) {
+        if instances.is_empty() {
+            return;
+        }
+        self.draining()
+            .extend(instances.iter().map(|i| i.id.clone()));
+        if let Err(e) = self.publish_routes().await {
+            tracing::warn!(error = %e, "route update before a drain");
+        }
+        tokio::time::sleep(DRAIN).await;
+        self.stop_all(instances).await;
+        let mut d = self.draining();
+        for i in instances {
+            d.remove(&i.id);
         }
     }
 
@@ -626,10 +657,8 @@ impl Platform {
             .into_iter()
             .filter(|i| i.release != release.version)
             .collect();
-        if !old.is_empty() {
-            tokio::time::sleep(DRAIN).await;
-            self.stop_all(&old).await;
-        }
+        // (Already out of the routes: they belong to another release.)
+        self.drain_and_stop(&old).await;
         Ok(())
     }
 

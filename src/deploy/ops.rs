@@ -361,8 +361,7 @@ impl Platform {
             progress
                 .step(format!("Restarting {}.{}", inst.process, inst.index))
                 .await;
-            let _ = self.runtime.stop(&inst.id, STOP_GRACE).await;
-            let _ = self.publish_routes().await;
+            self.drain_and_stop(std::slice::from_ref(inst)).await;
             let new = self
                 .runtime
                 .start(spec(&inst.process, inst.index))
@@ -376,8 +375,7 @@ impl Platform {
             let _ = self.publish_routes().await;
         }
         if let Some(extra) = surge {
-            // Routes first, so nothing is sent to it while it stops.
-            let _ = self.runtime.stop(&extra.id, STOP_GRACE).await;
+            self.drain_and_stop(&[extra]).await;
             let _ = self.publish_routes().await;
         }
         Ok(running.len())

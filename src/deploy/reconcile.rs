@@ -64,6 +64,7 @@ impl Platform {
                         && Some(i.release) == version
                         && i.process.is_web()
                         && matches!(i.state, InstanceState::Running | InstanceState::Starting)
+                        && !self.is_draining(&i.id)
                 })
                 .filter_map(|i| i.endpoint)
                 .collect();
@@ -156,12 +157,16 @@ impl Platform {
                 }
             }
         }
-        for i in mine {
-            if !wanted.contains(&i.id) && i.state != InstanceState::Stopped {
-                tracing::info!(instance = %i.id, "reconcile: stopping");
-                self.runtime.stop(&i.id, STOP_GRACE).await?;
-            }
+        let extra: Vec<Instance> = mine
+            .into_iter()
+            .filter(|i| !wanted.contains(&i.id) && i.state != InstanceState::Stopped)
+            .cloned()
+            .collect();
+        for i in &extra {
+            tracing::info!(instance = %i.id, "reconcile: stopping");
         }
+        // Out of the routes first, so a scale-down drops no request.
+        self.drain_and_stop(&extra).await;
         Ok(started)
     }
 }

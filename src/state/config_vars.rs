@@ -4,17 +4,8 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection};
 
-use super::{write_tx, StateError};
+use super::{app_id, write_tx, StateError};
 use crate::names::AppName;
-
-fn app_id(conn: &Connection, app: &AppName) -> Result<i64, StateError> {
-    use rusqlite::OptionalExtension;
-    conn.query_row("SELECT id FROM apps WHERE name = ?1", [app.as_str()], |r| {
-        r.get(0)
-    })
-    .optional()?
-    .ok_or_else(|| StateError::NotFound(format!("app {app}")))
-}
 
 pub fn get_all(conn: &Connection, app: &AppName) -> Result<BTreeMap<String, String>, StateError> {
     let id = app_id(conn, app)?;

@@ -3,16 +3,8 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{now, write_tx, StateError};
+use super::{app_id, now, write_tx, StateError};
 use crate::names::{AppName, Hostname};
-
-fn app_id(conn: &Connection, app: &AppName) -> Result<i64, StateError> {
-    conn.query_row("SELECT id FROM apps WHERE name = ?1", [app.as_str()], |r| {
-        r.get(0)
-    })
-    .optional()?
-    .ok_or_else(|| StateError::NotFound(format!("app {app}")))
-}
 
 /// Add a host. A host another app has is refused, naming nothing about
 /// that app (deployers must not learn what other apps exist).

@@ -3,18 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
-use super::{write_tx, StateError};
+use super::{app_id, write_tx, StateError};
 use crate::names::{AppName, ProcessType};
-
-fn app_id(conn: &Connection, app: &AppName) -> Result<i64, StateError> {
-    conn.query_row("SELECT id FROM apps WHERE name = ?1", [app.as_str()], |r| {
-        r.get(0)
-    })
-    .optional()?
-    .ok_or_else(|| StateError::NotFound(format!("app {app}")))
-}
 
 /// The stored scale, by process type. Types never scaled are absent.
 pub fn get(conn: &Connection, app: &AppName) -> Result<BTreeMap<ProcessType, u32>, StateError> {

@@ -190,6 +190,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StateError> {
     Ok(())
 }
 
+/// The row id of an app, or NotFound.
+pub(crate) fn app_id(conn: &Connection, app: &crate::names::AppName) -> Result<i64, StateError> {
+    use rusqlite::OptionalExtension;
+    conn.query_row("SELECT id FROM apps WHERE name = ?1", [app.as_str()], |r| {
+        r.get(0)
+    })
+    .optional()?
+    .ok_or_else(|| StateError::NotFound(format!("app {app}")))
+}
+
 /// Seconds since the epoch, for `created_at` columns.
 pub fn now() -> i64 {
     std::time::SystemTime::now()

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{now, write_tx, StateError};
+use super::{app_id, now, write_tx, StateError};
 use crate::build::Artifact;
 use crate::names::{AppName, ProcessType};
 
@@ -113,14 +113,6 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
         created_at: r.get(12)?,
         finished_at: r.get(13)?,
     })
-}
-
-fn app_id(conn: &Connection, app: &AppName) -> Result<i64, StateError> {
-    conn.query_row("SELECT id FROM apps WHERE name = ?1", [app.as_str()], |r| {
-        r.get(0)
-    })
-    .optional()?
-    .ok_or_else(|| StateError::NotFound(format!("app {app}")))
 }
 
 /// Allocate the next version number and record the release.
