@@ -3,36 +3,16 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
 /// Push fixture `name` as `app`; returns the repo.
 fn deploy(d: &TestDaemon, name: &str, app: &str) -> PathBuf {
-    let dir = d.dir.path().join(app);
-    copy_dir(&fixture(name), &dir);
-    let repo = make_repo(&dir, &[]);
+    let repo = fixture_repo(d, name, app);
     d.git(&d.admin, &repo, &["push", &d.remote(app), "main"])
         .ok();
     repo
@@ -308,14 +288,8 @@ fn run_returns_output_and_exit_code() {
     assert_eq!(piped.stdout, "from stdin\n");
 
     // `ssh -t` gives it a terminal.
-    let out = std::process::Command::new("ssh")
-        .arg("-tt")
-        .arg("-p")
-        .arg(d.ssh_port.to_string())
-        .arg("-i")
-        .arg(&d.admin.private)
-        .args(ssh_opts())
-        .arg("cygni@127.0.0.1")
+    let out = d
+        .ssh_command(&d.admin, &["-tt"])
         .arg("run oneoff -- sh -c 'tty; echo \"TERM=$TERM\"'")
         .stdin(std::process::Stdio::null())
         .output()
@@ -348,13 +322,8 @@ fn logs_show_app_output_and_follow_new_lines() {
     assert!(only_web.stdout.contains("first-request"));
 
     // -f follows until the client disconnects.
-    let mut child = std::process::Command::new("ssh")
-        .arg("-p")
-        .arg(d.ssh_port.to_string())
-        .arg("-i")
-        .arg(&d.admin.private)
-        .args(ssh_opts())
-        .arg("cygni@127.0.0.1")
+    let mut child = d
+        .ssh_command(&d.admin, &[])
         .arg("logs chatty -n 0 -f")
         .stdout(std::process::Stdio::piped())
         .stdin(std::process::Stdio::piped())

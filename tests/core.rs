@@ -111,13 +111,8 @@ fn refusals_are_clear_and_write_nothing() {
         .fails_with("invalid repository");
 
     // Option injection through the repository argument.
-    let out = Command::new("ssh")
-        .arg("-p")
-        .arg(d.ssh_port.to_string())
-        .arg("-i")
-        .arg(&d.admin.private)
-        .args(ssh_opts())
-        .arg("cygni@127.0.0.1")
+    let out = d
+        .ssh_command(&d.admin, &[])
         .arg("git-receive-pack '--upload-pack=touch x'")
         .output()
         .unwrap();
@@ -284,14 +279,8 @@ fn commands_help_version_and_usage_errors() {
     assert_eq!(bad.stderr.lines().count(), 1, "one line: {bad:#?}");
 
     // An interactive shell is refused with a hint.
-    let out = Command::new("ssh")
-        .arg("-p")
-        .arg(d.ssh_port.to_string())
-        .arg("-i")
-        .arg(&d.admin.private)
-        .args(ssh_opts())
-        .arg("-T")
-        .arg("cygni@127.0.0.1")
+    let out = d
+        .ssh_command(&d.admin, &["-T"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();

@@ -4,37 +4,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
-/// A git repo holding a copy of a fixture app, committed on main.
-fn fixture_repo(d: &TestDaemon, name: &str, dir_name: &str) -> PathBuf {
-    let dir = d.dir.path().join(dir_name);
-    copy_dir(&fixture(name), &dir);
-    make_repo(&dir, &[])
-}
 
 /// Replace the repo's files with another fixture's, as a new commit.
 fn replace_with_fixture(repo: &Path, name: &str) {

@@ -213,6 +213,27 @@ impl LocalRuntime {
 
     /// The pid of the instance's current process (its process group id),
     /// for `ps` and diagnostics; None between restarts or when unknown.
+    /// What a one-off runs: its argv as given (no shell added), in the
+    /// slug, with the release's env. Also names it for errors.
+    fn one_off_launch(&self, spec: &OneOffSpec) -> Result<(Launch, String), RuntimeError> {
+        let slug = slug_dir(&spec.artifact)?;
+        let what = format!("one-off command of {} v{}", spec.app, spec.release);
+        let Some((program, args)) = spec.argv.split_first() else {
+            return Err(RuntimeError::Spawn {
+                id: what,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
+            });
+        };
+        let launch = Launch {
+            program: program.into(),
+            args: args.iter().map(OsString::from).collect(),
+            cwd: slug.to_owned(),
+            env: self.base_env(slug, &spec.env).into_iter().collect(),
+            run_as: self.config.run_as.clone(),
+        };
+        Ok((launch, what))
+    }
+
     pub fn pid(&self, id: &InstanceId) -> Option<u32> {
         let entry = self.entry(id)?;
         let pid = lock(&entry.shared.status).pid;
@@ -424,23 +445,14 @@ impl Runtime for LocalRuntime {
     async fn run_attached(&self, spec: OneOffSpec, io: Attach) -> Result<i32, RuntimeError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let slug = slug_dir(&spec.artifact)?;
-        let what = format!("one-off command of {} v{}", spec.app, spec.release);
+        let (mut launch, what) = self.one_off_launch(&spec)?;
         let spawn_error = |source| RuntimeError::Spawn {
             id: what.clone(),
             source,
         };
-        let Some((program, args)) = spec.argv.split_first() else {
-            return Err(spawn_error(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "empty command",
-            )));
-        };
-        let mut env: Vec<(OsString, OsString)> =
-            self.base_env(slug, &spec.env).into_iter().collect();
         let terminal = match &io.pty {
             Some(p) => {
-                env.push(("TERM".into(), p.term.clone().into()));
+                launch.env.push(("TERM".into(), p.term.clone().into()));
                 process::Terminal::Pty {
                     cols: p.cols,
                     rows: p.rows,
@@ -448,13 +460,7 @@ impl Runtime for LocalRuntime {
             }
             None => process::Terminal::Pipes,
         };
-        let launch = Launch {
-            program: program.into(),
-            args: args.iter().map(OsString::from).collect(),
-            cwd: slug.to_owned(),
-            env,
-            run_as: self.config.run_as.clone(),
-        };
+        let program = launch.program.to_string_lossy().into_owned();
         let spawner = self.spawner().map_err(spawn_error)?;
         let (mut group, attached) = process::spawn_attached(&spawner, &launch, terminal)
             .await
@@ -512,25 +518,12 @@ impl Runtime for LocalRuntime {
     }
 
     async fn run_once(&self, spec: OneOffSpec, output: OutputSink) -> Result<i32, RuntimeError> {
-        let slug = slug_dir(&spec.artifact)?;
-        let what = format!("one-off command of {} v{}", spec.app, spec.release);
+        let (launch, what) = self.one_off_launch(&spec)?;
         let spawn_error = |source| RuntimeError::Spawn {
             id: what.clone(),
             source,
         };
-        let Some((program, args)) = spec.argv.split_first() else {
-            return Err(spawn_error(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "empty command",
-            )));
-        };
-        let launch = Launch {
-            program: program.into(),
-            args: args.iter().map(OsString::from).collect(),
-            cwd: slug.to_owned(),
-            env: self.base_env(slug, &spec.env).into_iter().collect(),
-            run_as: self.config.run_as.clone(),
-        };
+        let program = launch.program.to_string_lossy().into_owned();
         let spawner = self.spawner().map_err(spawn_error)?;
         let (mut group, out) = process::spawn(&spawner, &launch)
             .await

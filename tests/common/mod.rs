@@ -223,13 +223,16 @@ impl TestDaemon {
         key
     }
 
-    fn ssh_base(&self, key: &Key) -> Command {
+    /// `ssh -p PORT -i KEY <options> cygni@127.0.0.1`, for tests that need
+    /// more control than [`TestDaemon::ssh`] (flags, streaming output).
+    pub fn ssh_command(&self, key: &Key, flags: &[&str]) -> Command {
         let mut c = Command::new("ssh");
         c.arg("-p")
             .arg(self.ssh_port.to_string())
             .arg("-i")
             .arg(&key.private)
             .args(ssh_opts())
+            .args(flags)
             .arg("cygni@127.0.0.1");
         c
     }
@@ -238,7 +241,7 @@ impl TestDaemon {
     /// exec string, as ssh would send it.
     pub fn ssh(&self, key: &Key, command: &str) -> Out {
         let out = self
-            .ssh_base(key)
+            .ssh_command(key, &[])
             .arg(command)
             .stdin(Stdio::null())
             .output()
@@ -248,7 +251,7 @@ impl TestDaemon {
 
     pub fn ssh_stdin(&self, key: &Key, command: &str, stdin: &[u8]) -> Out {
         let mut child = self
-            .ssh_base(key)
+            .ssh_command(key, &[])
             .arg(command)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -411,4 +414,31 @@ pub fn skip_or_fail(reason: &str) {
         panic!("CI=true and this test cannot run: {reason}");
     }
     eprintln!("SKIPPED: {reason}");
+}
+
+/// A fixture app's directory under tests/fixtures.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read fixture dir").flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).expect("copy fixture file");
+        }
+    }
+}
+
+/// A git repo under the daemon's temp dir holding a copy of fixture
+/// `name`, committed on main.
+pub fn fixture_repo(d: &TestDaemon, name: &str, dir_name: &str) -> PathBuf {
+    let dir = d.dir.path().join(dir_name);
+    copy_dir(&fixture(name), &dir);
+    make_repo(&dir, &[])
 }

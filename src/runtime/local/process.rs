@@ -95,16 +95,30 @@ pub(super) async fn spawn(
     launch: &Launch,
 ) -> io::Result<(ProcessGroup, pipe::Receiver)> {
     let (read, write) = pipe_cloexec()?;
+    let mut command = command_for(launch, false);
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(write.try_clone()?))
+        .stderr(Stdio::from(write))
+        .process_group(0);
+    let child = spawner.spawn(command).await?;
+    let group = ProcessGroup::new(child, spawner);
+    // From here on, an error drops `group`, which kills it.
+    let output = pipe::Receiver::from_owned_fd(read)?;
+    Ok((group, output))
+}
+
+/// The command for `launch`, with everything every child gets: a cleared
+/// environment, the privilege drop, and the death signal. A
+/// `session_leader` also becomes the leader of a new session whose
+/// controlling terminal is its stdin (a pty's slave side).
+fn command_for(launch: &Launch, session_leader: bool) -> Command {
     let mut command = Command::new(&launch.program);
     command
         .args(&launch.args)
         .current_dir(&launch.cwd)
         .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(write.try_clone()?))
-        .stderr(Stdio::from(write))
-        .process_group(0);
+        .envs(launch.env.iter().map(|(k, v)| (k, v)));
     let drop_privileges = launch.run_as.is_some();
     if let Some(run_as) = &launch.run_as {
         // std calls setgroups(0, NULL) before setuid when a uid is set and
@@ -113,8 +127,8 @@ pub(super) async fn spawn(
     }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs between fork and exec, so it only makes
-    // async-signal-safe calls (prctl, getppid, getgroups) and does not
-    // allocate: io::Error from an OS code is not heap allocated.
+    // async-signal-safe calls (prctl, getppid, getgroups, setsid, ioctl) and
+    // does not allocate: io::Error from an OS code is not heap allocated.
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
@@ -129,21 +143,18 @@ pub(super) async fn spawn(
                 // root's groups must not reach an app.
                 return Err(io::Error::from_raw_os_error(libc::EPERM));
             }
+            if session_leader {
+                if libc::setsid() < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             Ok(())
         });
     }
-
-    let child = spawner.spawn(command).await?;
-    let pid = child.id() as libc::pid_t;
-    let group = ProcessGroup {
-        exit: ExitWatch::new(pid),
-        child: Some(child),
-        pid,
-        _spawner: spawner.clone(),
-    };
-    // From here on, an error drops `group`, which kills it.
-    let output = pipe::Receiver::from_owned_fd(read)?;
-    Ok((group, output))
+    command
 }
 
 /// How an attached one-off talks to its client.
@@ -168,93 +179,49 @@ pub(super) async fn spawn_attached(
     launch: &Launch,
     terminal: Terminal,
 ) -> io::Result<(ProcessGroup, Attached)> {
-    let mut command = Command::new(&launch.program);
-    command
-        .args(&launch.args)
-        .current_dir(&launch.cwd)
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k, v)));
-    let drop_privileges = launch.run_as.is_some();
-    if let Some(run_as) = &launch.run_as {
-        command.gid(run_as.gid).uid(run_as.uid);
-    }
-    let parent = std::process::id() as libc::pid_t;
-    let (pty_master, output_pipe) = match terminal {
+    let attached = match terminal {
         Terminal::Pipes => {
             let (read, write) = pipe_cloexec()?;
+            let mut command = command_for(launch, false);
             command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::from(write.try_clone()?))
                 .stderr(Stdio::from(write))
                 .process_group(0);
-            (None, Some(read))
+            let mut child = spawner.spawn(command).await?;
+            let stdin = child.stdin.take();
+            let group = ProcessGroup::new(child, spawner);
+            let stdin = stdin.ok_or_else(|| io::Error::other("no stdin pipe"))?;
+            let io = Attached {
+                output: Box::new(pipe::Receiver::from_owned_fd(read)?),
+                input: Box::new(pipe::Sender::from_owned_fd(OwnedFd::from(stdin))?),
+            };
+            (group, io)
         }
         Terminal::Pty { cols, rows } => {
             let (master, slave) = open_pty(cols, rows)?;
-            // If the app runs unprivileged, it must be able to use its tty.
+            // An app that runs unprivileged must be able to use its tty.
             if let Some(run_as) = &launch.run_as {
                 // SAFETY: fchown on an fd we own.
                 unsafe { libc::fchown(slave.as_raw_fd(), run_as.uid, run_as.gid) };
             }
+            // No process_group(0): setsid makes the command leader of a new
+            // session *and* group (a group leader could not call setsid).
+            let mut command = command_for(launch, true);
             command
                 .stdin(Stdio::from(slave.try_clone()?))
                 .stdout(Stdio::from(slave.try_clone()?))
                 .stderr(Stdio::from(slave));
-            // No process_group(0): setsid below makes the command leader of
-            // a new session *and* group (a group leader could not setsid).
-            (Some(master), None)
-        }
-    };
-    let pty = pty_master.is_some();
-    // SAFETY: as in `spawn`: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            if drop_privileges && libc::getgroups(0, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::from_raw_os_error(libc::EPERM));
-            }
-            if pty {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // stdin is the pty's slave side: make it our terminal.
-                if libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-
-    let mut child = spawner.spawn(command).await?;
-    let stdin = child.stdin.take();
-    let pid = child.id() as libc::pid_t;
-    let group = ProcessGroup {
-        exit: ExitWatch::new(pid),
-        child: Some(child),
-        pid,
-        _spawner: spawner.clone(),
-    };
-    let attached = match (pty_master, output_pipe, stdin) {
-        (Some(master), _, _) => {
-            let writer = PtyMaster::new(master.try_clone()?)?;
-            Attached {
+            let child = spawner.spawn(command).await?;
+            let group = ProcessGroup::new(child, spawner);
+            let io = Attached {
+                input: Box::new(PtyMaster::new(master.try_clone()?)?),
                 output: Box::new(PtyMaster::new(master)?),
-                input: Box::new(writer),
-            }
+            };
+            (group, io)
         }
-        (None, Some(read), Some(stdin)) => Attached {
-            output: Box::new(pipe::Receiver::from_owned_fd(read)?),
-            input: Box::new(pipe::Sender::from_owned_fd(OwnedFd::from(stdin))?),
-        },
-        _ => return Err(io::Error::other("attached process has no stdio")),
     };
-    Ok((group, attached))
+    Ok(attached)
 }
 
 fn open_pty(cols: u16, rows: u16) -> io::Result<(OwnedFd, OwnedFd)> {
@@ -400,6 +367,16 @@ pub(super) struct ProcessGroup {
 }
 
 impl ProcessGroup {
+    fn new(child: Child, spawner: &Arc<Spawner>) -> ProcessGroup {
+        let pid = child.id() as libc::pid_t;
+        ProcessGroup {
+            exit: ExitWatch::new(pid),
+            child: Some(child),
+            pid,
+            _spawner: spawner.clone(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.pid as u32
     }
