@@ -759,6 +759,10 @@ impl Platform {
             .await
             .map_err(|e| internal(Stage::Switch, e))?;
         self.stop_all(&instances).await;
+        // Nothing of a destroyed app is kept (its images, on docker).
+        if let Err(e) = self.runtime.retain_artifacts(app, &[]).await {
+            tracing::warn!(%app, error = %e, "removing a destroyed app's artifacts");
+        }
         let a = app.clone();
         self.db
             .call(move |c| state::apps::delete(c, &a))
