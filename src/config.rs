@@ -100,6 +100,8 @@ struct FileConfig {
     acme_ca: Option<PathBuf>,
     boot_timeout_secs: Option<u64>,
     buildpacks_dir: Option<PathBuf>,
+    run_image: Option<String>,
+    keep_releases: Option<usize>,
 }
 
 /// Which runtime backend to use.
@@ -143,6 +145,11 @@ pub struct Config {
     pub boot_timeout: Duration,
     /// Where the shipped buildpacks are (config file key `buildpacks_dir`).
     pub buildpacks_dir: PathBuf,
+    /// The image buildpack slugs run on under docker (file key `run_image`).
+    pub run_image: String,
+    /// Recent good releases whose slug or image is kept for rollback (file
+    /// key `keep_releases`).
+    pub keep_releases: usize,
 }
 
 impl Config {
@@ -257,6 +264,20 @@ impl Config {
             None => default_buildpacks_dir(),
         };
 
+        let run_image = file
+            .run_image
+            .unwrap_or_else(|| crate::build::DEFAULT_RUN_IMAGE.to_owned());
+        if !crate::build::image::is_image_reference(&run_image) {
+            return Err(invalid(
+                "run_image",
+                format!("{run_image:?} is not an image reference (e.g. debian:bookworm-slim)"),
+            ));
+        }
+        let keep_releases = file.keep_releases.unwrap_or(crate::deploy::KEEP_RELEASES);
+        if keep_releases == 0 {
+            return Err(invalid("keep_releases", "must be at least 1"));
+        }
+
         Ok(Config {
             data_dir,
             ssh_listen,
@@ -270,6 +291,8 @@ impl Config {
             acme_ca,
             boot_timeout,
             buildpacks_dir,
+            run_image,
+            keep_releases,
         })
     }
 }

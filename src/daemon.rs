@@ -6,9 +6,14 @@
 //!                    ──► spawn under one CancellationToken:
 //!                          ssh::serve · hook::serve · proxy · reconcile loop
 //! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
-//!                  ──► the local runtime stops its instances
-//! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
+//!                  ──► the local runtime stops its instances (docker
+//!                      containers keep running, and are adopted at the
+//!                      next start)
 //! ```
+//!
+//! Runtime choice: `local`; `docker` (the engine must answer, or the start
+//! fails); `auto`: docker when the engine's socket answers within a few
+//! seconds, else local.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +30,9 @@ use crate::hook::{self, PushRegistry};
 use crate::logs::LogStore;
 use crate::names::KeyName;
 use crate::proxy::{self, Challenges, ProxyConfig, RouteTable, Routes};
+use crate::runtime::docker::{DockerConfig, DockerError, DockerRuntime};
 use crate::runtime::local::{LocalConfig, LocalRuntime, RunAs};
+use crate::runtime::Runtime;
 use crate::ssh::{self, keys, SshContext};
 use crate::state::{self, keys::Role, Db};
 
@@ -64,6 +71,8 @@ pub enum DaemonError {
     Logs(#[from] crate::logs::LogError),
     #[error("the {0} runtime is not available in this build yet: use --runtime local")]
     RuntimeUnavailable(&'static str),
+    #[error("--runtime docker: {0}; start the Docker engine, or use --runtime local")]
+    Docker(#[source] DockerError),
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -165,10 +174,8 @@ fn ensure_admin(db: &Db, config: &Config) -> Result<(), DaemonError> {
 
 /// Run the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
-    match config.runtime {
-        RuntimeChoice::Auto | RuntimeChoice::Local => {}
-        RuntimeChoice::Docker => return Err(DaemonError::RuntimeUnavailable("docker")),
-        RuntimeChoice::Kube => return Err(DaemonError::RuntimeUnavailable("kube")),
+    if config.runtime == RuntimeChoice::Kube {
+        return Err(DaemonError::RuntimeUnavailable("kube"));
     }
     let data = config.data_dir.clone();
     create_dir(&data, 0o711)?;
@@ -190,19 +197,48 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     }
     let logs = Arc::new(LogStore::open(&data.join("logs"))?);
     let run_as = RunAs::resolve_default();
-    let runtime = Arc::new(LocalRuntime::new(
-        LocalConfig {
-            run_as: run_as.clone(),
-            ..LocalConfig::default()
+    let docker_config = DockerConfig {
+        owner: data.display().to_string(),
+    };
+    let docker = match config.runtime {
+        RuntimeChoice::Docker => Some(
+            DockerRuntime::connect(docker_config, logs.clone())
+                .await
+                .map_err(DaemonError::Docker)?,
+        ),
+        RuntimeChoice::Auto => match DockerRuntime::connect(docker_config, logs.clone()).await {
+            Ok(docker) => Some(docker),
+            Err(e) => {
+                tracing::info!(error = %e, "no Docker engine; using the local runtime");
+                None
+            }
         },
-        logs.clone(),
-    ));
+        RuntimeChoice::Local | RuntimeChoice::Kube => None,
+    };
+    // Only the local runtime's instances stop with the daemon.
+    let (runtime, local, runtime_text): (Arc<dyn Runtime>, Option<Arc<LocalRuntime>>, String) =
+        match docker {
+            Some(docker) => {
+                let text = format!("docker ({})", docker.version());
+                (Arc::new(docker), None, text)
+            }
+            None => {
+                let local = Arc::new(LocalRuntime::new(
+                    LocalConfig {
+                        run_as: run_as.clone(),
+                        ..LocalConfig::default()
+                    },
+                    logs.clone(),
+                ));
+                (local.clone(), Some(local), "local".to_owned())
+            }
+        };
     let routes = Arc::new(RouteTable::new(Routes::empty()));
     let challenges = Challenges::shared();
-    let platform = Arc::new(Platform::new(
+    let mut platform = Platform::new(
         db.clone(),
         repos.clone(),
-        runtime.clone(),
+        runtime,
         routes.clone(),
         logs,
         Paths {
@@ -213,7 +249,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         config.domain.clone(),
         config.boot_timeout,
         run_as.map(|r| (r.uid, r.gid)),
-    ));
+    );
+    platform.build_limits.run_image = config.run_image.clone();
+    platform.keep_releases = config.keep_releases;
+    let platform = Arc::new(platform);
 
     // Bind everything before serving anything: a port in use fails the
     // start cleanly, with nothing half-running.
@@ -264,6 +303,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         ctx.app_url(&example_app())
     );
     println!("  data:  {}", data.display());
+    println!("  runtime: {runtime_text}");
     println!(
         "  push:  git remote add cygni ssh://cygni@{host}:{}/myapp && git push cygni main",
         ssh_addr.port()
@@ -311,8 +351,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         tracing::warn!("some tasks did not stop within 15s; exiting anyway");
     }
     // Local instances are children of the daemon: stop them with it. The
-    // next start's reconcile brings the live releases back.
-    runtime.shutdown().await;
+    // next start's reconcile brings the live releases back. Containers keep
+    // running: the next start adopts them.
+    if let Some(local) = local {
+        local.shutdown().await;
+    }
     Ok(())
 }
 

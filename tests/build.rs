@@ -197,6 +197,7 @@ impl<'a> BuildCase<'a> {
     ) -> BuildRequest<'r> {
         BuildRequest {
             app,
+            release: 1,
             source_dir: &self.sandbox.src,
             cache_dir: &self.sandbox.cache,
             env: &self.env,
@@ -701,11 +702,15 @@ async fn dockerfile_on_the_local_runtime_says_how_to_enable_docker() {
     );
 }
 
+/// Image builds need an engine (tests/docker.rs); a bad run image is
+/// refused before one is asked, since it is written into a Dockerfile.
 #[tokio::test]
-async fn image_target_is_not_supported_yet() {
+async fn image_target_refuses_a_run_image_that_is_not_a_reference() {
     let app = Sandbox::fixture("procfile-app");
-    let (err, _) = BuildCase::new(&app).target(Target::Image).run().await.err();
-    assert!(matches!(err, BuildError::Unsupported { .. }), "{err:?}");
+    let mut case = BuildCase::new(&app).target(Target::Image);
+    case.limits.run_image = "x\nRUN rm -rf /".into();
+    let (err, _) = case.run().await.err();
+    assert!(matches!(err, BuildError::InvalidRunImage { .. }), "{err:?}");
 }
 
 #[tokio::test]

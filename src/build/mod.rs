@@ -5,10 +5,12 @@
 //!
 //! ```text
 //! source dir ──► detect ──► Dockerfile ──► (needs the docker runtime: refused on Target::Slug)
-//!                   │
-//!                   ├─────► buildpack  ──► bin/compile, bin/release ──┐
+//!                   │              └─ Target::Image ──► engine build ──────────────┐
+//!                   ├─────► buildpack  ──► bin/compile, bin/release ──┐            │
 //!                   │                                                 ├──► Artifact::Slug (the source dir, built in place)
 //!                   └─────► Nixpacks   ──► plan phases, start cmd  ───┘    + default process types
+//!                                 Target::Image: slug on the run image, or ───────┴──► Artifact::Image cygni/APP:vN
+//!                                 the Nixpacks plan's Dockerfile (see `image`)
 //! ```
 //!
 //! Every step streams Heroku-style progress lines (`-----> ...`) to the
@@ -21,10 +23,11 @@
 //! Submodules: `detect` (the order), `buildpack` (Heroku buildpack API v2),
 //! `nixpacks` (plans run on the host), `process` (running a build step with
 //! a deadline and streamed output), `ownership` (handing the tree to the
-//! build user).
+//! build user), `image` (image builds through the Docker engine).
 
 mod buildpack;
 mod detect;
+pub mod image;
 mod nixpacks;
 mod ownership;
 mod process;
@@ -55,13 +58,16 @@ pub enum Artifact {
 pub enum Target {
     /// A slug directory for the local runtime.
     Slug,
-    /// A container image for the docker and kube runtimes (not built yet).
+    /// A container image for the docker and kube runtimes, built through
+    /// the Docker engine and tagged `cygni/APP:vN`.
     Image,
 }
 
 /// One build: the app, where its tree is, and where progress goes.
 pub struct BuildRequest<'a> {
     pub app: &'a AppName,
+    /// The release being built (`N` of the image tag `cygni/APP:vN`).
+    pub release: u32,
     /// The exported tree. The build happens in place: this directory becomes
     /// the slug, so it must be where the release will run from.
     pub source_dir: &'a Path,
@@ -91,6 +97,7 @@ impl std::fmt::Debug for BuildRequest<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BuildRequest")
             .field("app", &self.app)
+            .field("release", &self.release)
             .field("source_dir", &self.source_dir)
             .field("cache_dir", &self.cache_dir)
             .field("env", &self.env.keys().collect::<Vec<_>>())
@@ -105,14 +112,22 @@ impl std::fmt::Debug for BuildRequest<'_> {
 /// Knobs an operator may turn; [`build`] uses the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildLimits {
-    /// How long `bin/compile` (or all Nixpacks phases together) may run.
+    /// How long `bin/compile` (or all Nixpacks phases together) may run;
+    /// an image build gets as long again.
     pub compile_timeout: Duration,
+    /// The image buildpack slugs are put on for `Target::Image` (config
+    /// key `run_image`). It must be in the engine already, or pullable.
+    pub run_image: String,
 }
+
+/// The default run image: a local name, so nothing is pulled unasked.
+pub const DEFAULT_RUN_IMAGE: &str = "cygni/run:latest";
 
 impl Default for BuildLimits {
     fn default() -> Self {
         BuildLimits {
             compile_timeout: Duration::from_secs(15 * 60),
+            run_image: DEFAULT_RUN_IMAGE.to_owned(),
         }
     }
 }
@@ -199,6 +214,17 @@ pub enum BuildError {
         blocker: PathBuf,
         mode: u32,
     },
+    #[error("the image build failed: {message}")]
+    ImageBuildFailed { message: String },
+    #[error("the Docker engine could not {action}: {source}")]
+    Engine {
+        action: &'static str,
+        /// Boxed: bollard's errors are large.
+        #[source]
+        source: Box<bollard::errors::Error>,
+    },
+    #[error("run image {value:?} is not an image reference (config key run_image)")]
+    InvalidRunImage { value: String },
     #[error("build task failed: {reason}")]
     Internal { reason: String },
 }
@@ -218,11 +244,14 @@ impl BuildError {
             | BuildError::Timeout { .. }
             | BuildError::NixpacksPlan { .. }
             | BuildError::NixpacksFailed { .. }
-            | BuildError::NixpacksDisabled => true,
+            | BuildError::NixpacksDisabled
+            | BuildError::ImageBuildFailed { .. } => true,
             BuildError::BadRelease { .. }
             | BuildError::Spawn { .. }
             | BuildError::Io { .. }
             | BuildError::Unreachable { .. }
+            | BuildError::Engine { .. }
+            | BuildError::InvalidRunImage { .. }
             | BuildError::Internal { .. } => false,
         }
     }
@@ -274,11 +303,6 @@ pub async fn build_with(
     req: BuildRequest<'_>,
     limits: &BuildLimits,
 ) -> Result<BuildOutput, BuildError> {
-    if req.target == Target::Image {
-        return Err(BuildError::Unsupported {
-            what: "container images".into(),
-        });
-    }
     if let Some(name) = req.env.keys().find(|name| !is_env_name(name)) {
         return Err(BuildError::InvalidEnvName { name: name.clone() });
     }
@@ -309,8 +333,26 @@ pub async fn build_with(
         run_as: req.run_as,
         output: &req.output,
     };
+    let image = image::ImageBuild {
+        app: req.app,
+        release: req.release,
+        output: &req.output,
+        timeout: limits.compile_timeout,
+    };
     let (builder, default_processes) = match &detected.builder {
-        Builder::Dockerfile => return Err(BuildError::DockerfileNeedsDocker),
+        Builder::Dockerfile if req.target == Target::Slug => {
+            return Err(BuildError::DockerfileNeedsDocker)
+        }
+        Builder::Dockerfile => {
+            let artifact = image.dockerfile(&dirs.source).await?;
+            tracing::info!(app = %req.app, builder = "dockerfile", "build succeeded");
+            // No Procfile: `web` runs the image's own CMD (an empty command).
+            return Ok(BuildOutput {
+                artifact,
+                builder: "dockerfile".to_owned(),
+                default_processes: BTreeMap::from([(ProcessType::web(), String::new())]),
+            });
+        }
         Builder::Buildpack { name, dir } => {
             let processes = buildpack::run(
                 &buildpack::Buildpack {
@@ -326,14 +368,29 @@ pub async fn build_with(
             .await?;
             (format!("buildpack {name}"), processes)
         }
+        #[cfg(feature = "nixpacks")]
+        Builder::Nixpacks if req.target == Target::Image => {
+            let artifact = image.nixpacks(&dirs.source, req.env).await?;
+            tracing::info!(app = %req.app, builder = "nixpacks", "build succeeded");
+            // The plan's start command is the image's CMD.
+            return Ok(BuildOutput {
+                artifact,
+                builder: "nixpacks".to_owned(),
+                default_processes: BTreeMap::from([(ProcessType::web(), String::new())]),
+            });
+        }
         Builder::Nixpacks => {
             let processes = nixpacks::run(&ctx, req.env, limits.compile_timeout).await?;
             ("nixpacks".to_owned(), processes)
         }
     };
+    let artifact = match req.target {
+        Target::Slug => Artifact::Slug { dir: dirs.source },
+        Target::Image => image.slug(&dirs.source, &limits.run_image).await?,
+    };
     tracing::info!(app = %req.app, %builder, "build succeeded");
     Ok(BuildOutput {
-        artifact: Artifact::Slug { dir: dirs.source },
+        artifact,
         builder,
         default_processes,
     })
@@ -408,6 +465,7 @@ mod tests {
         let (output, _rx) = tokio::sync::mpsc::channel(1);
         let req = BuildRequest {
             app: &app,
+            release: 1,
             source_dir: Path::new("/src"),
             cache_dir: Path::new("/cache"),
             env: &env,

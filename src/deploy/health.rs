@@ -18,7 +18,7 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> 
         Err(_) => return Err(format!("connecting to {addr} timed out")),
     };
     let HealthCheck::Http { path } = check else {
-        return Ok(());
+        return settled(&mut stream, addr).await;
     };
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: cygni-healthcheck\r\nConnection: close\r\n\r\n"
@@ -51,5 +51,21 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> 
         Some(code) if (200..400).contains(&code) => Ok(()),
         Some(code) => Err(format!("GET {path} answered {code}")),
         None => Err(format!("GET {path} did not answer HTTP")),
+    }
+}
+
+/// A bare accept is not enough for the TCP check: a proxy in front of the
+/// app (the Docker engine's userland proxy on a published port) accepts
+/// even when nothing listens behind it, and then closes at once. Silence
+/// for a moment (the app waits for a request), or a banner, means an app.
+async fn settled(stream: &mut TcpStream, addr: SocketAddr) -> Result<(), String> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(Duration::from_millis(200), stream.peek(&mut byte)).await {
+        Err(_) => Ok(()),
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        Ok(Ok(_)) => Err(format!(
+            "not accepting connections on {addr} (closed at once: nothing listens behind it)"
+        )),
+        Ok(Err(e)) => Err(format!("not accepting connections on {addr} ({e})")),
     }
 }

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
-use crate::build::{self, Artifact, BuildRequest, Target};
+use crate::build::{self, Artifact, BuildLimits, BuildRequest, Target};
 use crate::git::{self, Repos};
 use crate::hook::{Push, PushHandler, PushOutput, RefUpdate};
 use crate::logs::{BuildLogWriter, LogStore};
@@ -104,8 +104,9 @@ const DRAIN: Duration = Duration::from_secs(2);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long the `release:` command may run.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
-/// Slugs of this many recent good releases are kept for rollback.
-const KEEP_SLUGS: usize = 5;
+/// Slugs (or images) of this many recent good releases are kept for
+/// rollback, by default.
+pub const KEEP_RELEASES: usize = 5;
 
 /// Everything a deploy touches, shared by the hook, commands and reconcile.
 pub struct Platform {
@@ -122,6 +123,11 @@ pub struct Platform {
     /// Woken when an app's set of hosts changes (a domain added or removed,
     /// an app created or destroyed), e.g. so certificates are ordered now.
     pub hosts_notify: Arc<tokio::sync::Notify>,
+    /// Build knobs (timeouts, the run image for image builds).
+    pub build_limits: BuildLimits,
+    /// How many recent good releases keep their slug or image (config key
+    /// `keep_releases`); the live one is always kept.
+    pub keep_releases: usize,
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
     /// Instances taken out of the routes ahead of a stop, so requests
     /// already on their way finish before the process goes.
@@ -184,12 +190,16 @@ impl Platform {
             boot_timeout,
             build_as,
             hosts_notify: Arc::new(tokio::sync::Notify::new()),
+            build_limits: BuildLimits::default(),
+            keep_releases: KEEP_RELEASES,
             locks: Default::default(),
             draining: Default::default(),
         }
     }
 
-    fn draining(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<crate::runtime::InstanceId>> {
+    fn draining(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<crate::runtime::InstanceId>> {
         self.draining.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -438,19 +448,26 @@ impl Platform {
         // Build, streaming the builder's output as it comes.
         let cache = self.paths.cache.join(app.as_str());
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
+        // Every runtime but local runs images.
+        let target = if self.runtime.name() == "local" {
+            Target::Slug
+        } else {
+            Target::Image
+        };
         let request = BuildRequest {
             app: &app,
+            release: release.version,
             source_dir: &slug,
             cache_dir: &cache,
             env: &env,
             buildpacks_dir: &self.paths.buildpacks,
             pinned: pinned.as_deref(),
-            target: Target::Slug,
+            target,
             run_as: self.build_as,
             output: tx,
         };
         let built = {
-            let fut = build::build(request);
+            let fut = build::build_with(request, &self.build_limits);
             tokio::pin!(fut);
             loop {
                 tokio::select! {
@@ -739,21 +756,28 @@ impl Platform {
         }
     }
 
-    /// Keep the slugs of the last few good releases (rollback targets) and
-    /// the live one; remove the rest.
+    /// Keep the slugs (and the runtime's images) of the last few good
+    /// releases (rollback targets) and the live one; remove the rest.
     async fn prune_slugs(&self, app: &AppName) {
         let a = app.clone();
         let Ok(recent) = self.db.call(move |c| releases::list(c, &a, 100)).await else {
             return;
         };
-        let keep: Vec<PathBuf> = recent
+        let kept: Vec<Artifact> = recent
             .iter()
             .filter(|r| r.status != Status::Failed)
-            .take(KEEP_SLUGS)
+            .take(self.keep_releases)
             .chain(recent.iter().filter(|r| r.status == Status::Live))
-            .filter_map(|r| match &r.artifact {
-                Some(Artifact::Slug { dir }) => Some(dir.clone()),
-                _ => None,
+            .filter_map(|r| r.artifact.clone())
+            .collect();
+        if let Err(e) = self.runtime.retain_artifacts(app, &kept).await {
+            tracing::warn!(%app, error = %e, "pruning old release artifacts failed");
+        }
+        let keep: Vec<PathBuf> = kept
+            .iter()
+            .filter_map(|a| match a {
+                Artifact::Slug { dir } => Some(dir.clone()),
+                Artifact::Image { .. } => None,
             })
             .collect();
         let dir = self.paths.slugs.join(app.as_str());
@@ -781,6 +805,10 @@ impl Platform {
             .await
             .map_err(|e| internal(Stage::Switch, e))?;
         self.stop_all(&instances).await;
+        // Nothing of a destroyed app is kept (its images, on docker).
+        if let Err(e) = self.runtime.retain_artifacts(app, &[]).await {
+            tracing::warn!(%app, error = %e, "removing a destroyed app's artifacts");
+        }
         let a = app.clone();
         self.db
             .call(move |c| state::apps::delete(c, &a))

@@ -425,19 +425,29 @@ impl Platform {
             artifact,
             timeout,
         };
-        self.runtime
-            .run_attached(spec, io)
-            .await
-            .map_err(|e| match e {
-                crate::runtime::RuntimeError::Spawn { source, .. }
-                    if source.kind() == std::io::ErrorKind::NotFound =>
-                {
-                    fail(
-                        Stage::Start,
-                        format!("{program}: command not found in {app}'s release"),
-                    )
+        // A backend without attached one-offs still runs the command, with
+        // output and exit status but no stdin, unless a pty was asked for.
+        let attached = if io.pty.is_none() {
+            let output = io.output.clone();
+            match self.runtime.run_attached(spec.clone(), io).await {
+                Err(crate::runtime::RuntimeError::Unsupported { .. }) => {
+                    self.runtime.run_once(spec, output).await
                 }
-                other => fail(Stage::Start, other.to_string()),
-            })
+                other => other,
+            }
+        } else {
+            self.runtime.run_attached(spec, io).await
+        };
+        attached.map_err(|e| match e {
+            crate::runtime::RuntimeError::Spawn { source, .. }
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                fail(
+                    Stage::Start,
+                    format!("{program}: command not found in {app}'s release"),
+                )
+            }
+            other => fail(Stage::Start, other.to_string()),
+        })
     }
 }

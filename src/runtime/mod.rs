@@ -1,7 +1,8 @@
 //! Runtimes: run instances of a release and report their endpoints.
 //!
 //! One trait, [`Runtime`], with a backend per way of running things:
-//! `local` (supervised processes). Docker and kube implement the same trait.
+//! `local` (supervised processes) and `docker` (containers through the
+//! Docker engine). Kube implements the same trait.
 //!
 //! The contract every backend keeps:
 //! - `start` is idempotent per [`InstanceId`]: starting an id that already
@@ -12,6 +13,7 @@
 //! - the proxy never asks the runtime anything on its hot path: the deploy
 //!   pipeline copies endpoints into the routes snapshot.
 
+pub mod docker;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -51,6 +53,8 @@ pub struct InstanceSpec {
     /// The Procfile command line. It is the app owner's own command, so it
     /// runs through `/bin/sh -c` as on Heroku; Cygni never splices anything
     /// into it. `$PORT` and the env are passed as environment variables.
+    /// Empty means "the image's own CMD" (a Dockerfile app without a
+    /// Procfile); only image builds produce that.
     pub command: String,
     /// The release's config vars (PORT is added by the runtime for `web`).
     pub env: BTreeMap<String, String>,
@@ -122,6 +126,9 @@ pub enum RuntimeError {
     Timeout { what: String, secs: u64 },
     #[error("runtime i/o: {0}")]
     Io(#[from] std::io::Error),
+    /// Boxed: bollard's errors are large, and this enum is returned often.
+    #[error(transparent)]
+    Docker(Box<docker::DockerError>),
 }
 
 /// Output of a one-off command goes here, line by line as it comes.
@@ -172,5 +179,17 @@ pub trait Runtime: Send + Sync + 'static {
             runtime: self.name(),
             what: "attached one-off commands".into(),
         })
+    }
+
+    /// Lets the backend drop what it keeps for an app's releases (images)
+    /// except the artifacts in `keep` (recent releases and the live one).
+    /// Called after a deploy, where old slugs are pruned. Backends that
+    /// keep nothing of their own do nothing.
+    async fn retain_artifacts(
+        &self,
+        _app: &AppName,
+        _keep: &[Artifact],
+    ) -> Result<(), RuntimeError> {
+        Ok(())
     }
 }

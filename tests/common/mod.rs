@@ -135,6 +135,13 @@ impl TestDaemon {
             .arg("--admin-key")
             .arg(&self.admin.public)
             .args(&self.extra_args)
+            // `auto` would pick docker wherever an engine answers; tests
+            // that want it say `--runtime docker`.
+            .args(if self.extra_args.iter().any(|a| a == "--runtime") {
+                &[][..]
+            } else {
+                &["--runtime", "local"][..]
+            })
             .env("RUST_LOG", "info,cygni=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

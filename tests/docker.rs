@@ -1,0 +1,585 @@
+//! The docker runtime, end to end: a real engine, real git, ssh and curl
+//! through `cygni serve --runtime docker`, and the runtime on its own for
+//! what the SSH commands cannot drive yet (scaling, one-offs).
+//!
+//! Nothing is downloaded: scripts/docker-test-setup.sh makes the local
+//! images (`cygni-base:test`, busybox; `cygni-run:test`, busybox + the
+//! host's python3). Without an engine each test says SKIPPED (and fails
+//! under CI=true). Every container and image a test makes carries its
+//! app's name (`cygni.app` label, `cygni/APP` images) and is removed at the
+//! start and the end of the test, so reruns start clean.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use cygni::build::Artifact;
+use cygni::logs::LogStore;
+use cygni::names::{AppName, ProcessType};
+use cygni::runtime::docker::{DockerConfig, DockerRuntime};
+use cygni::runtime::{InstanceSpec, InstanceState, OneOffSpec, Runtime, RuntimeError};
+
+/// Whether an engine answers, with the test images made (once per run).
+fn engine_ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    let ready = *READY.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-test-setup.sh");
+        let out = Command::new(&script)
+            .output()
+            .expect("run scripts/docker-test-setup.sh");
+        match out.status.code() {
+            Some(0) => true,
+            Some(3) => false,
+            _ => panic!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    });
+    if !ready {
+        skip_or_fail("docker engine not available");
+    }
+    ready
+}
+
+/// `docker ARGS`: stdout, trimmed ("" when it failed).
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Removes the containers and images of some apps, now and when dropped.
+/// Declare it before the daemon, so it runs after the daemon has stopped.
+struct Cleanup(Vec<String>);
+
+impl Cleanup {
+    fn new(apps: &[&str]) -> Cleanup {
+        let cleanup = Cleanup(apps.iter().map(|a| a.to_string()).collect());
+        cleanup.remove();
+        cleanup
+    }
+
+    fn remove(&self) {
+        for app in &self.0 {
+            let filter = format!("label=cygni.app={app}");
+            let ids = docker(&["ps", "-aq", "--filter", &filter]);
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.lines());
+                docker(&args);
+            }
+            let images = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+            let prefix = format!("cygni/{app}:");
+            let mine: Vec<&str> = images.lines().filter(|i| i.starts_with(&prefix)).collect();
+            if !mine.is_empty() {
+                let mut args = vec!["rmi", "-f"];
+                args.extend(mine);
+                docker(&args);
+            }
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// A daemon on the docker runtime, with `config` as its config file.
+fn docker_daemon(config: &str) -> (TestDaemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cygni.toml");
+    std::fs::write(&file, config).unwrap();
+    let d = TestDaemon::start_with(&["--runtime", "docker", "--config", file.to_str().unwrap()]);
+    (d, dir)
+}
+
+const CONFIG: &str = "run_image = \"cygni-run:test\"\n";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), &dest).unwrap();
+        }
+    }
+}
+
+fn fixture_repo(d: &TestDaemon, name: &str, dir_name: &str) -> PathBuf {
+    let dir = d.dir.path().join(dir_name);
+    copy_dir(&fixture(name), &dir);
+    make_repo(&dir, &[])
+}
+
+fn replace_with_fixture(repo: &Path, name: &str) {
+    for e in std::fs::read_dir(repo).unwrap().flatten() {
+        if e.file_name() != ".git" {
+            let p = e.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).unwrap();
+            } else {
+                std::fs::remove_file(p).unwrap();
+            }
+        }
+    }
+    copy_dir(&fixture(name), repo);
+}
+
+fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} lacks {from:?}", path.display());
+    std::fs::write(path, text.replace(from, to)).unwrap();
+}
+
+fn push(d: &TestDaemon, repo: &Path, app: &str) -> Out {
+    d.git(&d.admin, repo, &["push", &d.remote(app), "main"])
+}
+
+fn host(app: &str) -> String {
+    format!("{app}.localhost")
+}
+
+/// (container id, StartedAt, RestartCount) of a container, by name.
+fn identity(name: &str) -> (String, String, String) {
+    let out = docker(&[
+        "inspect",
+        "-f",
+        "{{.Id}} {{.State.StartedAt}} {{.RestartCount}}",
+        name,
+    ]);
+    let mut parts = out.split_whitespace().map(str::to_owned);
+    let id = parts.next().unwrap_or_default();
+    assert!(!id.is_empty(), "no container {name}");
+    (
+        id,
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    )
+}
+
+fn exists(name: &str) -> bool {
+    !docker(&["ps", "-aq", "--filter", &format!("name=^{name}$")]).is_empty()
+}
+
+#[test]
+fn dockerfile_app_is_served_logged_and_redeployed_with_zero_downtime() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "dkweb";
+    let _cleanup = Cleanup::new(&[app]);
+    let (d, _config) = docker_daemon(CONFIG);
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+
+    let out = push(&d, &repo, app).ok();
+    assert!(
+        out.stderr.contains("Building image cygni/dkweb:v1")
+            && out.stderr.contains("remote: -----> Released v1"),
+        "{out:#?}"
+    );
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200, "{body}\n{}", d.log());
+    assert!(body.contains("hello from dockerfile-app"), "{body}");
+    let labels = docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"cygni.app\"}} {{index .Config.Labels \"cygni.release\"}} {{index .Config.Labels \"cygni.process\"}} {{index .Config.Labels \"cygni.index\"}}",
+        "cygni-dkweb-v1-web-1",
+    ]);
+    assert_eq!(labels, "dkweb 1 web 1");
+
+    // What the container prints reaches the app's log.
+    wait_for(
+        "the container's output in the log",
+        Duration::from_secs(20),
+        || {
+            let logs = d.ssh(&d.admin, &format!("logs {app}"));
+            logs.stdout
+                .contains("dockerfile-app serving on 5000 as web.1")
+                .then_some(())
+        },
+    );
+
+    // Zero downtime: 4 clients keep requesting while v2 replaces v1.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen_old = Arc::new(AtomicUsize::new(0));
+    let seen_new = Arc::new(AtomicUsize::new(0));
+    let port = d.http_port;
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, failures) = (stop.clone(), failures.clone());
+            let (seen_old, seen_new) = (seen_old.clone(), seen_new.clone());
+            std::thread::spawn(move || {
+                // Bounded: at most 120 s whatever happens to the push.
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let (code, body) = curl(port, &host(app), "/");
+                    if code != 200 {
+                        failures.lock().unwrap().push(format!("{code}: {body}"));
+                    } else if body.contains("hello from dockerfile-app v2") {
+                        seen_new.fetch_add(1, Ordering::Relaxed);
+                    } else if body.contains("hello from dockerfile-app") {
+                        seen_old.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        failures.lock().unwrap().push(format!("odd body: {body}"));
+                    }
+                }
+            })
+        })
+        .collect();
+    edit(
+        &repo.join("index.html"),
+        "hello from dockerfile-app",
+        "hello from dockerfile-app v2",
+    );
+    commit_all(&repo, "v2");
+    let out = push(&d, &repo, app);
+    let seen = wait_for_count(&seen_new, 10, Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.join().unwrap();
+    }
+    let out = out.ok();
+    assert!(out.stderr.contains("Released v2"), "{out:#?}");
+    assert!(seen, "the clients never saw v2 ten times");
+    let failures = failures.lock().unwrap();
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(seen_old.load(Ordering::Relaxed) > 0, "never saw v1");
+
+    // The old container was stopped and removed once v2 was live.
+    assert!(!exists("cygni-dkweb-v1-web-1"), "v1's container is left");
+    assert!(exists("cygni-dkweb-v2-web-1"));
+}
+
+/// Waits (bounded) until `counter` reaches `n`; whether it did.
+fn wait_for_count(counter: &AtomicUsize, n: usize, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if counter.load(Ordering::Relaxed) >= n {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+#[test]
+fn failing_health_check_is_rejected_and_the_old_container_keeps_serving() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "dkfail";
+    let _cleanup = Cleanup::new(&[app]);
+    let (d, _config) = docker_daemon(CONFIG);
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+    push(&d, &repo, app).ok();
+    let good_sha = head_sha(&repo);
+    let before = identity("cygni-dkfail-v1-web-1");
+
+    // It runs, but never listens: the engine's port proxy still accepts.
+    replace_with_fixture(&repo, "docker-fail-noport");
+    commit_all(&repo, "break it");
+    let out = push(&d, &repo, app);
+    assert_ne!(out.code, 0, "push must fail: {out:#?}");
+    assert!(
+        out.stderr
+            .contains("did not pass its health check within 5s"),
+        "{out:#?}"
+    );
+    let ls = d.git(&d.admin, &repo, &["ls-remote", &d.remote(app)]).ok();
+    assert!(
+        ls.stdout.contains(&format!("{good_sha}\trefs/heads/main")),
+        "branch moved: {ls:#?}"
+    );
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200);
+    assert!(body.contains("hello from dockerfile-app"), "{body}");
+    assert_eq!(identity("cygni-dkfail-v1-web-1"), before, "v1 was touched");
+    assert!(
+        !exists("cygni-dkfail-v2-web-1"),
+        "the failed container is left"
+    );
+    let rel = d.ssh(&d.admin, &format!("releases {app} --json")).ok();
+    let rel: serde_json::Value = serde_json::from_str(&rel.stdout).unwrap();
+    assert_eq!(rel[0]["status"], "failed");
+    assert_eq!(rel[1]["status"], "live");
+}
+
+#[test]
+fn a_restarted_daemon_adopts_running_containers_without_restarting_them() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "dkadopt";
+    let _cleanup = Cleanup::new(&[app]);
+    let (mut d, _config) = docker_daemon(CONFIG);
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+    push(&d, &repo, app).ok();
+    assert_eq!(d.curl(&host(app), "/").0, 200);
+    let before = identity("cygni-dkadopt-v1-web-1");
+
+    d.restart();
+    // The container kept running while the daemon was away.
+    assert_eq!(identity("cygni-dkadopt-v1-web-1"), before);
+    wait_for(
+        "the app to answer after a restart",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = d.curl(&host(app), "/");
+            (code == 200 && body.contains("hello from dockerfile-app")).then_some(())
+        },
+    );
+    // Same container, same start time, no restart: adopted, not replaced.
+    assert_eq!(identity("cygni-dkadopt-v1-web-1"), before);
+    let rel = d.ssh(&d.admin, &format!("releases {app} --json")).ok();
+    let rel: serde_json::Value = serde_json::from_str(&rel.stdout).unwrap();
+    assert_eq!(rel.as_array().unwrap().len(), 1, "no new release was made");
+}
+
+/// Images of recent releases are kept (rollback needs no rebuild); older
+/// ones are pruned. (`rollback APP vN` itself is another issue: once it
+/// lands, roll back to v2 here and check that nothing was built.)
+#[test]
+fn images_of_recent_releases_are_kept_and_older_ones_pruned() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "dkkeep";
+    let _cleanup = Cleanup::new(&[app]);
+    let (d, _config) = docker_daemon(&format!("{CONFIG}keep_releases = 2\n"));
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+    let image = |v: u32| !docker(&["images", "-q", &format!("cygni/{app}:v{v}")]).is_empty();
+
+    push(&d, &repo, app).ok();
+    for v in 2..=3 {
+        edit(
+            &repo.join("index.html"),
+            "hello from dockerfile-app",
+            &format!("hello from dockerfile-app v{v}"),
+        );
+        commit_all(&repo, &format!("v{v}"));
+        push(&d, &repo, app).ok();
+        if v == 2 {
+            assert!(image(1) && image(2), "v1 and v2 are both kept");
+        }
+    }
+    assert!(!image(1), "v1's image was not pruned");
+    assert!(image(2) && image(3), "the last two images are kept");
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200);
+    assert!(body.contains("hello from dockerfile-app v3"), "{body}");
+}
+
+#[test]
+fn buildpack_app_runs_on_the_run_image() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "dkbp";
+    let _cleanup = Cleanup::new(&[app]);
+    let (d, _config) = docker_daemon(CONFIG);
+    let repo = fixture_repo(&d, "procfile-app", app);
+    let out = push(&d, &repo, app).ok();
+    assert!(
+        out.stderr
+            .contains("Putting the slug on run image cygni-run:test"),
+        "{out:#?}"
+    );
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200, "{body}\n{}", d.log());
+    assert!(body.contains("hello from procfile-app"), "{body}");
+    // It runs unprivileged, from /app.
+    let user = docker(&["inspect", "-f", "{{.Config.User}}", "cygni-dkbp-v1-web-1"]);
+    assert_eq!(user, "10001:10001");
+}
+
+// ---- The runtime on its own -------------------------------------------
+
+struct RuntimeCase {
+    _dir: tempfile::TempDir,
+    runtime: DockerRuntime,
+    logs: Arc<LogStore>,
+}
+
+async fn runtime_case() -> RuntimeCase {
+    let dir = tempfile::tempdir().unwrap();
+    let logs = Arc::new(LogStore::open(&dir.path().join("logs")).unwrap());
+    let runtime = DockerRuntime::connect(
+        DockerConfig {
+            owner: dir.path().display().to_string(),
+        },
+        logs.clone(),
+    )
+    .await
+    .expect("the engine answers");
+    RuntimeCase {
+        _dir: dir,
+        runtime,
+        logs,
+    }
+}
+
+fn base_image() -> Artifact {
+    Artifact::Image {
+        reference: "cygni-base:test".into(),
+    }
+}
+
+fn web_spec(app: &AppName, index: u32) -> InstanceSpec {
+    InstanceSpec {
+        app: app.clone(),
+        release: 1,
+        process: ProcessType::web(),
+        index,
+        command: "mkdir -p /tmp/www && echo \"instance $DYNO of $GREETING\" > /tmp/www/index.html && echo booted $DYNO && exec httpd -f -p \"$PORT\" -h /tmp/www".into(),
+        env: BTreeMap::from([("GREETING".to_owned(), "dkscale".to_owned())]),
+        artifact: base_image(),
+    }
+}
+
+/// Scaling at the runtime level: two web instances of one release are two
+/// containers, each with its own endpoint, both serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_web_instances_are_two_containers_and_both_serve() {
+    if !engine_ready() {
+        return;
+    }
+    let app = AppName::parse("dkscale").unwrap();
+    let _cleanup = Cleanup::new(&["dkscale"]);
+    let case = runtime_case().await;
+
+    let one = case.runtime.start(web_spec(&app, 1)).await.unwrap();
+    let two = case.runtime.start(web_spec(&app, 2)).await.unwrap();
+    let (e1, e2) = (one.endpoint.unwrap(), two.endpoint.unwrap());
+    assert_ne!(e1, e2);
+    assert!(e1.ip().is_loopback() && e2.ip().is_loopback());
+    // Idempotent per id: starting web.1 again returns the same instance.
+    let again = case.runtime.start(web_spec(&app, 1)).await.unwrap();
+    assert_eq!(again.endpoint, Some(e1));
+
+    for (endpoint, dyno) in [(e1, "web.1"), (e2, "web.2")] {
+        let expected = format!("instance {dyno} of dkscale");
+        let body = tokio::task::spawn_blocking(move || {
+            wait_for("the instance to serve", Duration::from_secs(20), || {
+                let (code, body) = curl(endpoint.port(), "x", "/");
+                (code == 200 && body.contains(&expected)).then_some(body)
+            })
+        })
+        .await
+        .unwrap();
+        assert!(body.contains(dyno), "{body}");
+    }
+    let listed = case.runtime.list(Some(&app)).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.iter().all(|i| i.state == InstanceState::Running));
+    assert_eq!(listed[0].id, one.id);
+
+    // Their output reaches the log store, per instance.
+    let logs = case.logs.clone();
+    let app2 = app.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for("both instances' output", Duration::from_secs(20), || {
+            let lines = logs.tail(&app2, 50, None).unwrap_or_default();
+            let has = |s: &str, t: &str| lines.iter().any(|l| l.source == s && l.text.contains(t));
+            (has("web.1", "booted web.1") && has("web.2", "booted web.2")).then_some(())
+        })
+    })
+    .await
+    .unwrap();
+
+    for instance in [&one, &two] {
+        case.runtime
+            .stop(&instance.id, Duration::from_secs(5))
+            .await
+            .unwrap();
+    }
+    assert!(case.runtime.list(Some(&app)).await.unwrap().is_empty());
+    // Stopping what is gone is fine.
+    case.runtime
+        .stop(&one.id, Duration::from_secs(1))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_off_containers_stream_output_return_the_code_and_are_removed() {
+    if !engine_ready() {
+        return;
+    }
+    let app = AppName::parse("dkonce").unwrap();
+    let _cleanup = Cleanup::new(&["dkonce"]);
+    let case = runtime_case().await;
+    let spec = |argv: &[&str], timeout: u64| OneOffSpec {
+        app: app.clone(),
+        release: 1,
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::from([("GREETING".to_owned(), "hi".to_owned())]),
+        artifact: base_image(),
+        timeout: Duration::from_secs(timeout),
+    };
+    let one_offs = || docker(&["ps", "-aq", "--filter", "label=cygni.app=dkonce"]);
+
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let code = case
+        .runtime
+        .run_once(
+            spec(
+                &["/bin/sh", "-c", "echo out $GREETING; echo err >&2; exit 3"],
+                30,
+            ),
+            tx,
+        )
+        .await
+        .unwrap();
+    assert_eq!(code, 3);
+    let mut output = String::new();
+    while let Some(line) = rx.recv().await {
+        output.push_str(&String::from_utf8_lossy(&line));
+    }
+    assert!(
+        output.contains("out hi\n") && output.contains("err\n"),
+        "{output:?}"
+    );
+    // One-offs are not instances.
+    assert!(case.runtime.list(Some(&app)).await.unwrap().is_empty());
+
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let started = Instant::now();
+    let err = case
+        .runtime
+        .run_once(spec(&["sleep", "60"], 2), tx)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Timeout { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    tokio::task::spawn_blocking(move || {
+        wait_for(
+            "one-off containers to be removed",
+            Duration::from_secs(20),
+            || one_offs().is_empty().then_some(()),
+        )
+    })
+    .await
+    .unwrap();
+}
