@@ -18,10 +18,6 @@ fn deploy(d: &TestDaemon, name: &str, app: &str) -> PathBuf {
     repo
 }
 
-fn host(app: &str) -> String {
-    format!("{app}.localhost")
-}
-
 fn json(out: &Out) -> serde_json::Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {out:#?}"))
 }

@@ -11,35 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Replace the repo's files with another fixture's, as a new commit.
-fn replace_with_fixture(repo: &Path, name: &str) {
-    for e in std::fs::read_dir(repo).unwrap().flatten() {
-        if e.file_name() != ".git" {
-            let p = e.path();
-            if p.is_dir() {
-                std::fs::remove_dir_all(p).unwrap();
-            } else {
-                std::fs::remove_file(p).unwrap();
-            }
-        }
-    }
-    copy_dir(&fixture(name), repo);
-}
-
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains(from), "{} lacks {from:?}", path.display());
-    std::fs::write(path, text.replace(from, to)).unwrap();
-}
-
-fn push(d: &TestDaemon, repo: &Path, app: &str) -> Out {
-    d.git(&d.admin, repo, &["push", &d.remote(app), "main"])
-}
-
-fn host(app: &str) -> String {
-    format!("{app}.localhost")
-}
-
 /// Push, check the page, push a change, check the new page and `releases`.
 fn push_and_redeploy(fixture_name: &str, app: &str, marker: &str, file: &str) {
     let d = TestDaemon::start();

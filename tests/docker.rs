@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -106,58 +106,6 @@ fn docker_daemon(config: &str) -> (TestDaemon, tempfile::TempDir) {
 }
 
 const CONFIG: &str = "run_image = \"cygni-run:test\"\n";
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap().flatten() {
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), &dest).unwrap();
-        }
-    }
-}
-
-fn fixture_repo(d: &TestDaemon, name: &str, dir_name: &str) -> PathBuf {
-    let dir = d.dir.path().join(dir_name);
-    copy_dir(&fixture(name), &dir);
-    make_repo(&dir, &[])
-}
-
-fn replace_with_fixture(repo: &Path, name: &str) {
-    for e in std::fs::read_dir(repo).unwrap().flatten() {
-        if e.file_name() != ".git" {
-            let p = e.path();
-            if p.is_dir() {
-                std::fs::remove_dir_all(p).unwrap();
-            } else {
-                std::fs::remove_file(p).unwrap();
-            }
-        }
-    }
-    copy_dir(&fixture(name), repo);
-}
-
-fn edit(path: &Path, from: &str, to: &str) {
-    let text = std::fs::read_to_string(path).unwrap();
-    assert!(text.contains(from), "{} lacks {from:?}", path.display());
-    std::fs::write(path, text.replace(from, to)).unwrap();
-}
-
-fn push(d: &TestDaemon, repo: &Path, app: &str) -> Out {
-    d.git(&d.admin, repo, &["push", &d.remote(app), "main"])
-}
-
-fn host(app: &str) -> String {
-    format!("{app}.localhost")
-}
 
 /// (container id, StartedAt, RestartCount) of a container, by name.
 fn identity(name: &str) -> (String, String, String) {
@@ -582,4 +530,83 @@ async fn one_off_containers_stream_output_return_the_code_and_are_removed() {
     })
     .await
     .unwrap();
+}
+
+/// Image ids of an app's `cygni/APP:*` tags.
+fn app_images(app: &str) -> Vec<String> {
+    let mut v: Vec<String> = docker(&["images", "-q", "--no-trunc", &format!("cygni/{app}")])
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn rollback_reuses_the_kept_image_without_building() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "dkroll";
+    let _cleanup = Cleanup::new(&[app]);
+    let (d, _config) = docker_daemon(CONFIG);
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+    push(&d, &repo, app).ok();
+    edit(
+        &repo.join("index.html"),
+        "hello from dockerfile-app",
+        "second dockerfile-app",
+    );
+    commit_all(&repo, "v2");
+    push(&d, &repo, app).ok();
+    assert!(d.curl(&host(app), "/").1.contains("second dockerfile-app"));
+    let images_before = app_images(app);
+    let v1_image = docker(&["images", "-q", "--no-trunc", &format!("cygni/{app}:v1")]);
+    assert!(!v1_image.is_empty(), "v1's image is kept");
+
+    let out = d.ssh(&d.admin, &format!("rollback {app} v1")).ok();
+    assert!(!out.stderr.contains("Building"), "{out:#?}");
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200);
+    assert!(body.contains("hello from dockerfile-app"), "{body}");
+    // No image was built: the same images exist, and v3 runs v1's.
+    assert_eq!(app_images(app), images_before, "an image was built");
+    let running = docker(&[
+        "inspect",
+        "-f",
+        "{{.Image}}",
+        &format!("cygni-{app}-v3-web-1"),
+    ]);
+    assert_eq!(running, v1_image, "v3 does not run v1's image");
+}
+
+#[test]
+fn ps_scale_runs_two_containers_that_both_serve() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "dkscale";
+    let _cleanup = Cleanup::new(&[app]);
+    let (d, _config) = docker_daemon(CONFIG);
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+    push(&d, &repo, app).ok();
+    d.ssh(&d.admin, &format!("ps:scale {app} web=2")).ok();
+    assert!(exists(&format!("cygni-{app}-v1-web-1")));
+    assert!(exists(&format!("cygni-{app}-v1-web-2")));
+    let ps: serde_json::Value =
+        serde_json::from_str(&d.ssh(&d.admin, &format!("ps {app} --json")).ok().stdout).unwrap();
+    let instances = ps["instances"].as_array().unwrap();
+    assert_eq!(instances.len(), 2);
+    for i in instances {
+        let ep = i["endpoint"].as_str().unwrap();
+        let port: u16 = ep.rsplit(':').next().unwrap().parse().unwrap();
+        let (code, body) = curl(port, "x", "/");
+        assert_eq!(code, 200, "{ep} does not serve");
+        assert!(body.contains("hello from dockerfile-app"));
+    }
+    d.ssh(&d.admin, &format!("ps:scale {app} web=1")).ok();
+    wait_for("web.2 to be removed", Duration::from_secs(20), || {
+        (!exists(&format!("cygni-{app}-v1-web-2"))).then_some(())
+    });
 }

@@ -449,3 +449,36 @@ pub fn fixture_repo(d: &TestDaemon, name: &str, dir_name: &str) -> PathBuf {
     copy_dir(&fixture(name), &dir);
     make_repo(&dir, &[])
 }
+
+/// Replace the repo's files with another fixture's (not yet committed).
+pub fn replace_with_fixture(repo: &Path, name: &str) {
+    for e in std::fs::read_dir(repo).expect("read repo").flatten() {
+        if e.file_name() != ".git" {
+            let p = e.path();
+            if p.is_dir() {
+                std::fs::remove_dir_all(p).expect("rm dir");
+            } else {
+                std::fs::remove_file(p).expect("rm file");
+            }
+        }
+    }
+    copy_dir(&fixture(name), repo);
+}
+
+/// Replace `from` with `to` in a file, which must contain it.
+#[track_caller]
+pub fn edit(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read file to edit");
+    assert!(text.contains(from), "{} lacks {from:?}", path.display());
+    std::fs::write(path, text.replace(from, to)).expect("write edited file");
+}
+
+/// `git push cygni main` as the admin.
+pub fn push(d: &TestDaemon, repo: &Path, app: &str) -> Out {
+    d.git(&d.admin, repo, &["push", &d.remote(app), "main"])
+}
+
+/// The app's default host.
+pub fn host(app: &str) -> String {
+    format!("{app}.localhost")
+}
