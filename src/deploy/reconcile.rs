@@ -38,11 +38,20 @@ impl Platform {
     /// Rebuild the routes snapshot from SQLite and what runs, and swap it in.
     ///
     /// Every app gets `APP.DOMAIN`; its endpoints are the live release's
-    /// `web` instances that are up. An app with none answers 503.
+    /// `web` instances that are up. An app with none answers 503. Plain
+    /// HTTP redirects to HTTPS for apps whose every host has a valid
+    /// certificate, unless the app turned that off (`state::certs::https_apps`).
     pub async fn publish_routes(&self) -> Result<(), ReconcileError> {
-        let (apps, live) = self
+        let domain = self.domain.clone();
+        let (apps, live, https) = self
             .db
-            .call(|c| Ok((state::apps::list(c)?, releases::all_live(c)?)))
+            .call(move |c| {
+                Ok((
+                    state::apps::list(c)?,
+                    releases::all_live(c)?,
+                    state::certs::https_apps(c, &domain, state::now())?,
+                ))
+            })
             .await?;
         let instances = self.runtime.list(None).await?;
         let live_version: HashMap<&AppName, u32> =
@@ -62,7 +71,8 @@ impl Platform {
                 .filter_map(|i| i.endpoint)
                 .collect();
             let hosts = vec![format!("{}.{}", app.name, self.domain)];
-            builder = builder.app(app.name.clone(), hosts, endpoints, false);
+            let redirect_https = https.contains(&app.name);
+            builder = builder.app(app.name.clone(), hosts, endpoints, redirect_https);
         }
         self.routes.replace(builder.build());
         Ok(())

@@ -60,7 +60,6 @@ const MAX_ATTEMPTS: u32 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scheme {
     Http,
-    #[allow(dead_code)] // served by the HTTPS listener (later issue)
     Https,
 }
 

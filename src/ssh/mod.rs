@@ -41,6 +41,9 @@ pub struct SshContext {
     pub domain: String,
     pub http_port: u16,
     pub platform: Arc<crate::deploy::Platform>,
+    /// Certificates: `certs`, `certs:renew`, and `notify()` after a change
+    /// of hosts.
+    pub acme: crate::acme::Acme,
 }
 
 impl SshContext {
