@@ -483,36 +483,20 @@ impl Acme {
 
     /// ARI (RFC 9773): when the CA offers renewal info, renew at a random
     /// point of its suggested window if that is earlier than our own rule.
+    /// Whatever happens, the check is recorded, so an unreachable CA is
+    /// asked again only after [`ARI_PERIOD`].
     async fn check_renewal_info(&self, r: &CertRecord, now: i64) {
         if r.ari_checked_at.is_some_and(|t| now - t < ARI_PERIOD) {
             return;
         }
-        let Some(chain) = &r.chain_pem else { return };
-        let Some(Ok(leaf)) = CertificateDer::pem_slice_iter(chain.as_bytes()).next() else {
-            return;
-        };
-        let Ok(id) = CertificateIdentifier::try_from(&leaf) else {
-            return;
-        };
-        let Ok(account) = self.account().await else {
-            return;
-        };
-        let renew_at = match account.renewal_info(&id).await {
-            Ok((info, _retry_after)) => {
-                let start = info.suggested_window.start.unix_timestamp();
-                let end = info.suggested_window.end.unix_timestamp().max(start);
-                let pick = start + (rand::random::<f64>() * (end - start) as f64) as i64;
-                let ours = r.renew_at.unwrap_or(pick);
-                if pick < ours {
-                    tracing::info!(host = %r.host, renew_at = pick, "the CA's renewal info moves the renewal earlier");
-                }
-                pick.min(ours)
+        let ours = r.renew_at.unwrap_or(now);
+        let renew_at = match self.suggested_renewal(r).await {
+            Some(pick) if pick < ours => {
+                tracing::info!(host = %r.host, renew_at = pick,
+                    "the CA's renewal info moves the renewal earlier");
+                pick
             }
-            Err(instant_acme::Error::Unsupported(_)) => r.renew_at.unwrap_or(now),
-            Err(e) => {
-                tracing::debug!(host = %r.host, error = %e, "renewal info unavailable");
-                r.renew_at.unwrap_or(now)
-            }
+            _ => ours,
         };
         let host = r.host.clone();
         let _ = self
@@ -520,6 +504,28 @@ impl Acme {
             .db
             .call(move |c| state::certs::set_renewal_window(c, &host, renew_at, now))
             .await;
+    }
+
+    /// A random time in the CA's suggested renewal window, if it has one.
+    async fn suggested_renewal(&self, r: &CertRecord) -> Option<i64> {
+        let chain = r.chain_pem.as_ref()?;
+        let leaf = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .next()?
+            .ok()?;
+        let id = CertificateIdentifier::try_from(&leaf).ok()?;
+        let account = self.account().await.ok()?;
+        match account.renewal_info(&id).await {
+            Ok((info, _retry_after)) => {
+                let start = info.suggested_window.start.unix_timestamp();
+                let end = info.suggested_window.end.unix_timestamp().max(start);
+                Some(start + (rand::random::<f64>() * (end - start) as f64) as i64)
+            }
+            Err(instant_acme::Error::Unsupported(_)) => None,
+            Err(e) => {
+                tracing::debug!(host = %r.host, error = %e, "renewal info unavailable");
+                None
+            }
+        }
     }
 }
 

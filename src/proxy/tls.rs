@@ -249,7 +249,20 @@ pub fn challenge_cert(host: &str, key_auth_digest: &[u8]) -> Result<Arc<Certifie
             host: host.to_owned(),
             source: rcgen::Error::CouldNotParseKeyPair,
         })?;
-    from_der(host, vec![cert.der().clone()], key_der)
+    // Not `from_der`: its key/certificate consistency check parses the
+    // certificate with webpki, which rejects the critical acmeIdentifier
+    // extension. The pair was made together just above.
+    let signing = rustls::crypto::aws_lc_rs::default_provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|source| TlsError::Key {
+            host: host.to_owned(),
+            source,
+        })?;
+    Ok(Arc::new(CertifiedKey::new(
+        vec![cert.der().clone()],
+        signing,
+    )))
 }
 
 #[cfg(test)]
