@@ -19,6 +19,12 @@
 //! TLS 1.2 and 1.3 only, the aws-lc-rs provider, ALPN `h2`, `http/1.1` and
 //! `acme-tls/1` (RFC 8737, offered by the CA only). Sessions resume through
 //! both a session-id cache and stateless tickets.
+//!
+//! Measured with `scripts/bench-https.sh` on the 2-core dev VM (TLS 1.3,
+//! the same ECDSA P-256 certificate, wrk keep-alive, 3 rounds, medians):
+//! Cygni 33.2k req/s at 18.1 µs proxy CPU per request, nginx (1 worker)
+//! 25.5k req/s at 20.4 µs; ratio 1.30. The host was shared: single
+//! rounds drifted by 25%.
 
 use std::collections::HashMap;
 use std::sync::Arc;
