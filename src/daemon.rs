@@ -2,9 +2,11 @@
 //!
 //! ```text
 //! Config (validated) ──► data dir, SQLite (migrated), host key, admin key
-//!                    ──► bind SSH, HTTP, hook socket (all before serving)
+//!                    ──► stored certificates into the TLS store
+//!                    ──► bind SSH, HTTP, HTTPS, hook socket (all before serving)
 //!                    ──► spawn under one CancellationToken:
-//!                          ssh::serve · hook::serve · proxy · reconcile loop
+//!                          ssh::serve · hook::serve · proxy (HTTP, HTTPS) ·
+//!                          reconcile loop · ACME renewer
 //! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
 //!                  ──► the local runtime stops its instances (docker
 //!                      containers keep running, and are adopted at the
@@ -23,13 +25,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::acme::{Acme, AcmeConfig};
 use crate::config::{Config, RuntimeChoice};
 use crate::deploy::{self, Paths, Platform};
 use crate::git::{GitEnv, Repos};
 use crate::hook::{self, PushRegistry};
 use crate::logs::LogStore;
 use crate::names::KeyName;
-use crate::proxy::{self, Challenges, ProxyConfig, RouteTable, Routes};
+use crate::proxy::{self, CertStore, Challenges, ProxyConfig, RouteTable, Routes};
 use crate::runtime::docker::{DockerConfig, DockerError, DockerRuntime};
 use crate::runtime::local::{LocalConfig, LocalRuntime, RunAs};
 use crate::runtime::Runtime;
@@ -73,6 +76,10 @@ pub enum DaemonError {
     RuntimeUnavailable(&'static str),
     #[error("--runtime docker: {0}; start the Docker engine, or use --runtime local")]
     Docker(#[source] DockerError),
+    #[error(transparent)]
+    Tls(#[from] proxy::tls::TlsError),
+    #[error(transparent)]
+    Acme(#[from] crate::acme::AcmeError),
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -177,6 +184,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     if config.runtime == RuntimeChoice::Kube {
         return Err(DaemonError::RuntimeUnavailable("kube"));
     }
+    // rustls panics at first use if it cannot tell which crypto provider
+    // to use; install aws-lc-rs process-wide (Err: already installed).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let data = config.data_dir.clone();
     create_dir(&data, 0o711)?;
     let db = Db::open(&data.join("cygni.db"))?;
@@ -235,6 +245,21 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         };
     let routes = Arc::new(RouteTable::new(Routes::empty()));
     let challenges = Challenges::shared();
+    let certs = Arc::new(CertStore::new());
+    let acme = Acme::new(
+        db.clone(),
+        certs.clone(),
+        challenges.clone(),
+        AcmeConfig {
+            directory: config.acme_directory.clone(),
+            email: config.acme_email.clone(),
+            ca: config.acme_ca.clone(),
+            domain: config.domain.clone(),
+        },
+    );
+    // Serve what is stored from the first handshake; orders come later.
+    acme.install_stored().await?;
+    let tls_config = proxy::tls::server_config(certs)?;
     let mut platform = Platform::new(
         db.clone(),
         repos.clone(),
@@ -258,6 +283,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     // start cleanly, with nothing half-running.
     let ssh_std = bind_tcp("ssh", config.ssh_listen)?;
     let http_std = bind_tcp("http", config.http_listen)?;
+    let https_std = bind_tcp("https", config.https_listen)?;
     let hook_listener = hook::bind(&data)?;
     let ssh_addr = ssh_std.local_addr().map_err(|source| DaemonError::Bind {
         what: "ssh",
@@ -267,6 +293,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let http_addr = http_std.local_addr().map_err(|source| DaemonError::Bind {
         what: "http",
         addr: config.http_listen,
+        source,
+    })?;
+    let https_addr = https_std.local_addr().map_err(|source| DaemonError::Bind {
+        what: "https",
+        addr: config.https_listen,
         source,
     })?;
     let ssh_listener =
@@ -289,6 +320,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         http_port: http_addr.port(),
         platform: platform.clone(),
         started: std::time::Instant::now(),
+        acme: acme.clone(),
     });
 
     let host = if ssh_addr.ip().is_unspecified() {
@@ -301,6 +333,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     println!(
         "  http:  {http_addr} (apps at {})",
         ctx.app_url(&example_app())
+    );
+    println!(
+        "  https: {https_addr} (certificates from {})",
+        config.acme_directory
     );
     println!("  data:  {}", data.display());
     println!("  runtime: {runtime_text}");
@@ -325,11 +361,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         shutdown.clone(),
     ));
     let proxy_shutdown = shutdown.clone();
+    let (http_routes, http_challenges) = (routes.clone(), challenges.clone());
     tasks.spawn(async move {
         if let Err(e) = proxy::serve_http(
             http_std,
-            routes,
-            challenges,
+            http_routes,
+            http_challenges,
             ProxyConfig::default(),
             proxy_shutdown,
         )
@@ -338,6 +375,35 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             tracing::error!(error = %e, "the HTTP proxy stopped");
         }
     });
+    let https_shutdown = shutdown.clone();
+    let https_routes = routes.clone();
+    tasks.spawn(async move {
+        if let Err(e) = proxy::serve_https(
+            https_std,
+            https_routes,
+            challenges,
+            tls_config,
+            ProxyConfig::default(),
+            https_shutdown,
+        )
+        .await
+        {
+            tracing::error!(error = %e, "the HTTPS proxy stopped");
+        }
+    });
+    // A new certificate can turn an app's HTTPS redirect on.
+    let republish = {
+        let platform = platform.clone();
+        move || {
+            let platform = platform.clone();
+            tokio::spawn(async move {
+                if let Err(e) = platform.publish_routes().await {
+                    tracing::warn!(error = %e, "route update after a new certificate");
+                }
+            });
+        }
+    };
+    tasks.spawn(acme.run(routes, republish, shutdown.clone()));
     tasks.spawn(deploy::reconcile::run(platform, shutdown.clone()));
     tasks.close();
 

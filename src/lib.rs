@@ -12,6 +12,7 @@
 //! browser ──► proxy ◄── routes (host → endpoints)
 //! ```
 
+pub mod acme;
 pub mod build;
 pub mod config;
 pub mod daemon;

@@ -120,9 +120,6 @@ pub struct Platform {
     pub boot_timeout: Duration,
     /// uid/gid builds run as when the daemon is root.
     pub build_as: Option<(u32, u32)>,
-    /// Woken when an app's set of hosts changes (a domain added or removed,
-    /// an app created or destroyed), e.g. so certificates are ordered now.
-    pub hosts_notify: Arc<tokio::sync::Notify>,
     /// Build knobs (timeouts, the run image for image builds).
     pub build_limits: BuildLimits,
     /// How many recent good releases keep their slug or image (config key
@@ -189,7 +186,6 @@ impl Platform {
             domain,
             boot_timeout,
             build_as,
-            hosts_notify: Arc::new(tokio::sync::Notify::new()),
             build_limits: BuildLimits::default(),
             keep_releases: KEEP_RELEASES,
             locks: Default::default(),
@@ -224,11 +220,6 @@ impl Platform {
         for i in instances {
             d.remove(&i.id);
         }
-    }
-
-    /// Tell whoever watches hosts (the certificate renewer) to look again.
-    pub fn hosts_changed(&self) {
-        self.hosts_notify.notify_waiters();
     }
 
     /// The per-app lock that serializes deploys, config releases, rollbacks

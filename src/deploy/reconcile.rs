@@ -38,15 +38,19 @@ impl Platform {
     /// Rebuild the routes snapshot from SQLite and what runs, and swap it in.
     ///
     /// Every app gets `APP.DOMAIN`; its endpoints are the live release's
-    /// `web` instances that are up. An app with none answers 503.
+    /// `web` instances that are up. An app with none answers 503. Plain
+    /// HTTP redirects to HTTPS for apps whose every host has a valid
+    /// certificate, unless the app turned that off (`state::certs::https_apps`).
     pub async fn publish_routes(&self) -> Result<(), ReconcileError> {
-        let (apps, live, domains) = self
+        let domain = self.domain.clone();
+        let (apps, live, domains, https) = self
             .db
-            .call(|c| {
+            .call(move |c| {
                 Ok((
                     state::apps::list(c)?,
                     releases::all_live(c)?,
                     state::domains::all(c)?,
+                    state::certs::https_apps(c, &domain, state::now())?,
                 ))
             })
             .await?;
@@ -75,7 +79,8 @@ impl Platform {
                     .filter(|(a, _)| *a == app.name)
                     .map(|(_, h)| h.to_string()),
             );
-            builder = builder.app(app.name.clone(), hosts, endpoints, false);
+            let redirect_https = https.contains(&app.name);
+            builder = builder.app(app.name.clone(), hosts, endpoints, redirect_https);
         }
         self.routes.replace(builder.build());
         Ok(())

@@ -60,7 +60,6 @@ const MAX_ATTEMPTS: u32 = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Scheme {
     Http,
-    #[allow(dead_code)] // served by the HTTPS listener (later issue)
     Https,
 }
 
@@ -415,6 +414,9 @@ fn respond(
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
     strip_hop_by_hop(resp.headers_mut(), false);
+    // Our own version, not the app's (RFC 9110, 6.2): an HTTP/1.0 app
+    // would otherwise make hyper close the client's keep-alive connection.
+    *resp.version_mut() = Version::HTTP_11;
     let (parts, body) = resp.into_parts();
     // A connection opened for an upgrade the app declined is not reused:
     // it was built to hand its socket over.

@@ -1,5 +1,5 @@
 //! The reverse proxy: every app reachable at `APP.DOMAIN` and its custom
-//! domains, through one HTTP listener (HTTPS comes with the TLS issue).
+//! domains, through one HTTP and one HTTPS listener.
 //!
 //! ```text
 //!                 ┌──────────── worker 0 (current_thread runtime, core 0) ──────────┐
@@ -13,6 +13,8 @@
 //! - [`routes`]: host → app endpoints, the immutable snapshot and its swap.
 //! - [`challenges`]: ACME HTTP-01 tokens, answered before any routing.
 //! - `server`: listeners, per-core workers, connection timeouts, shutdown.
+//! - [`tls`]: rustls configuration, the SNI certificate resolver and its
+//!   hot-swapped certificate store (filled by `acme`).
 //! - `forward`: one request: routing, header rewrite, upstream, upgrades.
 //! - `pool`, `body`: keep-alive upstream connections and streamed bodies.
 //!
@@ -39,6 +41,7 @@ mod forward;
 mod pool;
 pub mod routes;
 mod server;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -47,7 +50,8 @@ use hyper::StatusCode;
 
 pub use challenges::Challenges;
 pub use routes::{Route, RouteTable, Routes, RoutesBuilder};
-pub use server::serve_http;
+pub use server::{serve_http, serve_https};
+pub use tls::CertStore;
 
 use crate::names::AppName;
 

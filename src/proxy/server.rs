@@ -11,7 +11,15 @@
 //! ```
 //!
 //! `serve_connection` is generic over the socket type so the HTTPS listener
-//! can hand it a TLS stream and get the same behaviour.
+//! hands it a TLS stream and gets the same behaviour:
+//!
+//! ```text
+//! serve_https ──► same workers ──► accept ──► TLS handshake (bounded, see tls.rs)
+//!                   ALPN h2         ──► serve_h2 (hyper http2)       ─┐ same idle timer
+//!                   ALPN http/1.1   ──► serve_connection (http1)     ─┤ and drain
+//!                   ALPN acme-tls/1 ──► close: the handshake was the ─┘
+//!                                       whole TLS-ALPN-01 answer
+//! ```
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,13 +28,17 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use std::future::Future;
+
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -34,7 +46,11 @@ use super::challenges::Challenges;
 use super::forward::{self, ConnCtx, RequestIds, Scheme};
 use super::pool::{Pool, SWEEP_PERIOD};
 use super::routes::RouteTable;
+use super::tls::{ACME_TLS_ALPN, ALPN_H2};
 use super::{ProxyConfig, ProxyError};
+
+/// A client must finish the TLS handshake within this time.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// hyper's default header count; it parses that many on the stack.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
@@ -49,6 +65,9 @@ pub(crate) struct Worker {
     pub(crate) shutdown: CancellationToken,
     pub(crate) drain: Duration,
     http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    /// Set on the HTTPS listener's workers.
+    tls: Option<TlsAcceptor>,
     idle_timeout: Duration,
 }
 
@@ -60,6 +79,7 @@ impl Worker {
         challenges: Arc<Challenges>,
         config: &ProxyConfig,
         shutdown: CancellationToken,
+        tls: Option<TlsAcceptor>,
     ) -> Worker {
         let mut http1 = http1::Builder::new();
         http1
@@ -70,6 +90,10 @@ impl Worker {
         if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {
             http1.max_headers(config.max_headers);
         }
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(config.max_header_bytes as u32);
         Worker {
             routes,
             challenges,
@@ -79,6 +103,8 @@ impl Worker {
             shutdown,
             drain: config.drain_timeout,
             http1,
+            http2,
+            tls,
             idle_timeout: config.idle_timeout,
         }
     }
@@ -99,6 +125,41 @@ pub async fn serve_http(
     config: ProxyConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ProxyError> {
+    serve(listener, routes, challenges, config, shutdown, None).await
+}
+
+/// Serve HTTPS on an already-bound listener, like [`serve_http`] but with a
+/// TLS handshake first (`tls` comes from [`super::tls::server_config`]).
+/// Requests see scheme `https`, so no app redirects them; HTTP/2 is spoken
+/// to clients that negotiate `h2`.
+pub async fn serve_https(
+    listener: std::net::TcpListener,
+    routes: Arc<RouteTable>,
+    challenges: Arc<Challenges>,
+    tls: Arc<rustls::ServerConfig>,
+    config: ProxyConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ProxyError> {
+    let acceptor = TlsAcceptor::from(tls);
+    serve(
+        listener,
+        routes,
+        challenges,
+        config,
+        shutdown,
+        Some(acceptor),
+    )
+    .await
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    routes: Arc<RouteTable>,
+    challenges: Arc<Challenges>,
+    config: ProxyConfig,
+    shutdown: CancellationToken,
+    tls: Option<TlsAcceptor>,
+) -> Result<(), ProxyError> {
     if config.max_headers == 0 {
         return Err(ProxyError::Config {
             reason: "max_headers must be at least 1",
@@ -116,7 +177,9 @@ pub async fn serve_http(
     let boot: u32 = rand::random();
 
     if !config.per_core_runtimes {
-        let worker = Arc::new(Worker::new(0, boot, routes, challenges, &config, shutdown));
+        let worker = Arc::new(Worker::new(
+            0, boot, routes, challenges, &config, shutdown, tls,
+        ));
         let listener =
             TcpListener::from_std(listener).map_err(|source| ProxyError::Listener { source })?;
         accept_loop(listener, worker).await;
@@ -145,6 +208,7 @@ pub async fn serve_http(
                     Arc::clone(&challenges),
                     &config,
                     stop.clone(),
+                    tls.clone(),
                 ));
                 let done = done_tx.clone();
                 std::thread::Builder::new()
@@ -237,9 +301,18 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
                 // last segment. A failure just means a slower socket.
                 let _ = stream.set_nodelay(true);
                 let worker2 = Arc::clone(&worker);
-                worker
-                    .tracker
-                    .spawn(serve_connection(stream, peer, Scheme::Http, worker2));
+                match &worker.tls {
+                    None => {
+                        worker
+                            .tracker
+                            .spawn(serve_connection(stream, peer, Scheme::Http, worker2))
+                    }
+                    Some(acceptor) => {
+                        worker
+                            .tracker
+                            .spawn(serve_tls(stream, peer, acceptor.clone(), worker2))
+                    }
+                };
             }
             Err(e) => accept_failed(e).await,
         }
@@ -296,6 +369,75 @@ pub(crate) async fn serve_connection<IO>(
     let cx = Arc::new(ConnCtx::new(Arc::clone(&worker), scheme, peer));
     let service = service_fn(move |req| forward::handle(Arc::clone(&cx), req));
     let conn = worker.http1.serve_connection(io, service).with_upgrades();
+    drive(conn, |c| c.graceful_shutdown(), &activity, peer, &worker).await;
+}
+
+/// Handshake, then serve by the negotiated ALPN protocol.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    worker: Arc<Worker>,
+) {
+    let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+    let stream = tokio::select! {
+        biased;
+        () = worker.shutdown.cancelled() => return,
+        done = handshake => match done {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                // Unknown SNI, old protocol versions, scanners: the client's
+                // problem, so debug only.
+                tracing::debug!(client = %peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    match stream.get_ref().1.alpn_protocol() {
+        Some(ACME_TLS_ALPN) => {
+            // RFC 8737: the CA only checks the certificate; no HTTP follows.
+            let mut stream = stream;
+            let _ = stream.shutdown().await;
+        }
+        Some(ALPN_H2) => serve_h2(stream, peer, worker).await,
+        _ => serve_connection(stream, peer, Scheme::Https, worker).await,
+    }
+}
+
+/// One HTTP/2 client connection (HTTPS only). Requests carry their host
+/// in `:authority`; `forward` turns that into `Host` for the app, which
+/// always gets HTTP/1.1.
+async fn serve_h2<IO>(io: IO, peer: SocketAddr, worker: Arc<Worker>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let activity = Arc::new(AtomicU64::new(0));
+    let io = TokioIo::new(Counted {
+        inner: io,
+        activity: Arc::clone(&activity),
+    });
+    let cx = Arc::new(ConnCtx::new(Arc::clone(&worker), Scheme::Https, peer));
+    let service = service_fn(move |req| forward::handle(Arc::clone(&cx), req));
+    let conn = worker.http2.serve_connection(io, service);
+    drive(conn, |c| c.graceful_shutdown(), &activity, peer, &worker).await;
+}
+
+/// Poll a connection to its end, with the idle timer and the drain on
+/// shutdown. `graceful` starts the protocol's graceful shutdown.
+async fn drive<C, E>(
+    conn: C,
+    graceful: impl Fn(Pin<&mut C>),
+    activity: &AtomicU64,
+    peer: SocketAddr,
+    worker: &Worker,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     tokio::pin!(conn);
     let cancelled = worker.shutdown.cancelled();
     tokio::pin!(cancelled);
@@ -314,7 +456,7 @@ pub(crate) async fn serve_connection<IO>(
             }
             () = &mut cancelled, if !draining => {
                 draining = true;
-                conn.as_mut().graceful_shutdown();
+                graceful(conn.as_mut());
                 timer.as_mut().reset(Instant::now() + worker.drain);
             }
             () = &mut timer => {

@@ -43,6 +43,9 @@ pub struct SshContext {
     pub platform: Arc<crate::deploy::Platform>,
     /// When the daemon started, for `status`.
     pub started: std::time::Instant,
+    /// Certificates: `certs`, `certs:renew`, and `notify()` after a change
+    /// of hosts.
+    pub acme: crate::acme::Acme,
 }
 
 impl SshContext {

@@ -10,6 +10,7 @@
 //! an async worker.
 
 pub mod apps;
+pub mod certs;
 pub mod config_vars;
 pub mod domains;
 pub mod formation;
@@ -110,6 +111,32 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE apps ADD COLUMN redirect_https INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE apps ADD COLUMN stopped INTEGER NOT NULL DEFAULT 0;",
+    // 4: TLS certificates (one per host), the ACME account, renewal and
+    // backoff state (see state/certs.rs).
+    "CREATE TABLE acme_accounts (
+        directory TEXT PRIMARY KEY,
+        credentials TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE certificates (
+        host TEXT PRIMARY KEY,
+        app_id INTEGER REFERENCES apps(id) ON DELETE CASCADE,
+        chain_pem TEXT,
+        key_pem TEXT,
+        serial TEXT,
+        issuer TEXT,
+        not_before INTEGER,
+        not_after INTEGER,
+        challenge TEXT,
+        renew_at INTEGER,
+        ari_checked_at INTEGER,
+        force_renew INTEGER NOT NULL DEFAULT 0,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,
+        last_error TEXT,
+        last_attempt_at INTEGER,
+        updated_at INTEGER NOT NULL
+    );",
 ];
 
 /// A handle to the database, cheap to clone.

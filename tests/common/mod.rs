@@ -89,6 +89,7 @@ pub struct TestDaemon {
     pub admin: Key,
     pub ssh_port: u16,
     pub http_port: u16,
+    pub https_port: u16,
     pub host_fingerprint: String,
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -111,6 +112,7 @@ impl TestDaemon {
             admin,
             ssh_port: 0,
             http_port: 0,
+            https_port: 0,
             host_fingerprint: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -156,8 +158,8 @@ impl TestDaemon {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(30);
-        let (mut ssh, mut http, mut fp) = (None, None, None);
-        while ssh.is_none() || http.is_none() {
+        let (mut ssh, mut http, mut https, mut fp) = (None, None, None, None);
+        while ssh.is_none() || http.is_none() || https.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -176,10 +178,14 @@ impl TestDaemon {
             } else if let Some(rest) = line.trim().strip_prefix("http:") {
                 let addr = rest.split_whitespace().next().unwrap_or_default();
                 http = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            } else if let Some(rest) = line.trim().strip_prefix("https:") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                https = addr.rsplit(':').next().and_then(|p| p.parse().ok());
             }
         }
         self.ssh_port = ssh.expect("ssh port");
         self.http_port = http.expect("http port");
+        self.https_port = https.expect("https port");
         self.host_fingerprint = fp.unwrap_or_default();
         self.child = Some(child);
     }

@@ -115,6 +115,14 @@ pub(super) async fn info(exec: &mut Exec, app: String, as_json: bool) -> Result<
     let branches = ctx.repos.branches(&app).unwrap_or_default();
     let repo_bytes = ctx.repos.size(&app);
     let runtime = ctx.platform.runtime.name();
+    let a = app.clone();
+    let mut certs = ctx
+        .db
+        .call(move |c| state::certs::list(c, Some(&a)))
+        .await?;
+    let cert_hosts = ctx.acme.hosts_of(&app).await?;
+    certs.retain(|r| cert_hosts.contains(&r.host));
+    let now = state::now();
     let info = serde_json::json!({
         "name": record.name,
         "url": ctx.app_url(&app),
@@ -130,6 +138,7 @@ pub(super) async fn info(exec: &mut Exec, app: String, as_json: bool) -> Result<
         "stopped": record.stopped,
         "repo_size_bytes": repo_bytes,
         "branches": branches.iter().map(|(b, sha)| serde_json::json!({"name": b, "sha": sha})).collect::<Vec<_>>(),
+        "certificates": certs.iter().map(|r| serde_json::json!({"host": r.host, "status": super::certs::status(r, now), "not_after": r.not_after})).collect::<Vec<_>>(),
     });
     let text = if as_json {
         json(&info)?
@@ -195,6 +204,16 @@ pub(super) async fn info(exec: &mut Exec, app: String, as_json: bool) -> Result<
         row("repo size:", format!("{} KiB", repo_bytes / 1024));
         for (b, sha) in &branches {
             row("branch:", format!("{b} {}", &sha[..sha.len().min(7)]));
+        }
+        if cert_hosts.is_empty() {
+            s.push_str("certificate:   none (local names only)\n");
+        }
+        for host in &cert_hosts {
+            let line = certs.iter().find(|r| &r.host == host).map_or_else(
+                || "none yet, ordering".to_owned(),
+                |r| super::certs::status(r, now),
+            );
+            s.push_str(&format!("certificate:   {host}: {line}\n"));
         }
         s
     };

@@ -49,7 +49,7 @@ pub(super) async fn add(exec: &mut Exec, app: String, host: String) -> Result<()
     if let Err(e) = ctx.platform.publish_routes().await {
         tracing::warn!(error = %e, "route update after domains:add");
     }
-    ctx.platform.hosts_changed();
+    ctx.acme.notify();
     exec.stdout(format!("added {host} to {app}\n")).await;
     Ok(())
 }
@@ -66,7 +66,7 @@ pub(super) async fn remove(exec: &mut Exec, app: String, host: String) -> Result
     if let Err(e) = ctx.platform.publish_routes().await {
         tracing::warn!(error = %e, "route update after domains:remove");
     }
-    ctx.platform.hosts_changed();
+    ctx.acme.notify();
     exec.stdout(format!("removed {host} from {app}\n")).await;
     Ok(())
 }

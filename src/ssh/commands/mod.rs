@@ -11,6 +11,7 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod apps;
+mod certs;
 mod config;
 mod domains;
 mod keys;
@@ -259,6 +260,27 @@ enum Cmd {
     /// Take a deployer key's access to an app away
     #[command(name = "keys:revoke")]
     KeysRevoke { name: String, app: String },
+    /// Show TLS certificates: hosts, issuer, expiry, next renewal, last error
+    #[command(
+        after_help = "APP.DOMAIN and every custom domain get a certificate, except local \
+                      names (localhost, *.localhost, *.local, *.test, *.example, *.internal, \
+                      IP addresses, single labels). Without APP (admins): every app."
+    )]
+    Certs {
+        app: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Renew an app's certificates now, past any backoff
+    #[command(name = "certs:renew")]
+    CertsRenew { app: String },
+    /// Redirect an app's plain HTTP to HTTPS once it has certificates (default on)
+    #[command(name = "certs:redirect")]
+    CertsRedirect {
+        app: String,
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+    },
 }
 
 /// Parse words into a command. `Ok(Err(text))` is help text to print on
@@ -432,6 +454,9 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
         Cmd::KeysRemove { key } => keys::remove(exec, key).await?,
         Cmd::KeysGrant { name, app } => keys::grant(exec, name, app).await?,
         Cmd::KeysRevoke { name, app } => keys::revoke(exec, name, app).await?,
+        Cmd::Certs { app, json: as_json } => certs::list(exec, app, as_json).await?,
+        Cmd::CertsRenew { app } => certs::renew(exec, app).await?,
+        Cmd::CertsRedirect { app, mode } => certs::redirect(exec, app, mode).await?,
     }
     Ok(())
 }
@@ -482,6 +507,19 @@ mod tests {
             Ok(Ok(Cmd::KeysAdd { .. }))
         ));
         assert!(matches!(parse(&words("apps --help")), Ok(Err(_))));
+        assert!(matches!(
+            parse(&words("certs shop --json")),
+            Ok(Ok(Cmd::Certs { json: true, .. }))
+        ));
+        assert!(matches!(
+            parse(&words("certs:renew shop")),
+            Ok(Ok(Cmd::CertsRenew { .. }))
+        ));
+        assert!(matches!(
+            parse(&words("certs:redirect shop off")),
+            Ok(Ok(Cmd::CertsRedirect { .. }))
+        ));
+        assert!(parse(&words("certs:redirect shop maybe")).is_err());
     }
 
     #[test]
