@@ -360,6 +360,25 @@ fn http01_issue_serve_redirect_renew_and_ca_down() {
     );
     assert_eq!(d.curl(&host, "/.well-known/acme-challenge/nope").0, 404);
 
+    // domains:add gets its own certificate through HTTP-01, with no
+    // restart, and the custom domain is then served over HTTPS.
+    let custom = "shop.example.org";
+    d.ssh(&d.admin, &format!("domains:add web {custom}")).ok();
+    let issued = wait_for(
+        "a certificate for the custom domain",
+        Duration::from_secs(60),
+        || cert_of(&d, "web", custom).filter(|c| c["serial"].is_string()),
+    );
+    assert_eq!(issued["challenge"], "http-01", "{issued}");
+    let (exit, code, body, _) = curl_https(d.https_port, custom, &pebble.root(), &[]);
+    assert_eq!((exit, code), (0, 200), "{body}");
+    assert!(body.contains("hello from procfile-app"), "{body}");
+    wait_for(
+        "the custom domain's redirect",
+        Duration::from_secs(20),
+        || (d.curl(custom, "/").0 == 308).then_some(()),
+    );
+
     let info = d.ssh(&d.admin, "apps:info web").ok().stdout;
     assert!(
         info.contains(&format!("certificate:   {host}: valid until")),
