@@ -610,3 +610,60 @@ fn ps_scale_runs_two_containers_that_both_serve() {
         (!exists(&format!("cygni-{app}-v1-web-2"))).then_some(())
     });
 }
+
+#[test]
+fn run_on_docker_passes_stdin_exit_status_and_a_pty() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "dkrun";
+    let _cleanup = Cleanup::new(&[app]);
+    let (d, _config) = docker_daemon(CONFIG);
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+    push(&d, &repo, app).ok();
+    d.ssh(&d.admin, &format!("config:set {app} GREETING=ahoy"))
+        .ok();
+
+    let out = d.ssh(
+        &d.admin,
+        &format!("run {app} -- sh -c 'echo $GREETING; exit 3'"),
+    );
+    assert_eq!(out.code, 3, "{out:#?}");
+    assert_eq!(out.stdout, "ahoy\n");
+    let piped = d
+        .ssh_stdin(
+            &d.admin,
+            &format!("run {app} -- cat"),
+            b"through the container\n",
+        )
+        .ok();
+    assert_eq!(piped.stdout, "through the container\n");
+
+    let tty = d
+        .ssh_command(&d.admin, &["-tt"])
+        .arg(format!("run {app} -- sh -c 'tty; echo TERM=$TERM'"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&tty.stdout);
+    assert_eq!(tty.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("/dev/pts/"), "no pty: {stdout:?}");
+    // Every one-off container is gone afterwards.
+    let filter = format!("label=cygni.app={app}");
+    wait_for(
+        "one-off containers to be removed",
+        Duration::from_secs(20),
+        || {
+            docker(&[
+                "ps",
+                "-aq",
+                "--filter",
+                &filter,
+                "--filter",
+                "label=cygni.one-off=true",
+            ])
+            .is_empty()
+            .then_some(())
+        },
+    );
+}

@@ -425,8 +425,9 @@ impl Platform {
             artifact,
             timeout,
         };
-        // A backend without attached one-offs still runs the command, with
-        // output and exit status but no stdin, unless a pty was asked for.
+        // A backend without attached one-offs (local and docker have them)
+        // still runs the command, with output and exit status but no stdin,
+        // unless a pty was asked for.
         let attached = if io.pty.is_none() {
             let output = io.output.clone();
             match self.runtime.run_attached(spec.clone(), io).await {

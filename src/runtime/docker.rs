@@ -57,17 +57,17 @@ use bollard::models::{
     PortBinding, RestartPolicy, RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    LogsOptionsBuilder, RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
-    StopContainerOptionsBuilder,
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, ListContainersOptionsBuilder,
+    ListImagesOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    RemoveImageOptionsBuilder, ResizeContainerTTYOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::task::JoinHandle;
 
 use super::{
-    Instance, InstanceId, InstanceSpec, InstanceState, OneOffSpec, OutputSink, Runtime,
-    RuntimeError,
+    Attach, Instance, InstanceId, InstanceSpec, InstanceState, OneOffSpec, OutputSink, PtySize,
+    Runtime, RuntimeError,
 };
 use crate::build::Artifact;
 use crate::logs::LogStore;
@@ -156,6 +156,95 @@ pub struct DockerRuntime {
 }
 
 impl DockerRuntime {
+    /// Create (not start) a labelled one-off container for `spec`; it is
+    /// removed when the returned guard drops, however the run ends. With a
+    /// pty, the container gets a tty and an open stdin.
+    async fn create_one_off(
+        &self,
+        spec: &OneOffSpec,
+        pty: Option<&PtySize>,
+    ) -> Result<(String, String, String, RemoveOnDrop), RuntimeError> {
+        let image = image_of(&spec.artifact)?;
+        let what = format!("one-off command of {} v{}", spec.app, spec.release);
+        let Some(program) = spec.argv.first().cloned() else {
+            return Err(RuntimeError::Spawn {
+                id: what,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
+            });
+        };
+        let name = format!(
+            "cygni-{}-v{}-run-{:08x}",
+            spec.app,
+            spec.release,
+            rand::random::<u32>()
+        );
+        let labels = HashMap::from([
+            (LABEL_APP.to_owned(), spec.app.to_string()),
+            (LABEL_RELEASE.to_owned(), spec.release.to_string()),
+            (LABEL_ONE_OFF.to_owned(), "true".to_owned()),
+            (LABEL_OWNER.to_owned(), self.config.owner.clone()),
+        ]);
+        let mut env = Self::env(&spec.env, &[]);
+        if let Some(p) = pty {
+            env.push(format!("TERM={}", p.term));
+        }
+        let body = ContainerCreateBody {
+            image: Some(image.to_owned()),
+            cmd: Some(spec.argv.clone()),
+            env: Some(env),
+            labels: Some(labels),
+            // stdin is open for attached runs; the engine closes it when the
+            // attached client closes its side.
+            open_stdin: Some(true),
+            stdin_once: Some(true),
+            attach_stdin: Some(true),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(pty.is_some()),
+            host_config: Some(HostConfig {
+                init: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(Self::engine("create container", &name))?;
+        let remove = RemoveOnDrop {
+            docker: self.docker.clone(),
+            name: name.clone(),
+        };
+        Ok((name, program, what, remove))
+    }
+
+    /// Wait for a one-off to exit, stopping it at `timeout` (Err).
+    async fn wait_one_off(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Result<i32, RuntimeError>, tokio::time::error::Elapsed> {
+        let wait = async {
+            let mut waits = std::pin::pin!(self.docker.wait_container(name, None));
+            match waits.next().await {
+                Some(Ok(r)) => Ok(r.status_code),
+                Some(Err(EngineError::DockerContainerWaitError { code, .. })) => Ok(code),
+                Some(Err(e)) => Err(Self::engine("wait for container", name)(e)),
+                None => Ok(-1),
+            }
+        };
+        let finished = tokio::time::timeout(timeout, wait).await;
+        if finished.is_err() {
+            let options = StopContainerOptionsBuilder::default().t(10).build();
+            let _ = self.docker.stop_container(name, Some(options)).await;
+        }
+        finished.map(|r| {
+            r.map(|code| i32::try_from(code).unwrap_or(-1))
+                .map_err(RuntimeError::from)
+        })
+    }
+
     /// Connects to the local engine (`DOCKER_HOST` or the default socket),
     /// negotiates the API version (an older engine refuses bollard's
     /// default), and checks that it answers, all within a few seconds.
@@ -608,48 +697,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn run_once(&self, spec: OneOffSpec, output: OutputSink) -> Result<i32, RuntimeError> {
-        let image = image_of(&spec.artifact)?;
-        let what = format!("one-off command of {} v{}", spec.app, spec.release);
-        let Some(program) = spec.argv.first() else {
-            return Err(RuntimeError::Spawn {
-                id: what,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command"),
-            });
-        };
-        let name = format!(
-            "cygni-{}-v{}-run-{:08x}",
-            spec.app,
-            spec.release,
-            rand::random::<u32>()
-        );
-        let labels = HashMap::from([
-            (LABEL_APP.to_owned(), spec.app.to_string()),
-            (LABEL_RELEASE.to_owned(), spec.release.to_string()),
-            (LABEL_ONE_OFF.to_owned(), "true".to_owned()),
-            (LABEL_OWNER.to_owned(), self.config.owner.clone()),
-        ]);
-        let body = ContainerCreateBody {
-            image: Some(image.to_owned()),
-            cmd: Some(spec.argv.clone()),
-            env: Some(Self::env(&spec.env, &[])),
-            labels: Some(labels),
-            host_config: Some(HostConfig {
-                init: Some(true),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let options = CreateContainerOptionsBuilder::default().name(&name).build();
-        self.docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(Self::engine("create container", &name))?;
-        // From here on the container is removed however this ends, even if
-        // the caller gives up and drops this future.
-        let _remove = RemoveOnDrop {
-            docker: self.docker.clone(),
-            name: name.clone(),
-        };
+        let (name, program, what, _remove) = self.create_one_off(&spec, None).await?;
         self.docker
             .start_container(&name, None)
             .await
@@ -680,20 +728,7 @@ impl Runtime for DockerRuntime {
             }
         });
 
-        let wait = async {
-            let mut waits = std::pin::pin!(self.docker.wait_container(&name, None));
-            match waits.next().await {
-                Some(Ok(r)) => Ok(r.status_code),
-                Some(Err(EngineError::DockerContainerWaitError { code, .. })) => Ok(code),
-                Some(Err(e)) => Err(Self::engine("wait for container", &name)(e)),
-                None => Ok(-1),
-            }
-        };
-        let finished = tokio::time::timeout(spec.timeout, wait).await;
-        if finished.is_err() {
-            let options = StopContainerOptionsBuilder::default().t(10).build();
-            let _ = self.docker.stop_container(&name, Some(options)).await;
-        }
+        let finished = self.wait_one_off(&name, spec.timeout).await;
         let mut pump = pump;
         if tokio::time::timeout(ONE_OFF_DRAIN, &mut pump)
             .await
@@ -702,7 +737,79 @@ impl Runtime for DockerRuntime {
             pump.abort();
         }
         match finished {
-            Ok(code) => Ok(i32::try_from(code?).unwrap_or(-1)),
+            Ok(code) => code,
+            Err(_) => Err(RuntimeError::Timeout {
+                what: format!("`{program}` ({what})"),
+                secs: spec.timeout.as_secs_f64().ceil() as u64,
+            }),
+        }
+    }
+
+    async fn run_attached(&self, spec: OneOffSpec, io: Attach) -> Result<i32, RuntimeError> {
+        use tokio::io::AsyncWriteExt;
+
+        let (name, program, what, _remove) = self.create_one_off(&spec, io.pty.as_ref()).await?;
+        // Attach before starting, so nothing the command prints is lost.
+        let options = AttachContainerOptionsBuilder::default()
+            .stdin(true)
+            .stdout(true)
+            .stderr(true)
+            .stream(true)
+            .build();
+        let attached = self
+            .docker
+            .attach_container(&name, Some(options))
+            .await
+            .map_err(Self::engine("attach to container", &name))?;
+        self.docker
+            .start_container(&name, None)
+            .await
+            .map_err(Self::engine("start container", &name))?;
+        if let Some(pty) = &io.pty {
+            let size = ResizeContainerTTYOptionsBuilder::default()
+                .h(i32::from(pty.rows))
+                .w(i32::from(pty.cols))
+                .build();
+            // A failed resize leaves the engine's default size: not fatal.
+            let _ = self.docker.resize_container_tty(&name, size).await;
+        }
+
+        let Attach {
+            mut stdin, output, ..
+        } = io;
+        let mut input = attached.input;
+        // Client → container, until the client's EOF; closing our side
+        // closes the container's stdin (stdin_once).
+        let feed = tokio::spawn(async move {
+            while let Some(chunk) = stdin.recv().await {
+                if input.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            let _ = input.shutdown().await;
+        });
+        // Container → client, raw (a tty's output is a byte stream).
+        let mut out = attached.output;
+        let pump = tokio::spawn(async move {
+            let mut listening = true;
+            while let Some(Ok(chunk)) = out.next().await {
+                if listening && output.send(chunk.into_bytes().to_vec()).await.is_err() {
+                    listening = false;
+                }
+            }
+        });
+
+        let finished = self.wait_one_off(&name, spec.timeout).await;
+        feed.abort();
+        let mut pump = pump;
+        if tokio::time::timeout(ONE_OFF_DRAIN, &mut pump)
+            .await
+            .is_err()
+        {
+            pump.abort();
+        }
+        match finished {
+            Ok(code) => code,
             Err(_) => Err(RuntimeError::Timeout {
                 what: format!("`{program}` ({what})"),
                 secs: spec.timeout.as_secs_f64().ceil() as u64,
