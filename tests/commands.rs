@@ -519,3 +519,86 @@ fn ungranted_deployer_gets_app_not_found_everywhere() {
         1
     );
 }
+
+/// A russh client that accepts any host key: the test pins nothing.
+struct TrustingClient;
+
+impl russh::client::Handler for TrustingClient {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// `run` under a pty follows the client's terminal size: the size asked
+/// for at the start, then a window change while the command runs. (OpenSSH
+/// sends window changes only from a real terminal, so a russh client plays
+/// the part here, over the same protocol.)
+#[test]
+fn run_pty_follows_window_changes() {
+    let d = TestDaemon::start();
+    deploy(&d, "procfile-app", "sized");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let output = rt.block_on(async {
+        let key = russh::keys::load_secret_key(&d.admin.private, None).unwrap();
+        let config = std::sync::Arc::new(russh::client::Config::default());
+        let mut session = russh::client::connect(config, ("127.0.0.1", d.ssh_port), TrustingClient)
+            .await
+            .unwrap();
+        let auth = session
+            .authenticate_publickey(
+                "cygni",
+                russh::keys::PrivateKeyWithHashAlg::new(std::sync::Arc::new(key), None),
+            )
+            .await
+            .unwrap();
+        assert!(auth.success());
+        let mut channel = session.channel_open_session().await.unwrap();
+        channel
+            .request_pty(true, "xterm", 80, 24, 0, 0, &[])
+            .await
+            .unwrap();
+        channel
+            .exec(
+                true,
+                "run sized -- sh -c 'stty size; echo ready; read line; stty size'",
+            )
+            .await
+            .unwrap();
+        let mut out = String::new();
+        let mut resized = false;
+        let mut status = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, channel.wait()).await {
+            match msg {
+                russh::ChannelMsg::Data { data } => {
+                    out.push_str(&String::from_utf8_lossy(&data));
+                    if !resized && out.contains("ready") {
+                        resized = true;
+                        channel.window_change(100, 40, 0, 0).await.unwrap();
+                        // Let the resize land before the command reads on.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        channel.data(&b"go\n"[..]).await.unwrap();
+                    }
+                }
+                russh::ChannelMsg::ExitStatus { exit_status } => status = Some(exit_status),
+                russh::ChannelMsg::Eof | russh::ChannelMsg::Close => break,
+                _ => {}
+            }
+        }
+        assert_eq!(status, Some(0), "{out}");
+        out
+    });
+    let sizes: Vec<&str> = output
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            l.split_whitespace().count() == 2 && l.chars().all(|c| c.is_ascii_digit() || c == ' ')
+        })
+        .collect();
+    assert_eq!(sizes, vec!["24 80", "40 100"], "{output:?}");
+}

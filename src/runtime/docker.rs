@@ -775,8 +775,25 @@ impl Runtime for DockerRuntime {
         }
 
         let Attach {
-            mut stdin, output, ..
+            mut stdin,
+            output,
+            mut resize,
+            pty,
         } = io;
+        // Follow the client's terminal size while the command runs.
+        let resizer = pty.map(|_| {
+            let (docker, name) = (self.docker.clone(), name.clone());
+            tokio::spawn(async move {
+                while resize.changed().await.is_ok() {
+                    let (cols, rows) = *resize.borrow_and_update();
+                    let size = ResizeContainerTTYOptionsBuilder::default()
+                        .h(i32::from(rows))
+                        .w(i32::from(cols))
+                        .build();
+                    let _ = docker.resize_container_tty(&name, size).await;
+                }
+            })
+        });
         let mut input = attached.input;
         // Client → container, until the client's EOF; closing our side
         // closes the container's stdin (stdin_once).
@@ -801,6 +818,9 @@ impl Runtime for DockerRuntime {
 
         let finished = self.wait_one_off(&name, spec.timeout).await;
         feed.abort();
+        if let Some(r) = resizer {
+            r.abort();
+        }
         let mut pump = pump;
         if tokio::time::timeout(ONE_OFF_DRAIN, &mut pump)
             .await

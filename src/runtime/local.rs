@@ -468,13 +468,26 @@ impl Runtime for LocalRuntime {
         let process::Attached {
             mut output,
             mut input,
+            pty,
         } = attached;
 
         let Attach {
             mut stdin,
             output: sink,
+            mut resize,
             ..
         } = io;
+        // Follow the client's terminal size while the command runs.
+        let resizer = pty.map(|master| {
+            tokio::spawn(async move {
+                while resize.changed().await.is_ok() {
+                    let (cols, rows) = *resize.borrow_and_update();
+                    if let Err(e) = process::resize_pty(&master, cols, rows) {
+                        tracing::debug!(error = %e, "pty resize failed");
+                    }
+                }
+            })
+        });
         // Client → command, until the client's EOF (then the command's
         // stdin closes) or the command stops reading.
         let feed = tokio::spawn(async move {
@@ -507,6 +520,9 @@ impl Runtime for LocalRuntime {
             Err(_) => group.terminate(self.config.stop_grace).await,
         };
         feed.abort();
+        if let Some(r) = resizer {
+            r.abort();
+        }
         drain(pump, ONE_OFF_DRAIN).await;
         match finished {
             Ok(()) => Ok(exit.code()),

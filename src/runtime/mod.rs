@@ -140,6 +140,8 @@ pub struct Attach {
     pub stdin: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     pub output: OutputSink,
     pub pty: Option<PtySize>,
+    /// New terminal sizes (cols, rows) while it runs, for a pty.
+    pub resize: tokio::sync::watch::Receiver<(u16, u16)>,
 }
 
 #[derive(Debug, Clone)]

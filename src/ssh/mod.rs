@@ -85,6 +85,8 @@ pub(crate) struct Exec {
     pub closed: tokio_util::sync::CancellationToken,
     /// The client asked for a pseudo-terminal (`ssh -t`).
     pub pty: Option<PtyRequest>,
+    /// The client's terminal size (cols, rows), updated on window changes.
+    pub resize: tokio::sync::watch::Receiver<(u16, u16)>,
     pub out: ChannelWriteHalf<Msg>,
     /// A command whose status is another process's (`run`) sets it here.
     pub exit_override: Option<u32>,

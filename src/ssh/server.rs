@@ -359,8 +359,9 @@ impl Handler for Connection {
             Some(slot) => {
                 slot.pty = Some(super::PtyRequest {
                     term: if term_ok { term } else { "xterm" }.to_owned(),
-                    cols: cols.clamp(1, 1000) as u16,
-                    rows: rows.clamp(1, 1000) as u16,
+                    // 0 means "unknown" (no local terminal): a classic 80x24.
+                    cols: if cols == 0 { 80 } else { cols.min(1000) as u16 },
+                    rows: if rows == 0 { 24 } else { rows.min(1000) as u16 },
                 });
                 session.channel_success(channel)
             }
@@ -468,7 +469,9 @@ impl Handler for Connection {
             let (read, write) = ch.split();
             let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
             let closed = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(pump_stdin(read, stdin_tx, closed.clone()));
+            let size = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
+            let (resize_tx, resize_rx) = tokio::sync::watch::channel(size);
+            tokio::spawn(pump_stdin(read, stdin_tx, resize_tx, closed.clone()));
             let exec = super::Exec {
                 ctx,
                 identity,
@@ -477,6 +480,7 @@ impl Handler for Connection {
                 stdin: stdin_rx,
                 closed,
                 pty,
+                resize: resize_rx,
                 out: write,
                 exit_override: None,
             };
@@ -492,6 +496,7 @@ impl Handler for Connection {
 async fn pump_stdin(
     mut read: russh::ChannelReadHalf,
     tx: mpsc::Sender<Bytes>,
+    resize: tokio::sync::watch::Sender<(u16, u16)>,
     closed: tokio_util::sync::CancellationToken,
 ) {
     // However the loop ends, the channel is gone for good.
@@ -509,6 +514,18 @@ async fn pump_stdin(
             // Dropping the sender tells the reader stdin has ended.
             ChannelMsg::Eof => tx = None,
             ChannelMsg::Close => break,
+            // The client's terminal changed size (`ssh -t` forwards SIGWINCH).
+            ChannelMsg::WindowChange {
+                col_width,
+                row_height,
+                ..
+            } => {
+                let size = (
+                    col_width.clamp(1, 1000) as u16,
+                    row_height.clamp(1, 1000) as u16,
+                );
+                resize.send_replace(size);
+            }
             _ => {}
         }
     }

@@ -171,6 +171,24 @@ pub(super) enum Terminal {
 pub(super) struct Attached {
     pub output: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
     pub input: Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    /// The pty's master side, for resizing it (None on pipes).
+    pub pty: Option<OwnedFd>,
+}
+
+/// Tell a pty (by its master side) its new size; the kernel sends the
+/// foreground process group SIGWINCH.
+pub(super) fn resize_pty(master: &OwnedFd, cols: u16, rows: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize from a pointer we own.
+    if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Like [`spawn`], with stdin connected, on pipes or on a pty.
@@ -195,6 +213,7 @@ pub(super) async fn spawn_attached(
             let io = Attached {
                 output: Box::new(pipe::Receiver::from_owned_fd(read)?),
                 input: Box::new(pipe::Sender::from_owned_fd(OwnedFd::from(stdin))?),
+                pty: None,
             };
             (group, io)
         }
@@ -216,6 +235,7 @@ pub(super) async fn spawn_attached(
             let group = ProcessGroup::new(child, spawner);
             let io = Attached {
                 input: Box::new(PtyMaster::new(master.try_clone()?)?),
+                pty: Some(master.try_clone()?),
                 output: Box::new(PtyMaster::new(master)?),
             };
             (group, io)

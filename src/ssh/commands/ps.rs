@@ -207,6 +207,7 @@ pub(super) async fn run(
             rows: p.rows,
             term: p.term.clone(),
         }),
+        resize: exec.resize.clone(),
     };
     let fut = platform.run_one_off(&app, command, io, RUN_TIMEOUT);
     tokio::pin!(fut);
