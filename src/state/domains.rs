@@ -45,6 +45,9 @@ pub fn remove(conn: &mut Connection, app: &AppName, host: &Hostname) -> Result<(
     if n == 0 {
         return Err(StateError::NotFound(format!("domain {host} on {app}")));
     }
+    // Its certificate (and private key) go with it: the host may soon be
+    // someone else's, and nothing here serves it any more.
+    tx.execute("DELETE FROM certificates WHERE host = ?1", [host.as_str()])?;
     tx.commit()?;
     Ok(())
 }
@@ -96,7 +99,14 @@ mod tests {
             assert!(add(c, &a, &h).is_err());
             assert_eq!(list(c, &a)?, vec![h.clone()]);
             assert_eq!(all(c)?.len(), 1);
+            c.execute(
+                "INSERT INTO certificates (app_id, host, updated_at) VALUES ((SELECT id FROM apps WHERE name = 'a'), ?1, 0)",
+                [h.as_str()],
+            )?;
             remove(c, &a, &h)?;
+            let left: i64 =
+                c.query_row("SELECT count(*) FROM certificates", [], |r| r.get(0))?;
+            assert_eq!(left, 0, "the certificate goes with the domain");
             assert!(remove(c, &a, &h).is_err());
             add(c, &b, &h)?;
             // Deleting the app frees its hosts.
