@@ -667,3 +667,52 @@ fn run_on_docker_passes_stdin_exit_status_and_a_pty() {
         },
     );
 }
+
+/// `.dockerignore` keeps files out of the build context, as with Docker:
+/// the image gets the page but not the ignored files.
+#[test]
+fn dockerignore_keeps_files_out_of_the_image() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "dkignore";
+    let _cleanup = Cleanup::new(&[app]);
+    let (d, _config) = docker_daemon(CONFIG);
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+    std::fs::write(
+        repo.join("Dockerfile"),
+        "FROM cygni-base:test\nCOPY . /www/\nCMD [\"/bin/sh\", \"-c\", \"exec httpd -f -p \\\"$PORT\\\" -h /www\"]\n",
+    )
+    .unwrap();
+    std::fs::write(repo.join("secret.txt"), "do not ship\n").unwrap();
+    std::fs::create_dir_all(repo.join("logs")).unwrap();
+    std::fs::write(repo.join("logs/today.txt"), "noise\n").unwrap();
+    std::fs::write(repo.join("logs/keep.txt"), "kept\n").unwrap();
+    std::fs::write(
+        repo.join(".dockerignore"),
+        "secret.txt\nlogs\n!logs/keep.txt\n",
+    )
+    .unwrap();
+    commit_all(&repo, "ignore some files");
+    push(&d, &repo, app).ok();
+
+    let (code, body) = d.curl(&host(app), "/index.html");
+    assert_eq!(code, 200);
+    assert!(body.contains("hello from dockerfile-app"), "{body}");
+    assert_eq!(
+        d.curl(&host(app), "/secret.txt").0,
+        404,
+        "an ignored file shipped"
+    );
+    assert_eq!(
+        d.curl(&host(app), "/logs/today.txt").0,
+        404,
+        "an ignored dir shipped"
+    );
+    let (code, body) = d.curl(&host(app), "/logs/keep.txt");
+    assert_eq!(
+        (code, body.trim()),
+        (200, "kept"),
+        "the exception was not shipped"
+    );
+}

@@ -18,11 +18,13 @@
 //! kept (see `Runtime::retain_artifacts`): rollback needs no rebuild.
 //!
 //! Config vars are not passed to image builds (they reach the containers at
-//! run time). `.dockerignore` is not applied: the whole pushed tree is the
-//! context.
+//! run time). A Dockerfile build's context is the pushed tree less what its
+//! `.dockerignore` leaves out (see `dockerignore.rs`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+
+use super::dockerignore::DockerIgnore;
 use std::time::Duration;
 
 use bollard::query_parameters::BuildImageOptionsBuilder;
@@ -78,9 +80,23 @@ impl ImageBuild<'_> {
     /// Builds the app's own Dockerfile, with its tree as the context.
     pub(crate) async fn dockerfile(&self, source: &Path) -> Result<Artifact, BuildError> {
         let source = source.to_owned();
+        // Read with no symlink followed: a linked .dockerignore is ignored.
+        let ignore_path = source.join(".dockerignore");
+        let ignore = match std::fs::symlink_metadata(&ignore_path) {
+            Ok(m) if m.is_file() => std::fs::read_to_string(&ignore_path)
+                .map_err(|source| io("read", ignore_path.clone(), source))?,
+            _ => String::new(),
+        };
+        let (ignore, warnings) = DockerIgnore::parse(&ignore);
+        for w in warnings {
+            let _ = self
+                .output
+                .send(format!("       {w}; line skipped\n").into_bytes())
+                .await;
+        }
         let context = blocking(move || {
             let (file, mut tar) = context_file()?;
-            append_tree(&mut tar, &source, None)?;
+            append_tree_except(&mut tar, &source, "", &ignore)?;
             finish(tar, file)
         })
         .await?;
@@ -342,6 +358,48 @@ fn append_file(tar: &mut Tar, name: &str, data: &[u8], mode: u32) -> Result<(), 
     header.set_cksum();
     tar.append_data(&mut header, name, data)
         .map_err(|source| io("pack", name.into(), source))
+}
+
+/// Appends the entries of `dir` (at `rel` in the context) that `ignore`
+/// keeps. Symlinks go in as links (the builder never follows them).
+fn append_tree_except(
+    tar: &mut Tar,
+    dir: &Path,
+    rel: &str,
+    ignore: &DockerIgnore,
+) -> Result<(), BuildError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| io("list", dir.to_owned(), source))?;
+    for entry in entries {
+        let entry = entry.map_err(|source| io("list", dir.to_owned(), source))?;
+        let path = entry.path();
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let child = if rel.is_empty() {
+            name.into_owned()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let kind = entry
+            .file_type()
+            .map_err(|source| io("read", path.clone(), source))?;
+        let excluded = ignore.excludes(&child);
+        if kind.is_dir() {
+            // An excluded directory goes whole, unless an exception may
+            // bring something inside it back.
+            if excluded && !ignore.has_exceptions() {
+                continue;
+            }
+            if !excluded {
+                tar.append_dir(&child, &path)
+                    .map_err(|source| io("pack", path.clone(), source))?;
+            }
+            append_tree_except(tar, &path, &child, ignore)?;
+        } else if !excluded {
+            tar.append_path_with_name(&path, &child)
+                .map_err(|source| io("pack", path.clone(), source))?;
+        }
+    }
+    Ok(())
 }
 
 /// Appends every entry of `dir`, under `prefix` or at the root.

@@ -27,6 +27,7 @@
 
 mod buildpack;
 mod detect;
+pub mod dockerignore;
 pub mod image;
 mod nixpacks;
 mod ownership;
