@@ -4,9 +4,8 @@
 mod common;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -364,30 +363,18 @@ fn restart_stop_and_start() {
     let ep_before = before["instances"][0]["endpoint"].clone();
 
     // A restart keeps answering throughout.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::new()));
-    let port = d.http_port;
-    let client = {
-        let (stop, failures) = (stop.clone(), failures.clone());
-        std::thread::spawn(move || {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let (code, _) = curl(port, "cycle.localhost", "/");
-                if code != 200 {
-                    failures.lock().unwrap().push(code);
-                }
-            }
-        })
-    };
-    let out = d.ssh(&d.admin, "ps:restart cycle").ok();
-    stop.store(true, Ordering::Relaxed);
-    client.join().unwrap();
-    assert!(out.stdout.contains("restarted 1"), "{out:#?}");
-    assert!(
-        failures.lock().unwrap().is_empty(),
-        "{:?}",
-        failures.lock().unwrap()
+    let traffic = Traffic::start(
+        d.http_port,
+        &host("cycle"),
+        "hello from procfile-app",
+        "(no new content in a restart)",
+        1,
     );
+    let out = d.ssh(&d.admin, "ps:restart cycle").ok();
+    let report = traffic.finish();
+    assert!(out.stdout.contains("restarted 1"), "{out:#?}");
+    assert!(report.failures.is_empty(), "{report:?}");
+    assert!(report.old > 0, "no request was made: {report:?}");
     let after = json(&d.ssh(&d.admin, "ps cycle --json").ok());
     assert_ne!(
         after["instances"][0]["endpoint"], ep_before,

@@ -5,9 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -150,34 +148,13 @@ fn redeploy_has_zero_downtime() {
     let repo = fixture_repo(&d, "procfile-app", app);
     push(&d, &repo, app).ok();
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen_old = Arc::new(AtomicUsize::new(0));
-    let seen_new = Arc::new(AtomicUsize::new(0));
-    let port = d.http_port;
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, failures) = (stop.clone(), failures.clone());
-            let (seen_old, seen_new) = (seen_old.clone(), seen_new.clone());
-            std::thread::spawn(move || {
-                // Bounded: at most 120 s whatever happens to the push.
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let (code, body) = curl(port, &host(app), "/");
-                    if code != 200 {
-                        failures.lock().unwrap().push(format!("{code}: {body}"));
-                    } else if body.contains("hello from procfile-app v2") {
-                        seen_new.fetch_add(1, Ordering::Relaxed);
-                    } else if body.contains("hello from procfile-app") {
-                        seen_old.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        failures.lock().unwrap().push(format!("odd body: {body}"));
-                    }
-                }
-            })
-        })
-        .collect();
-
+    let traffic = Traffic::start(
+        d.http_port,
+        &host(app),
+        "hello from procfile-app",
+        "hello from procfile-app v2",
+        4,
+    );
     edit(
         &repo.join("index.html"),
         "hello from procfile-app",
@@ -186,17 +163,11 @@ fn redeploy_has_zero_downtime() {
     commit_all(&repo, "v2");
     push(&d, &repo, app).ok();
     // Let the clients see the new release for a moment.
-    wait_for("new content", Duration::from_secs(10), || {
-        (seen_new.load(Ordering::Relaxed) > 10).then_some(())
-    });
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
-    let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "failed requests: {failures:?}");
-    assert!(seen_old.load(Ordering::Relaxed) > 0, "never saw v1");
-    assert!(seen_new.load(Ordering::Relaxed) > 0, "never saw v2");
+    let seen = traffic.wait_new(10, Duration::from_secs(10));
+    let report = traffic.finish();
+    assert!(seen, "the clients never saw v2 ten times: {report:?}");
+    assert!(report.failures.is_empty(), "failed requests: {report:?}");
+    assert!(report.old > 0, "never saw v1");
 }
 
 /// Processes whose working directory is inside `dir`.

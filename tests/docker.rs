@@ -14,8 +14,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -169,33 +168,13 @@ fn dockerfile_app_is_served_logged_and_redeployed_with_zero_downtime() {
     );
 
     // Zero downtime: 4 clients keep requesting while v2 replaces v1.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(Mutex::new(Vec::<String>::new()));
-    let seen_old = Arc::new(AtomicUsize::new(0));
-    let seen_new = Arc::new(AtomicUsize::new(0));
-    let port = d.http_port;
-    let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, failures) = (stop.clone(), failures.clone());
-            let (seen_old, seen_new) = (seen_old.clone(), seen_new.clone());
-            std::thread::spawn(move || {
-                // Bounded: at most 120 s whatever happens to the push.
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let (code, body) = curl(port, &host(app), "/");
-                    if code != 200 {
-                        failures.lock().unwrap().push(format!("{code}: {body}"));
-                    } else if body.contains("hello from dockerfile-app v2") {
-                        seen_new.fetch_add(1, Ordering::Relaxed);
-                    } else if body.contains("hello from dockerfile-app") {
-                        seen_old.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        failures.lock().unwrap().push(format!("odd body: {body}"));
-                    }
-                }
-            })
-        })
-        .collect();
+    let traffic = Traffic::start(
+        d.http_port,
+        &host(app),
+        "hello from dockerfile-app",
+        "hello from dockerfile-app v2",
+        4,
+    );
     edit(
         &repo.join("index.html"),
         "hello from dockerfile-app",
@@ -203,33 +182,17 @@ fn dockerfile_app_is_served_logged_and_redeployed_with_zero_downtime() {
     );
     commit_all(&repo, "v2");
     let out = push(&d, &repo, app);
-    let seen = wait_for_count(&seen_new, 10, Duration::from_secs(10));
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.join().unwrap();
-    }
+    let seen = traffic.wait_new(10, Duration::from_secs(10));
+    let report = traffic.finish();
     let out = out.ok();
     assert!(out.stderr.contains("Released v2"), "{out:#?}");
-    assert!(seen, "the clients never saw v2 ten times");
-    let failures = failures.lock().unwrap();
-    assert!(failures.is_empty(), "failed requests: {failures:?}");
-    assert!(seen_old.load(Ordering::Relaxed) > 0, "never saw v1");
+    assert!(seen, "the clients never saw v2 ten times: {report:?}");
+    assert!(report.failures.is_empty(), "failed requests: {report:?}");
+    assert!(report.old > 0, "never saw v1");
 
     // The old container was stopped and removed once v2 was live.
     assert!(!exists("cygni-dkweb-v1-web-1"), "v1's container is left");
     assert!(exists("cygni-dkweb-v2-web-1"));
-}
-
-/// Waits (bounded) until `counter` reaches `n`; whether it did.
-fn wait_for_count(counter: &AtomicUsize, n: usize, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if counter.load(Ordering::Relaxed) >= n {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
 }
 
 #[test]

@@ -729,20 +729,7 @@ impl Runtime for DockerRuntime {
         });
 
         let finished = self.wait_one_off(&name, spec.timeout).await;
-        let mut pump = pump;
-        if tokio::time::timeout(ONE_OFF_DRAIN, &mut pump)
-            .await
-            .is_err()
-        {
-            pump.abort();
-        }
-        match finished {
-            Ok(code) => code,
-            Err(_) => Err(RuntimeError::Timeout {
-                what: format!("`{program}` ({what})"),
-                secs: spec.timeout.as_secs_f64().ceil() as u64,
-            }),
-        }
+        settle_one_off(pump, finished, &program, &what, spec.timeout).await
     }
 
     async fn run_attached(&self, spec: OneOffSpec, io: Attach) -> Result<i32, RuntimeError> {
@@ -821,20 +808,7 @@ impl Runtime for DockerRuntime {
         if let Some(r) = resizer {
             r.abort();
         }
-        let mut pump = pump;
-        if tokio::time::timeout(ONE_OFF_DRAIN, &mut pump)
-            .await
-            .is_err()
-        {
-            pump.abort();
-        }
-        match finished {
-            Ok(code) => code,
-            Err(_) => Err(RuntimeError::Timeout {
-                what: format!("`{program}` ({what})"),
-                secs: spec.timeout.as_secs_f64().ceil() as u64,
-            }),
-        }
+        settle_one_off(pump, finished, &program, &what, spec.timeout).await
     }
 
     /// Removes the app's `cygni/APP:vN` tags that no kept release uses. An
@@ -872,6 +846,29 @@ impl Runtime for DockerRuntime {
             }
         }
         Ok(())
+    }
+}
+/// The end of a one-off: let its output drain (bounded), then turn the
+/// wait's outcome into the exit code or a timeout naming the command.
+async fn settle_one_off(
+    mut pump: JoinHandle<()>,
+    finished: Result<Result<i32, RuntimeError>, tokio::time::error::Elapsed>,
+    program: &str,
+    what: &str,
+    timeout: Duration,
+) -> Result<i32, RuntimeError> {
+    if tokio::time::timeout(ONE_OFF_DRAIN, &mut pump)
+        .await
+        .is_err()
+    {
+        pump.abort();
+    }
+    match finished {
+        Ok(code) => code,
+        Err(_) => Err(RuntimeError::Timeout {
+            what: format!("`{program}` ({what})"),
+            secs: timeout.as_secs_f64().ceil() as u64,
+        }),
     }
 }
 

@@ -488,3 +488,103 @@ pub fn push(d: &TestDaemon, repo: &Path, app: &str) -> Out {
 pub fn host(app: &str) -> String {
     format!("{app}.localhost")
 }
+
+/// Bounded background traffic: `clients` threads GET `/` on `host` until
+/// [`Traffic::finish`] (or 120 s at most), sorting the answers into the
+/// old and the new content by their markers. Anything else is a failure.
+pub struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    counts: std::sync::Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// What the clients saw.
+#[derive(Debug)]
+pub struct TrafficReport {
+    pub old: usize,
+    pub new: usize,
+    pub failures: Vec<String>,
+}
+
+impl Traffic {
+    pub fn start(
+        port: u16,
+        host: &str,
+        old_marker: &str,
+        new_marker: &str,
+        clients: usize,
+    ) -> Traffic {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|_| {
+                let (stop, counts, failures) = (stop.clone(), counts.clone(), failures.clone());
+                let (host, old, new) = (
+                    host.to_owned(),
+                    old_marker.to_owned(),
+                    new_marker.to_owned(),
+                );
+                std::thread::spawn(move || {
+                    let deadline = Instant::now() + Duration::from_secs(120);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                        let (code, body) = curl(port, &host, "/");
+                        if code != 200 {
+                            failures
+                                .lock()
+                                .expect("lock")
+                                .push(format!("{code}: {body}"));
+                        } else if body.contains(&new) {
+                            counts.1.fetch_add(1, Ordering::Relaxed);
+                        } else if body.contains(&old) {
+                            counts.0.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failures
+                                .lock()
+                                .expect("lock")
+                                .push(format!("odd body: {body}"));
+                        }
+                    }
+                })
+            })
+            .collect();
+        Traffic {
+            stop,
+            counts,
+            failures,
+            threads,
+        }
+    }
+
+    /// Wait until the new content has been seen `n` times (false at the deadline).
+    pub fn wait_new(&self, n: usize, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.counts.1.load(std::sync::atomic::Ordering::Relaxed) >= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    pub fn finish(self) -> TrafficReport {
+        use std::sync::atomic::Ordering;
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().expect("client thread");
+        }
+        let failures = std::mem::take(&mut *self.failures.lock().expect("lock"));
+        TrafficReport {
+            old: self.counts.0.load(Ordering::Relaxed),
+            new: self.counts.1.load(Ordering::Relaxed),
+            failures,
+        }
+    }
+}
