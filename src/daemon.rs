@@ -275,9 +275,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         config.boot_timeout,
         run_as.map(|r| (r.uid, r.gid)),
     );
-    platform.build_limits.run_image = config.run_image.clone();
-    platform.keep_releases = config.keep_releases;
-    let platform = Arc::new(platform);
 
     // Bind everything before serving anything: a port in use fails the
     // start cleanly, with nothing half-running.
@@ -300,6 +297,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         addr: config.https_listen,
         source,
     })?;
+    platform.build_limits.run_image = config.run_image.clone();
+    platform.keep_releases = config.keep_releases;
+    platform.http_port = http_addr.port();
+    let platform = Arc::new(platform);
     let ssh_listener =
         tokio::net::TcpListener::from_std(ssh_std).map_err(|source| DaemonError::Bind {
             what: "ssh",
@@ -317,7 +318,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         cygni_bin: std::env::current_exe().map_err(DaemonError::SelfPath)?,
         data_dir: data.clone(),
         domain: config.domain.clone(),
-        http_port: http_addr.port(),
         platform: platform.clone(),
         started: std::time::Instant::now(),
         acme: acme.clone(),

@@ -19,6 +19,9 @@ fn push_and_redeploy(fixture_name: &str, app: &str, marker: &str, file: &str) {
         out.stderr.contains("remote: -----> Released v1"),
         "{out:#?}"
     );
+    // The URL printed is the one that works, port included.
+    let url = format!("http://{app}.localhost:{} deployed", d.http_port);
+    assert!(out.stderr.contains(&url), "{out:#?}");
     let (code, body) = d.curl(&host(app), "/");
     assert_eq!(code, 200, "{body}\n{}", d.log());
     assert!(body.contains(marker), "{body}");

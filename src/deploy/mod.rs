@@ -117,6 +117,8 @@ pub struct Platform {
     pub logs: Arc<LogStore>,
     pub paths: Paths,
     pub domain: String,
+    /// The HTTP listener's port, for the URLs shown to users.
+    pub http_port: u16,
     pub boot_timeout: Duration,
     /// uid/gid builds run as when the daemon is root.
     pub build_as: Option<(u32, u32)>,
@@ -184,6 +186,7 @@ impl Platform {
             logs,
             paths,
             domain,
+            http_port: 80,
             boot_timeout,
             build_as,
             build_limits: BuildLimits::default(),
@@ -373,8 +376,13 @@ impl Platform {
         .flatten()
     }
 
+    /// Where users reach an app: `http://APP.DOMAIN`, with the HTTP port
+    /// when it is not 80.
     pub fn app_url(&self, app: &AppName) -> String {
-        format!("http://{app}.{}", self.domain)
+        match self.http_port {
+            80 => format!("http://{app}.{}", self.domain),
+            port => format!("http://{app}.{}:{port}", self.domain),
+        }
     }
 
     /// Stages up to the recorded snapshot: export, detect, build.

@@ -39,7 +39,6 @@ pub struct SshContext {
     pub data_dir: PathBuf,
     /// Apps are at `http://APP.DOMAIN[:PORT]`.
     pub domain: String,
-    pub http_port: u16,
     pub platform: Arc<crate::deploy::Platform>,
     /// When the daemon started, for `status`.
     pub started: std::time::Instant,
@@ -51,10 +50,7 @@ pub struct SshContext {
 impl SshContext {
     /// The URL an app is served at, for messages.
     pub fn app_url(&self, app: &crate::names::AppName) -> String {
-        match self.http_port {
-            80 => format!("http://{app}.{}", self.domain),
-            port => format!("http://{app}.{}:{port}", self.domain),
-        }
+        self.platform.app_url(app)
     }
 }
 
