@@ -68,20 +68,29 @@ fn check_value(name: &str, value: &[u8]) -> Result<String, CommandError> {
     })
 }
 
-pub(super) async fn show(
-    exec: &mut Exec,
-    app: String,
-    as_json: bool,
-    reveal: bool,
-) -> Result<(), CommandError> {
+/// An app the caller may see, and its config vars.
+async fn app_vars(
+    exec: &Exec,
+    app: &str,
+) -> Result<(AppName, BTreeMap<String, String>), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
+    let app = AppName::parse(app)?;
     visible_app(&ctx, &exec.identity, &app).await?;
     let a = app.clone();
     let vars = ctx
         .db
         .call(move |c| state::config_vars::get_all(c, &a))
         .await?;
+    Ok((app, vars))
+}
+
+pub(super) async fn show(
+    exec: &mut Exec,
+    app: String,
+    as_json: bool,
+    reveal: bool,
+) -> Result<(), CommandError> {
+    let (app, vars) = app_vars(exec, &app).await?;
     let shown = |v: &String| {
         if reveal {
             v.clone()
@@ -118,14 +127,7 @@ pub(super) async fn get(
     key: String,
     as_json: bool,
 ) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
-    let a = app.clone();
-    let vars = ctx
-        .db
-        .call(move |c| state::config_vars::get_all(c, &a))
-        .await?;
+    let (app, vars) = app_vars(exec, &app).await?;
     let Some(value) = vars.get(&key) else {
         return Err(CommandError::Invalid(format!(
             "{app} has no config var {key}"
