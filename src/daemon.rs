@@ -205,6 +205,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     for dir in ["slugs", "cache"] {
         create_dir(&data.join(dir), 0o711)?;
     }
+    // Apps run as an unprivileged user that can traverse the data dir (to
+    // reach its slug): what only the daemon reads stays closed to it.
+    for dir in ["repos", "logs", "git"] {
+        create_dir(&data.join(dir), 0o700)?;
+    }
     let logs = Arc::new(LogStore::open(&data.join("logs"))?);
     let run_as = RunAs::resolve_default();
     let docker_config = DockerConfig {

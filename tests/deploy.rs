@@ -333,3 +333,39 @@ fn http_health_check_path_from_cygni_toml() {
     assert!(out.stderr.contains("answering GET /index.html"), "{out:#?}");
     assert_eq!(d.curl(&host(app), "/").0, 200);
 }
+
+/// Regression: an app runs as the unprivileged app user, which can
+/// traverse the data dir to reach its slug. It must not read the state
+/// database (every app's config vars, the TLS keys), the git repos or the
+/// logs of any app.
+#[test]
+fn app_cannot_read_the_state_database_repos_or_logs() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        skip_or_fail("apps run as another user only when cygni runs as root");
+        return;
+    }
+    let d = TestDaemon::start();
+    let victim = fixture_repo(&d, "procfile-app", "victim");
+    push(&d, &victim, "victim").ok();
+    d.ssh(&d.admin, "config:set victim SECRET=hunter2").ok();
+    let snoop = fixture_repo(&d, "procfile-app", "snoop");
+    push(&d, &snoop, "snoop").ok();
+
+    let data = d.data_dir.display().to_string();
+    for target in [
+        format!("{data}/cygni.db"),
+        format!("{data}/cygni.db-wal"),
+        format!("{data}/logs/victim/app.log"),
+        format!("{data}/repos/victim.git/config"),
+        format!("{data}/git/config"),
+    ] {
+        let out = d.ssh(&d.admin, &format!("run snoop -- cat {target}"));
+        assert_ne!(out.code, 0, "{target} was readable: {out:#?}");
+        assert!(
+            out.stdout.contains("Permission denied"),
+            "{target}: {out:#?}"
+        );
+        assert!(!out.stdout.contains("hunter2"));
+    }
+}

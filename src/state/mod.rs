@@ -162,6 +162,10 @@ impl Db {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
         migrate(&mut conn)?;
+        restrict(path).map_err(|e| StateError::Open {
+            path: path.to_owned(),
+            source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        })?;
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
         })
@@ -189,6 +193,23 @@ impl Db {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn)
     }
+}
+
+/// The database holds every app's config vars and the TLS private keys:
+/// only the daemon's user may read it (apps run as another user). SQLite
+/// gives the -wal and -shm files the database's mode when it creates them;
+/// ones left from before are fixed here too.
+fn restrict(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Start a write transaction that takes the write lock up front.
@@ -260,6 +281,9 @@ mod tests {
             .call_blocking(|c| Ok(c.pragma_query_value(None, "journal_mode", |r| r.get(0))?))
             .unwrap();
         assert_eq!(mode, "wal");
+        use std::os::unix::fs::PermissionsExt;
+        let perm = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(perm & 0o777, 0o600, "the database is private");
     }
 
     #[test]
