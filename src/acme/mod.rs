@@ -238,13 +238,17 @@ impl Acme {
         let (apps, domains) = self
             .inner
             .db
-            .call(|c| Ok((state::apps::list(c)?, state::certs::custom_domains(c)?)))
+            .call(|c| Ok((state::apps::list(c)?, state::domains::all(c)?)))
             .await?;
         let domain = &self.inner.config.domain;
         let mut wanted: Vec<(String, AppName)> = apps
             .into_iter()
             .map(|a| (format!("{}.{domain}", a.name), a.name))
-            .chain(domains)
+            .chain(
+                domains
+                    .into_iter()
+                    .map(|(app, host)| (host.to_string(), app)),
+            )
             .filter(|(h, _)| is_orderable(h))
             .collect();
         wanted.sort();

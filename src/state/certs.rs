@@ -255,20 +255,6 @@ pub fn set_renewal_window(
     Ok(())
 }
 
-/// Custom domains (host, app), from the `domains` table.
-pub fn custom_domains(conn: &Connection) -> Result<Vec<(String, AppName)>, StateError> {
-    let mut stmt = conn.prepare(
-        "SELECT d.host, a.name FROM domains d JOIN apps a ON a.id = d.app_id ORDER BY d.host",
-    )?;
-    let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(host, app)| AppName::parse(&app).ok().map(|a| (host, a)))
-        .collect())
-}
-
 /// Apps whose plain HTTP requests redirect to HTTPS: the app's switch is
 /// on (`apps.redirect_https`, the default) and every host it is served at
 /// (`APP.DOMAIN` and each custom domain) has a certificate valid at `now`.
