@@ -84,20 +84,7 @@ fn failing_push(bad_fixture: &str, reason: &str) {
     // Keep a failing health check short.
     std::fs::write(repo.join("cygni.toml"), "[healthcheck]\ntimeout = 5\n").unwrap();
     commit_all(&repo, "break it");
-    let out = push(&d, &repo, app);
-    assert_ne!(out.code, 0, "push must fail: {out:#?}");
-    assert!(
-        out.stderr.contains("remote:") && out.stderr.contains(reason),
-        "reason {reason:?} missing: {out:#?}"
-    );
-    let ls = d.git(&d.admin, &repo, &["ls-remote", &d.remote(app)]).ok();
-    assert!(
-        ls.stdout.contains(&format!("{good_sha}\trefs/heads/main")),
-        "branch moved: {ls:#?}"
-    );
-    let (code, body) = d.curl(&host(app), "/");
-    assert_eq!(code, 200);
-    assert!(body.contains("hello from procfile-app"), "{body}");
+    assert_push_refused(&d, &repo, app, &good_sha, reason, "hello from procfile-app");
     let rel = d.ssh(&d.admin, &format!("releases {app} --json")).ok();
     let rel: serde_json::Value = serde_json::from_str(&rel.stdout).unwrap();
     assert_eq!(rel[0]["status"], "failed");

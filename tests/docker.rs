@@ -211,21 +211,14 @@ fn failing_health_check_is_rejected_and_the_old_container_keeps_serving() {
     // It runs, but never listens: the engine's port proxy still accepts.
     replace_with_fixture(&repo, "docker-fail-noport");
     commit_all(&repo, "break it");
-    let out = push(&d, &repo, app);
-    assert_ne!(out.code, 0, "push must fail: {out:#?}");
-    assert!(
-        out.stderr
-            .contains("did not pass its health check within 5s"),
-        "{out:#?}"
+    assert_push_refused(
+        &d,
+        &repo,
+        app,
+        &good_sha,
+        "did not pass its health check within 5s",
+        "hello from dockerfile-app",
     );
-    let ls = d.git(&d.admin, &repo, &["ls-remote", &d.remote(app)]).ok();
-    assert!(
-        ls.stdout.contains(&format!("{good_sha}\trefs/heads/main")),
-        "branch moved: {ls:#?}"
-    );
-    let (code, body) = d.curl(&host(app), "/");
-    assert_eq!(code, 200);
-    assert!(body.contains("hello from dockerfile-app"), "{body}");
     assert_eq!(identity("cygni-dkfail-v1-web-1"), before, "v1 was touched");
     assert!(
         !exists("cygni-dkfail-v2-web-1"),

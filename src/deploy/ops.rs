@@ -376,7 +376,6 @@ impl Platform {
         }
         if let Some(extra) = surge {
             self.drain_and_stop(&[extra]).await;
-            let _ = self.publish_routes().await;
         }
         Ok(running.len())
     }

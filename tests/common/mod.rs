@@ -588,3 +588,32 @@ impl Traffic {
         }
     }
 }
+
+/// Push `repo` and check it is refused as a user would see it: git fails,
+/// `reason` is among the `remote:` lines, the server's branch is still at
+/// `good_sha`, and the app still serves `still_serving`.
+#[track_caller]
+pub fn assert_push_refused(
+    d: &TestDaemon,
+    repo: &Path,
+    app: &str,
+    good_sha: &str,
+    reason: &str,
+    still_serving: &str,
+) -> Out {
+    let out = push(d, repo, app);
+    assert_ne!(out.code, 0, "push must fail: {out:#?}");
+    assert!(
+        out.stderr.contains("remote:") && out.stderr.contains(reason),
+        "reason {reason:?} missing: {out:#?}"
+    );
+    let ls = d.git(&d.admin, repo, &["ls-remote", &d.remote(app)]).ok();
+    assert!(
+        ls.stdout.contains(&format!("{good_sha}\trefs/heads/main")),
+        "branch moved: {ls:#?}"
+    );
+    let (code, body) = d.curl(&host(app), "/");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(still_serving), "{body}");
+    out
+}
