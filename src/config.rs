@@ -102,6 +102,7 @@ struct FileConfig {
     buildpacks_dir: Option<PathBuf>,
     run_image: Option<String>,
     keep_releases: Option<usize>,
+    reconcile_interval_secs: Option<u64>,
 }
 
 /// Which runtime backend to use.
@@ -150,6 +151,9 @@ pub struct Config {
     /// Recent good releases whose slug or image is kept for rollback (file
     /// key `keep_releases`).
     pub keep_releases: usize,
+    /// How often what runs is compared with what should run (file key
+    /// `reconcile_interval_secs`, 1 to 3600, default 10).
+    pub reconcile_interval: Duration,
 }
 
 impl Config {
@@ -278,7 +282,16 @@ impl Config {
             return Err(invalid("keep_releases", "must be at least 1"));
         }
 
+        let reconcile_interval = Duration::from_secs(file.reconcile_interval_secs.unwrap_or(10));
+        if !(1..=3600).contains(&reconcile_interval.as_secs()) {
+            return Err(invalid(
+                "reconcile_interval_secs",
+                "must be 1 to 3600 seconds",
+            ));
+        }
+
         Ok(Config {
+            reconcile_interval,
             data_dir,
             ssh_listen,
             http_listen,

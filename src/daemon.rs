@@ -26,16 +26,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::acme::{Acme, AcmeConfig};
-use crate::config::{Config, RuntimeChoice};
+use crate::config::Config;
 use crate::deploy::{self, Paths, Platform};
 use crate::git::{GitEnv, Repos};
 use crate::hook::{self, PushRegistry};
 use crate::logs::LogStore;
 use crate::names::KeyName;
 use crate::proxy::{self, CertStore, Challenges, ProxyConfig, RouteTable, Routes};
-use crate::runtime::docker::{DockerConfig, DockerError, DockerRuntime};
-use crate::runtime::local::{LocalConfig, LocalRuntime, RunAs};
-use crate::runtime::Runtime;
+use crate::runtime::local::RunAs;
+use crate::runtime::{self, ConnectOptions};
 use crate::ssh::{self, keys, SshContext};
 use crate::state::{self, keys::Role, Db};
 
@@ -72,10 +71,8 @@ pub enum DaemonError {
     SelfPath(std::io::Error),
     #[error(transparent)]
     Logs(#[from] crate::logs::LogError),
-    #[error("the {0} runtime is not available in this build yet: use --runtime local")]
-    RuntimeUnavailable(&'static str),
-    #[error("--runtime docker: {0}; start the Docker engine, or use --runtime local")]
-    Docker(#[source] DockerError),
+    #[error(transparent)]
+    Runtime(#[from] runtime::ConnectError),
     #[error(transparent)]
     Tls(#[from] proxy::tls::TlsError),
     #[error(transparent)]
@@ -181,9 +178,6 @@ fn ensure_admin(db: &Db, config: &Config) -> Result<(), DaemonError> {
 
 /// Run the daemon until SIGTERM or Ctrl-C.
 pub async fn serve(config: Config) -> Result<(), DaemonError> {
-    if config.runtime == RuntimeChoice::Kube {
-        return Err(DaemonError::RuntimeUnavailable("kube"));
-    }
     // rustls panics at first use if it cannot tell which crypto provider
     // to use; install aws-lc-rs process-wide (Err: already installed).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -212,42 +206,18 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     }
     let logs = Arc::new(LogStore::open(&data.join("logs"))?);
     let run_as = RunAs::resolve_default();
-    let docker_config = DockerConfig {
-        owner: data.display().to_string(),
-    };
-    let docker = match config.runtime {
-        RuntimeChoice::Docker => Some(
-            DockerRuntime::connect(docker_config, logs.clone())
-                .await
-                .map_err(DaemonError::Docker)?,
-        ),
-        RuntimeChoice::Auto => match DockerRuntime::connect(docker_config, logs.clone()).await {
-            Ok(docker) => Some(docker),
-            Err(e) => {
-                tracing::info!(error = %e, "no Docker engine; using the local runtime");
-                None
-            }
+    let connected = runtime::connect(
+        config.runtime,
+        ConnectOptions {
+            data_dir: data.clone(),
+            logs: logs.clone(),
+            run_as: run_as.clone(),
         },
-        RuntimeChoice::Local | RuntimeChoice::Kube => None,
-    };
+    )
+    .await?;
     // Only the local runtime's instances stop with the daemon.
-    let (runtime, local, runtime_text): (Arc<dyn Runtime>, Option<Arc<LocalRuntime>>, String) =
-        match docker {
-            Some(docker) => {
-                let text = format!("docker ({})", docker.version());
-                (Arc::new(docker), None, text)
-            }
-            None => {
-                let local = Arc::new(LocalRuntime::new(
-                    LocalConfig {
-                        run_as: run_as.clone(),
-                        ..LocalConfig::default()
-                    },
-                    logs.clone(),
-                ));
-                (local.clone(), Some(local), "local".to_owned())
-            }
-        };
+    let (runtime, local, runtime_text) =
+        (connected.runtime, connected.local, connected.description);
     let routes = Arc::new(RouteTable::new(Routes::empty()));
     let challenges = Challenges::shared();
     let certs = Arc::new(CertStore::new());
@@ -326,6 +296,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         platform: platform.clone(),
         started: std::time::Instant::now(),
         acme: acme.clone(),
+        service: Arc::new(crate::service::Service::new(
+            db.clone(),
+            platform.clone(),
+            acme.clone(),
+            config.domain.clone(),
+        )),
     });
 
     let host = if ssh_addr.ip().is_unspecified() {
@@ -409,7 +385,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     };
     tasks.spawn(acme.run(routes, republish, shutdown.clone()));
-    tasks.spawn(deploy::reconcile::run(platform, shutdown.clone()));
+    tasks.spawn(deploy::reconcile::run_every(
+        platform,
+        shutdown.clone(),
+        config.reconcile_interval,
+    ));
     tasks.close();
 
     wait_for_signal().await;

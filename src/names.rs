@@ -50,6 +50,13 @@ impl AppName {
     }
 }
 
+impl std::str::FromStr for AppName {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<AppName, InvalidName> {
+        AppName::parse(s)
+    }
+}
+
 impl fmt::Display for AppName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.0)
@@ -83,6 +90,13 @@ impl ProcessType {
         }
     }
 
+    /// The type as a DNS-1123 label fragment (`_` becomes `-`), for
+    /// names that must be one: instance ids, containers, Kubernetes
+    /// objects. A Procfile whose types collide this way is refused.
+    pub fn dns_label(&self) -> String {
+        self.0.replace('_', "-")
+    }
+
     pub fn web() -> ProcessType {
         ProcessType("web".into())
     }
@@ -93,6 +107,13 @@ impl ProcessType {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl std::str::FromStr for ProcessType {
+    type Err = InvalidName;
+    fn from_str(s: &str) -> Result<ProcessType, InvalidName> {
+        ProcessType::parse(s)
     }
 }
 
@@ -107,6 +128,51 @@ impl<'de> serde::Deserialize<'de> for ProcessType {
         let s = String::deserialize(d)?;
         ProcessType::parse(&s).map_err(serde::de::Error::custom)
     }
+}
+
+/// The one mapping from a composed name (an instance id, a per-app
+/// resource name) to a valid DNS-1123 label: lowercase `a-z0-9-`, starting
+/// with a letter and ending with a letter or digit, at most 63 characters.
+///
+/// `_` and other characters become `-`. A name that is already a label is
+/// returned unchanged, so ids made by earlier versions stay the same. One
+/// longer than 63 keeps its first 54 characters, then `-` and 8 hex digits
+/// of an FNV-1a hash of the whole name, so two long names that share a
+/// prefix still differ.
+pub fn dns_label(name: &str) -> String {
+    let mut label: String = name
+        .chars()
+        .map(|c| match c {
+            'a'..='z' | '0'..='9' => c,
+            'A'..='Z' => c.to_ascii_lowercase(),
+            _ => '-',
+        })
+        .collect();
+    if !label.starts_with(|c: char| c.is_ascii_lowercase()) {
+        label.insert(0, 'x');
+    }
+    if label.len() > 63 {
+        let hash = name.bytes().fold(0x811c_9dc5u32, |h, b| {
+            (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+        });
+        label.truncate(54);
+        label = format!("{}-{hash:08x}", label.trim_end_matches('-'));
+    }
+    while label.ends_with('-') {
+        label.pop();
+    }
+    label
+}
+
+/// Is `s` a DNS-1123 label (what Kubernetes accepts as a name)?
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1] != b'-'
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
 /// The name an operator gives an SSH key: `^[A-Za-z0-9._@-]{1,64}$`, not starting with '-'.
@@ -294,5 +360,29 @@ mod tests {
         for bad in ["", "-rf", "a b", "a/b", "a;b"] {
             assert!(KeyName::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn composed_names_are_dns_labels() {
+        // Already a label: unchanged (ids of running instances stay stable).
+        assert_eq!(dns_label("shop-v3-web-1"), "shop-v3-web-1");
+        assert_eq!(dns_label("shop-v3-big_job-1"), "shop-v3-big-job-1");
+        let long_app = "a".repeat(63);
+        let a = dns_label(&format!("{long_app}-v1234-worker_queue-17"));
+        let b = dns_label(&format!("{long_app}-v1234-worker_queue-18"));
+        assert_ne!(a, b, "long names that share a prefix still differ");
+        for name in [
+            a.as_str(),
+            b.as_str(),
+            &dns_label("9lives"),
+            &dns_label("x_"),
+            &dns_label(&"-".repeat(80)),
+        ] {
+            assert!(is_dns_label(name), "{name:?}");
+        }
+        let process = ProcessType::parse(&"w".repeat(30)).unwrap();
+        let app = AppName::parse(&"z".repeat(63)).unwrap();
+        let id = crate::runtime::InstanceId::new(&app, u32::MAX, &process, u32::MAX);
+        assert!(is_dns_label(&id.0), "{id}");
     }
 }

@@ -41,6 +41,12 @@ pub enum ProcfileError {
         first: usize,
         process: ProcessType,
     },
+    #[error("Procfile line {line}: process type `{process}` names the same process as line {first} ('_' and '-' are the same in container names)")]
+    SameLabel {
+        line: usize,
+        first: usize,
+        process: ProcessType,
+    },
     #[error("Procfile line {line}: process type `{process}` has an empty command")]
     EmptyCommand { line: usize, process: ProcessType },
 }
@@ -60,6 +66,10 @@ impl Procfile {
         let mut processes = BTreeMap::new();
         // Where each type was first seen, only to name it in the duplicate error.
         let mut first_seen: BTreeMap<ProcessType, usize> = BTreeMap::new();
+        // Types that name the same thing once mapped to a DNS label
+        // (`big_job` and `big-job`): containers and Kubernetes objects
+        // would collide, so the second is a duplicate.
+        let mut labels: BTreeMap<String, (usize, ProcessType)> = BTreeMap::new();
 
         for (index, raw) in text.split('\n').enumerate() {
             let line = index + 1;
@@ -87,6 +97,14 @@ impl Procfile {
                     process,
                 });
             }
+            if let Some((first, _)) = labels.get(&process.dns_label()) {
+                return Err(ProcfileError::SameLabel {
+                    line,
+                    first: *first,
+                    process,
+                });
+            }
+            labels.insert(process.dns_label(), (line, process.clone()));
             first_seen.insert(process.clone(), line);
             processes.insert(process, command.to_owned());
         }
@@ -259,5 +277,14 @@ mod tests {
     fn from_str_parses() {
         let p: Procfile = "web: ./serve".parse().unwrap();
         assert_eq!(p.get(&ProcessType::web()), Some("./serve"));
+    }
+
+    #[test]
+    fn types_that_map_to_one_label_are_refused() {
+        let e = Procfile::parse("big_job: a\nbig-job: b\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Procfile line 2: process type `big-job` names the same process as line 1 ('_' and '-' are the same in container names)"
+        );
     }
 }

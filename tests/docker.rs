@@ -359,6 +359,7 @@ fn web_spec(app: &AppName, index: u32) -> InstanceSpec {
         command: "mkdir -p /tmp/www && echo \"instance $DYNO of $GREETING\" > /tmp/www/index.html && echo booted $DYNO && exec httpd -f -p \"$PORT\" -h /tmp/www".into(),
         env: BTreeMap::from([("GREETING".to_owned(), "dkscale".to_owned())]),
         artifact: base_image(),
+        limits: Default::default(),
     }
 }
 

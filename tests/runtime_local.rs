@@ -78,6 +78,7 @@ impl Host {
             artifact: Artifact::Slug {
                 dir: self.slug.clone(),
             },
+            limits: Default::default(),
         }
     }
 

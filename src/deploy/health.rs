@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::manifest::HealthCheck;
+use crate::runtime::HealthCheck;
 
 /// One probe: does the instance answer as the check asks?
 pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> {
@@ -17,7 +17,7 @@ pub async fn probe(addr: SocketAddr, check: &HealthCheck) -> Result<(), String> 
         Ok(Err(e)) => return Err(format!("not accepting connections on {addr} ({e})")),
         Err(_) => return Err(format!("connecting to {addr} timed out")),
     };
-    let HealthCheck::Http { path } = check else {
+    let Some(path) = &check.path else {
         return settled(&mut stream, addr).await;
     };
     let request = format!(

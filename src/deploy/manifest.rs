@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::runtime::HealthCheck;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
@@ -34,15 +36,6 @@ pub struct BuildSection {
 pub struct HealthSection {
     pub path: Option<String>,
     pub timeout: Option<u64>,
-}
-
-/// How a new `web` instance proves it is up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HealthCheck {
-    /// Accepts TCP connections on `$PORT`.
-    Tcp,
-    /// Answers `GET path` with 2xx or 3xx.
-    Http { path: String },
 }
 
 impl Manifest {
@@ -70,18 +63,13 @@ impl Manifest {
         Ok(m)
     }
 
-    pub fn health_check(&self) -> HealthCheck {
-        match &self.healthcheck.path {
-            Some(path) => HealthCheck::Http { path: path.clone() },
-            None => HealthCheck::Tcp,
+    /// The check the release stores: the path (or TCP) and the boot
+    /// timeout, `default` unless the manifest sets one.
+    pub fn health_check(&self, default: Duration) -> HealthCheck {
+        HealthCheck {
+            path: self.healthcheck.path.clone(),
+            timeout_secs: self.healthcheck.timeout.unwrap_or(default.as_secs()).max(1),
         }
-    }
-
-    pub fn boot_timeout(&self, default: Duration) -> Duration {
-        self.healthcheck
-            .timeout
-            .map(Duration::from_secs)
-            .unwrap_or(default)
     }
 }
 
@@ -96,14 +84,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.build.builder.as_deref(), Some("nixpacks"));
-        assert_eq!(m.health_check(), HealthCheck::Http { path: "/up".into() });
         assert_eq!(
-            m.boot_timeout(Duration::from_secs(60)),
-            Duration::from_secs(5)
+            m.health_check(Duration::from_secs(60)),
+            HealthCheck {
+                path: Some("/up".into()),
+                timeout_secs: 5
+            }
         );
         assert_eq!(
-            Manifest::parse(b"").unwrap().health_check(),
-            HealthCheck::Tcp
+            Manifest::parse(b"")
+                .unwrap()
+                .health_check(Duration::from_secs(60)),
+            HealthCheck::tcp(Duration::from_secs(60))
         );
         for bad in [
             &b"[healthcheck]\npath = \"up\"\n"[..],

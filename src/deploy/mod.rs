@@ -9,18 +9,25 @@
 //!            read from git objects) → detect builder → build in place
 //! releasing: record vN (sha, artifact, env snapshot, processes); run `release:`
 //! starting:  start the formation's instances
-//! checking:  every new `web` instance passes its health check
-//! live:      switch routes atomically, mark live, drain and stop the old ones
+//! checking:  every new `web` instance passes the release's health check
+//! live:      mark live, switch routes atomically; the push returns here,
+//!            and the old instances drain and stop in the background
+//!            (still under the app's lock, so the next deploy waits)
 //! ```
 //!
 //! Stage functions take data and return data; only this module sequences
-//! them and writes release status. One deploy per app at a time: a second
-//! push waits its turn and says so. [`reconcile`] brings what runs back to
-//! what SQLite says should run, idempotently.
+//! them and writes release status. Starting, checking, switching and
+//! stopping are not sequenced here: every change of what runs is a plan
+//! ([`plan`]) run by the one executor ([`converge`]). One deploy per app at
+//! a time: a second push waits its turn and says so. [`reconcile`] brings
+//! what runs back to what SQLite says should run, through the same
+//! converger.
 
+pub mod converge;
 pub mod health;
 pub mod manifest;
 pub mod ops;
+pub mod plan;
 pub mod reconcile;
 
 use std::collections::HashMap;
@@ -28,7 +35,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use crate::build::{self, Artifact, BuildLimits, BuildRequest, Target};
@@ -38,9 +44,11 @@ use crate::logs::{BuildLogWriter, LogStore};
 use crate::names::{AppName, ProcessType};
 use crate::procfile::Procfile;
 use crate::proxy::RouteTable;
-use crate::runtime::{Instance, InstanceSpec, InstanceState, OneOffSpec, Runtime};
+use crate::runtime::{ArtifactKind, OneOffSpec, Runtime};
 use crate::state::{self, formation, releases, releases::Release, releases::Status, Db};
-use manifest::{HealthCheck, Manifest};
+use converge::{ConvergeError, Converger, Tail};
+use manifest::Manifest;
+use plan::{Desired, Intent};
 
 /// Where a deploy failed. Shown to the pusher and kept on the release.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,11 +105,6 @@ pub struct Paths {
     pub buildpacks: PathBuf,
 }
 
-/// How long old instances keep serving in-flight requests after the route
-/// switch, before they are asked to stop.
-const DRAIN: Duration = Duration::from_secs(2);
-/// SIGTERM → SIGKILL grace for old instances.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How long the `release:` command may run.
 const RELEASE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Slugs (or images) of this many recent good releases are kept for
@@ -127,11 +130,15 @@ pub struct Platform {
     /// How many recent good releases keep their slug or image (config key
     /// `keep_releases`); the live one is always kept.
     pub keep_releases: usize,
+    /// The one executor of changes of what runs, and the admitted set.
+    pub converger: Arc<Converger>,
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
-    /// Instances taken out of the routes ahead of a stop, so requests
-    /// already on their way finish before the process goes.
-    draining: std::sync::Mutex<std::collections::HashSet<crate::runtime::InstanceId>>,
 }
+
+/// An app's deploy lock, shared by whoever still works under it: a push
+/// keeps it until git has moved the branch, and the old instances' drain
+/// keeps it until they are stopped. The lock frees when both are done.
+pub type AppGuard = Arc<tokio::sync::OwnedMutexGuard<()>>;
 
 /// Progress of one deploy: to the pusher and to the release's build log.
 pub struct Progress {
@@ -178,6 +185,14 @@ impl Platform {
         boot_timeout: Duration,
         build_as: Option<(u32, u32)>,
     ) -> Platform {
+        let converger = Arc::new(Converger::new(
+            db.clone(),
+            runtime.clone(),
+            routes.clone(),
+            logs.clone(),
+            domain.clone(),
+            boot_timeout,
+        ));
         Platform {
             db,
             repos,
@@ -191,38 +206,27 @@ impl Platform {
             build_as,
             build_limits: BuildLimits::default(),
             keep_releases: KEEP_RELEASES,
+            converger,
             locks: Default::default(),
-            draining: Default::default(),
         }
     }
 
-    fn draining(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashSet<crate::runtime::InstanceId>> {
-        self.draining.lock().unwrap_or_else(|p| p.into_inner())
+    /// Rebuild the routes from the admitted set and swap them in.
+    pub async fn publish_routes(&self) -> Result<(), ConvergeError> {
+        self.converger.publish_routes().await
     }
 
-    pub(crate) fn is_draining(&self, id: &crate::runtime::InstanceId) -> bool {
-        self.draining().contains(id)
-    }
-
-    /// Take `instances` out of the routes, let in-flight requests finish,
-    /// then stop them.
-    async fn drain_and_stop(&self, instances: &[Instance]) {
-        if instances.is_empty() {
+    /// Run a change's tail (drain and stop what it replaced) in the
+    /// background, holding the app's lock until it is done.
+    fn finish_in_background(&self, tail: Tail, guard: AppGuard) {
+        if tail.is_empty() {
             return;
         }
-        self.draining()
-            .extend(instances.iter().map(|i| i.id.clone()));
-        if let Err(e) = self.publish_routes().await {
-            tracing::warn!(error = %e, "route update before a drain");
-        }
-        tokio::time::sleep(DRAIN).await;
-        self.stop_all(instances).await;
-        let mut d = self.draining();
-        for i in instances {
-            d.remove(&i.id);
-        }
+        let converger = self.converger.clone();
+        tokio::spawn(async move {
+            converger.finish(tail).await;
+            drop(guard);
+        });
     }
 
     /// The per-app lock that serializes deploys, config releases, rollbacks
@@ -232,13 +236,9 @@ impl Platform {
         locks.entry(app.clone()).or_default().clone()
     }
 
-    async fn lock_app(
-        &self,
-        app: &AppName,
-        progress: &mut Progress,
-    ) -> tokio::sync::OwnedMutexGuard<()> {
+    async fn lock_app(&self, app: &AppName, progress: &mut Progress) -> AppGuard {
         let lock = self.app_lock(app);
-        match lock.clone().try_lock_owned() {
+        let guard = match lock.clone().try_lock_owned() {
             Ok(guard) => guard,
             Err(_) => {
                 progress
@@ -248,7 +248,8 @@ impl Platform {
                     .await;
                 lock.lock_owned().await
             }
-        }
+        };
+        Arc::new(guard)
     }
 
     fn slug_dir(&self, app: &AppName, version: u32) -> PathBuf {
@@ -278,7 +279,7 @@ impl Platform {
         update: &RefUpdate,
         object_dirs: Vec<PathBuf>,
         progress: &mut Progress,
-    ) -> Result<(Release, tokio::sync::OwnedMutexGuard<()>), DeployError> {
+    ) -> Result<(Release, AppGuard), DeployError> {
         let guard = self.lock_app(app, progress).await;
         let (sha, branch) = (update.new.as_str(), update.branch().unwrap_or("main"));
         // A push that waited for another deploy may find its branch moved:
@@ -323,11 +324,14 @@ impl Platform {
             .build_release(&mut release, object_dirs, progress)
             .await;
         let result = match result {
-            Ok(check) => self.start_and_switch(&release, check, true, progress).await,
+            Ok(()) => self.start_and_switch(&release, true, progress).await,
             Err(e) => Err(e),
         };
         match result {
-            Ok(()) => {
+            Ok(tail) => {
+                // Live now; the old instances drain and stop in the
+                // background, under the lock.
+                self.finish_in_background(tail, guard.clone());
                 progress
                     .step(format!(
                         "Released v{} in {:.1}s",
@@ -391,7 +395,7 @@ impl Platform {
         release: &mut Release,
         object_dirs: Vec<PathBuf>,
         progress: &mut Progress,
-    ) -> Result<(HealthCheck, Duration), DeployError> {
+    ) -> Result<(), DeployError> {
         let app = release.app.clone();
         let sha = release.sha.clone().unwrap_or_default();
         let slug = self.slug_dir(&app, release.version);
@@ -448,10 +452,9 @@ impl Platform {
         let cache = self.paths.cache.join(app.as_str());
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
         // Every runtime but local runs images.
-        let target = if self.runtime.name() == "local" {
-            Target::Slug
-        } else {
-            Target::Image
+        let target = match self.runtime.artifact_kind() {
+            ArtifactKind::Slug => Target::Slug,
+            ArtifactKind::Image => Target::Image,
         };
         let request = BuildRequest {
             app: &app,
@@ -510,30 +513,34 @@ impl Platform {
             ))
             .await;
 
+        // Limits were validated when they were set; one stored before
+        // that (or by hand) fails here, before anything starts.
+        release.limits = crate::limits::Limits::from_vars(&env)
+            .map_err(|e| fail(Stage::Build, e.to_string()))?;
         release.builder = Some(built.builder.clone());
         release.artifact = Some(built.artifact.clone());
         release.env = env;
         release.processes = processes;
+        release.check = Some(manifest.health_check(self.boot_timeout));
         let snapshot = release.clone();
         self.db
             .call(move |c| releases::set_snapshot(c, &snapshot))
             .await
             .map_err(|e| internal(Stage::Build, e))?;
-        Ok((
-            manifest.health_check(),
-            manifest.boot_timeout(self.boot_timeout),
-        ))
+        Ok(())
     }
 
     /// Stages from `release:` to live, shared by deploys, config changes and
-    /// rollbacks. On error, whatever this call started is stopped.
+    /// rollbacks: the release phase, then the converger starts the
+    /// formation, checks it, marks the release live and switches the routes.
+    /// Returns the tail (drain and stop the old instances) for the caller to
+    /// run. On error, whatever this call started is stopped.
     pub async fn start_and_switch(
         &self,
         release: &Release,
-        (check, boot_timeout): (HealthCheck, Duration),
         run_release_phase: bool,
         progress: &mut Progress,
-    ) -> Result<(), DeployError> {
+    ) -> Result<Tail, DeployError> {
         let app = &release.app;
         let artifact = release
             .artifact
@@ -584,7 +591,6 @@ impl Platform {
             }
         }
 
-        // Start the formation.
         self.set_status(release.id, Status::Starting).await;
         let a = app.clone();
         let stored = self
@@ -592,157 +598,37 @@ impl Platform {
             .call(move |c| formation::get(c, &a))
             .await
             .map_err(|e| internal(Stage::Start, e))?;
-        let desired = formation::desired(&stored, &release.processes);
-        let mut started: Vec<Instance> = Vec::new();
-        for (process, count) in &desired {
-            for index in 1..=*count {
-                let spec = InstanceSpec {
-                    app: app.clone(),
-                    release: release.version,
-                    process: process.clone(),
-                    index,
-                    command: release.processes[process].clone(),
-                    env: release.env.clone(),
-                    artifact: artifact.clone(),
-                };
-                match self.runtime.start(spec).await {
-                    Ok(i) => started.push(i),
-                    Err(e) => {
-                        self.stop_all(&started).await;
-                        return Err(fail(Stage::Start, format!("{process}.{index}: {e}")));
-                    }
-                }
-            }
-        }
-        let summary: Vec<String> = desired.iter().map(|(p, n)| format!("{p}={n}")).collect();
+        let Some(target) = self.converger.desired_release(release, &stored) else {
+            return Err(fail(Stage::Release, "this release has nothing to run"));
+        };
+        let summary: Vec<String> = target
+            .processes
+            .iter()
+            .map(|(p, (_, n))| format!("{p}={n}"))
+            .collect();
         progress
             .step(format!("Starting {}", summary.join(" ")))
             .await;
-
-        // Health-check every new web instance, all at once.
-        self.set_status(release.id, Status::Checking).await;
-        let webs: Vec<&Instance> = started.iter().filter(|i| i.process.is_web()).collect();
-        if !webs.is_empty() {
-            let what = match &check {
-                HealthCheck::Tcp => "accepting connections on $PORT".to_owned(),
-                HealthCheck::Http { path } => format!("answering GET {path}"),
-            };
-            progress
-                .step(format!(
-                    "Waiting for web to be {what} (up to {}s)",
-                    boot_timeout.as_secs()
-                ))
-                .await;
-            let checks = webs
-                .iter()
-                .map(|i| self.wait_healthy(i, &check, boot_timeout));
-            let results = join_all(checks).await;
-            if let Some((inst, err)) = webs
-                .iter()
-                .zip(results)
-                .find_map(|(i, r)| r.err().map(|e| (*i, e)))
-            {
-                let name = format!("{}.{}", inst.process, inst.index);
-                self.show_recent_output(app, &name, progress).await;
-                self.stop_all(&started).await;
-                return Err(fail(Stage::Check, format!("{name} {err}")));
-            }
-        }
-
-        // Switch: the new release becomes live (and the app runs again if
-        // it was stopped: a release is a request to run it), then routes
-        // follow state.
-        let (id, a) = (release.id, app.clone());
-        self.db
-            .call(move |c| {
+        let desired = Desired {
+            release: Some(target),
+            stopped: false,
+        };
+        // The switch: the release becomes live (and the app runs again if
+        // it was stopped: a release is a request to run it), just before
+        // the routes follow.
+        let (id, a, db) = (release.id, app.clone(), self.db.clone());
+        let commit: converge::Commit<'_> = Box::pin(async move {
+            db.call(move |c| {
                 releases::make_live(c, id)?;
                 state::apps::set_stopped(c, &a, false)
             })
             .await
-            .map_err(|e| internal(Stage::Switch, e))?;
-        if let Err(e) = self.publish_routes().await {
-            tracing::error!(error = %e, "route update failed after a release");
-        }
-
-        // Drain: in-flight requests on the old instances finish first.
-        let old: Vec<Instance> = self
-            .runtime
-            .list(Some(app))
+            .map_err(ConvergeError::from)
+        });
+        self.converger
+            .converge(app, &Intent::Converge, &desired, Some(commit), progress)
             .await
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|i| i.release != release.version)
-            .collect();
-        // (Already out of the routes: they belong to another release.)
-        self.drain_and_stop(&old).await;
-        Ok(())
-    }
-
-    /// Wait until `inst` passes `check`, failing early when it exits.
-    async fn wait_healthy(
-        &self,
-        inst: &Instance,
-        check: &HealthCheck,
-        timeout: Duration,
-    ) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        let Some(addr) = inst.endpoint else {
-            return Err("has no endpoint".into());
-        };
-        loop {
-            let last = match health::probe(addr, check).await {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            // A process that already crashed will not become healthy.
-            let now = self
-                .runtime
-                .list(Some(&inst.app))
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .find(|i| i.id == inst.id);
-            match now {
-                None => return Err("exited during boot".into()),
-                Some(i) if i.restarts > 0 || i.state == InstanceState::CrashLoop => {
-                    return Err("exited during boot (it crashed and was restarted)".into())
-                }
-                Some(i) if i.state == InstanceState::Stopped => {
-                    return Err("exited during boot".into())
-                }
-                _ => {}
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "did not pass its health check within {}s: {last}",
-                    timeout.as_secs()
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    /// The last few lines an instance printed, to explain a failed check.
-    async fn show_recent_output(&self, app: &AppName, instance: &str, progress: &mut Progress) {
-        let lines = self.logs.tail(app, 10, Some(instance)).unwrap_or_default();
-        if lines.is_empty() {
-            return;
-        }
-        progress.step(format!("Last output of {instance}:")).await;
-        for l in lines {
-            progress.info(&l.text).await;
-        }
-    }
-
-    async fn stop_all(&self, instances: &[Instance]) {
-        let stops = instances
-            .iter()
-            .map(|i| self.runtime.stop(&i.id, STOP_GRACE));
-        for (i, r) in instances.iter().zip(join_all(stops).await) {
-            if let Err(e) = r {
-                tracing::warn!(instance = %i.id, error = %e, "stop failed");
-            }
-        }
+            .map_err(converge_failure)
     }
 
     async fn set_status(&self, id: i64, status: Status) {
@@ -798,12 +684,20 @@ impl Platform {
     pub async fn destroy_app(&self, app: &AppName) -> Result<(), DeployError> {
         let mut quiet = Progress::new(None);
         let _guard = self.lock_app(app, &mut quiet).await;
-        let instances = self
-            .runtime
-            .list(Some(app))
+        // Nothing should run: out of the routes, drained, stopped.
+        let tail = self
+            .converger
+            .converge(
+                app,
+                &Intent::Converge,
+                &Desired::default(),
+                None,
+                &mut quiet,
+            )
             .await
             .map_err(|e| internal(Stage::Switch, e))?;
-        self.stop_all(&instances).await;
+        self.converger.finish(tail).await;
+        self.converger.forget_app(app);
         // Nothing of a destroyed app is kept (its images, on docker).
         if let Err(e) = self.runtime.retain_artifacts(app, &[]).await {
             tracing::warn!(%app, error = %e, "removing a destroyed app's artifacts");
@@ -835,6 +729,16 @@ impl Platform {
             tracing::warn!(error = %e, "removing logs of a destroyed app");
         }
         Ok(())
+    }
+}
+
+/// A converger failure as the pusher sees it: checks and starts are the
+/// app's to fix; anything else is internal.
+fn converge_failure(e: ConvergeError) -> DeployError {
+    match e {
+        ConvergeError::Check { .. } => fail(Stage::Check, e.to_string()),
+        ConvergeError::Runtime { .. } => fail(Stage::Start, e.to_string()),
+        ConvergeError::State(_) => internal(Stage::Switch, e),
     }
 }
 

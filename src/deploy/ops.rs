@@ -5,21 +5,23 @@
 //! config:set / config:unset ──► store vars ──► new release (live artifact, new env) ─┐
 //! rollback [vN]             ──► restore vN's vars ──► new release (vN's artifact) ────┤
 //!                                                         start_and_switch (zero downtime)
-//! ps:scale   ──► store formation ──► start/stop the difference ──► health ──► routes
-//! ps:restart ──► surge one web instance, then replace each in turn ──► routes
-//! ps:stop / ps:start ──► apps.stopped ──► reconcile the app ──► routes
+//! ps:scale   ──► store formation ──► converge (start, check, admit / retire, drain, stop)
+//! ps:restart ──► converge with Intent::Restart (surge one web, replace each in turn)
+//! ps:stop / ps:start ──► apps.stopped ──► converge
 //! ```
 //!
 //! Every operation takes the app's deploy lock, so it never interleaves
-//! with a deploy or with another operation on the same app.
+//! with a deploy or with another operation on the same app, and every one
+//! changes what runs only through the converger, with the live release's
+//! own health check.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::manifest::HealthCheck;
-use super::{fail, internal, DeployError, Platform, Progress, Stage, STOP_GRACE};
+use super::plan::Intent;
+use super::{converge_failure, fail, internal, AppGuard, DeployError, Platform, Progress, Stage};
 use crate::names::{AppName, ProcessType};
-use crate::runtime::{Attach, Instance, InstanceSpec, OneOffSpec};
+use crate::runtime::{Attach, InstanceState, OneOffSpec};
 use crate::state::{self, formation, releases, releases::Release, releases::Status};
 
 /// What a config change or rollback did.
@@ -40,14 +42,15 @@ impl Platform {
     }
 
     /// A new release from `base`'s build with `env`, started with zero
-    /// downtime. The health check is the default one: the manifest lives in
-    /// the commit, which a config release does not re-read.
+    /// downtime and `base`'s own health check. Returns once it serves; the
+    /// old instances drain and stop in the background, under `guard`.
     async fn release_from(
         &self,
         base: &Release,
         env: BTreeMap<String, String>,
         description: String,
         run_release_phase: bool,
+        guard: &AppGuard,
         progress: &mut Progress,
     ) -> Result<u32, DeployError> {
         let (a, sha, d) = (base.app.clone(), base.sha.clone(), description.clone());
@@ -69,6 +72,9 @@ impl Platform {
         release.builder = base.builder.clone();
         release.artifact = base.artifact.clone();
         release.processes = base.processes.clone();
+        release.check = base.check.clone();
+        release.limits = crate::limits::Limits::from_vars(&env)
+            .map_err(|e| fail(Stage::Release, e.to_string()))?;
         release.env = env;
         let snapshot = release.clone();
         self.db
@@ -78,12 +84,14 @@ impl Platform {
         progress
             .step(format!("{description}: releasing v{}", release.version))
             .await;
-        let check = (HealthCheck::Tcp, self.boot_timeout);
         match self
-            .start_and_switch(&release, check, run_release_phase, progress)
+            .start_and_switch(&release, run_release_phase, progress)
             .await
         {
-            Ok(()) => Ok(release.version),
+            Ok(tail) => {
+                self.finish_in_background(tail, guard.clone());
+                Ok(release.version)
+            }
             Err(e) => {
                 let (id, stage, msg) = (release.id, e.stage.as_str(), e.message.clone());
                 let _ = self
@@ -107,7 +115,7 @@ impl Platform {
         restart: bool,
         progress: &mut Progress,
     ) -> Result<Outcome, DeployError> {
-        let _guard = self.lock_app(app, progress).await;
+        let guard = self.lock_app(app, progress).await;
         let a = app.clone();
         let before = self
             .db
@@ -136,7 +144,7 @@ impl Platform {
         names.extend(unset.iter().map(String::as_str));
         let description = format!("{verb} {}", names.join(", "));
         match self
-            .release_from(&live, env, description, true, progress)
+            .release_from(&live, env, description, true, &guard, progress)
             .await
         {
             Ok(v) => Ok(Outcome::Released(v)),
@@ -175,7 +183,7 @@ impl Platform {
         version: Option<u32>,
         progress: &mut Progress,
     ) -> Result<u32, DeployError> {
-        let _guard = self.lock_app(app, progress).await;
+        let guard = self.lock_app(app, progress).await;
         let a = app.clone();
         let history = self
             .db
@@ -215,7 +223,14 @@ impl Platform {
         }
         let description = format!("Rollback to v{}", target.version);
         let version = self
-            .release_from(target, target.env.clone(), description, false, progress)
+            .release_from(
+                target,
+                target.env.clone(),
+                description,
+                false,
+                &guard,
+                progress,
+            )
             .await?;
         // The config vars follow the release: the next config:set builds on
         // what now runs.
@@ -278,36 +293,37 @@ impl Platform {
             .unwrap_or(false)
     }
 
-    /// Start what the formation lacks (health-checking new web instances),
-    /// stop what it no longer wants, then publish routes.
+    /// Bring the app to what SQLite says (formation, stopped), through
+    /// the converger: new web instances pass the live release's check
+    /// before they are routed; extra ones are retired, drained, stopped.
     async fn converge(&self, app: &AppName, progress: &mut Progress) -> Result<(), DeployError> {
-        let running = self
-            .runtime
-            .list(Some(app))
+        self.converge_with(app, &Intent::Converge, progress).await
+    }
+
+    async fn converge_with(
+        &self,
+        app: &AppName,
+        intent: &Intent,
+        progress: &mut Progress,
+    ) -> Result<(), DeployError> {
+        let desired = self
+            .converger
+            .desired(app)
             .await
             .map_err(|e| internal(Stage::Start, e))?;
-        let live = self.live_release(app).await?;
-        let started = self
-            .reconcile_app(app, live.as_ref(), &running)
+        let tail = self
+            .converger
+            .converge(app, intent, &desired, None, progress)
             .await
-            .map_err(|e| fail(Stage::Start, e.to_string()))?;
-        let check = HealthCheck::Tcp;
-        for inst in started.iter().filter(|i| i.process.is_web()) {
-            if let Err(e) = self.wait_healthy(inst, &check, self.boot_timeout).await {
-                let name = format!("{}.{}", inst.process, inst.index);
-                self.show_recent_output(app, &name, progress).await;
-                return Err(fail(Stage::Check, format!("{name} {e}")));
-            }
-        }
-        self.publish_routes()
-            .await
-            .map_err(|e| internal(Stage::Switch, e))?;
+            .map_err(converge_failure)?;
+        self.converger.finish(tail).await;
         Ok(())
     }
 
     /// Restart an app's instances (of one type, or all) without downtime:
     /// for `web`, one extra instance starts and passes its health check
     /// first, then each instance is replaced in turn, then the extra goes.
+    /// Returns how many instances were restarted.
     pub async fn restart(
         &self,
         app: &AppName,
@@ -318,66 +334,23 @@ impl Platform {
         let Some(live) = self.live_release(app).await? else {
             return Err(fail(Stage::Start, format!("{app} has nothing deployed")));
         };
-        let running: Vec<Instance> = self
+        let count = self
             .runtime
             .list(Some(app))
             .await
             .map_err(|e| internal(Stage::Start, e))?
-            .into_iter()
-            .filter(|i| i.release == live.version && only.is_none_or(|p| &i.process == p))
-            .collect();
-        let Some(artifact) = live.artifact.clone() else {
-            return Err(fail(Stage::Start, "the live release has nothing to run"));
+            .iter()
+            .filter(|i| {
+                i.release == live.version
+                    && i.state != InstanceState::Stopped
+                    && only.is_none_or(|p| &i.process == p)
+            })
+            .count();
+        let intent = Intent::Restart {
+            only: only.cloned(),
         };
-        let spec = |process: &ProcessType, index: u32| InstanceSpec {
-            app: app.clone(),
-            release: live.version,
-            process: process.clone(),
-            index,
-            command: live.processes.get(process).cloned().unwrap_or_default(),
-            env: live.env.clone(),
-            artifact: artifact.clone(),
-        };
-        let check = HealthCheck::Tcp;
-        let web = ProcessType::web();
-        let webs = running.iter().filter(|i| i.process.is_web()).count() as u32;
-        // Surge: one more web instance, healthy and routed, before any stops.
-        let surge = if webs > 0 {
-            let extra = self
-                .runtime
-                .start(spec(&web, webs + 1))
-                .await
-                .map_err(|e| fail(Stage::Start, e.to_string()))?;
-            if let Err(e) = self.wait_healthy(&extra, &check, self.boot_timeout).await {
-                let _ = self.runtime.stop(&extra.id, STOP_GRACE).await;
-                return Err(fail(Stage::Check, format!("web.{} {e}", webs + 1)));
-            }
-            let _ = self.publish_routes().await;
-            Some(extra)
-        } else {
-            None
-        };
-        for inst in &running {
-            progress
-                .step(format!("Restarting {}.{}", inst.process, inst.index))
-                .await;
-            self.drain_and_stop(std::slice::from_ref(inst)).await;
-            let new = self
-                .runtime
-                .start(spec(&inst.process, inst.index))
-                .await
-                .map_err(|e| fail(Stage::Start, e.to_string()))?;
-            if new.process.is_web() {
-                self.wait_healthy(&new, &check, self.boot_timeout)
-                    .await
-                    .map_err(|e| fail(Stage::Check, format!("web.{} {e}", new.index)))?;
-            }
-            let _ = self.publish_routes().await;
-        }
-        if let Some(extra) = surge {
-            self.drain_and_stop(&[extra]).await;
-        }
-        Ok(running.len())
+        self.converge_with(app, &intent, progress).await?;
+        Ok(count)
     }
 
     /// `ps:stop` (true) and `ps:start` (false): the switch survives

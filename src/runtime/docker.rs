@@ -115,12 +115,6 @@ pub enum DockerError {
         #[source]
         source: EngineError,
     },
-    #[error("{name}={value:?} is not a valid limit: {reason}")]
-    BadLimit {
-        name: &'static str,
-        value: String,
-        reason: &'static str,
-    },
     #[error("container {name} belongs to another cygni (data dir {owner}): remove it, or deploy from that daemon")]
     Foreign { name: String, owner: String },
     #[error("container {name} has no published port for {CONTAINER_PORT}/tcp")]
@@ -129,7 +123,11 @@ pub enum DockerError {
 
 impl From<DockerError> for RuntimeError {
     fn from(e: DockerError) -> RuntimeError {
-        RuntimeError::Docker(Box::new(e))
+        RuntimeError::Backend {
+            runtime: "docker",
+            message: e.to_string(),
+            source: Some(Box::new(e)),
+        }
     }
 }
 
@@ -403,49 +401,6 @@ fn labels(c: &ContainerInspectResponse) -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// `CYGNI_MEMORY`: `512m`, `1g`, `256k` or plain bytes (at least 6 MiB, the
-/// engine's minimum).
-pub fn parse_memory(value: &str) -> Result<i64, DockerError> {
-    let bad = |reason| DockerError::BadLimit {
-        name: "CYGNI_MEMORY",
-        value: value.to_owned(),
-        reason,
-    };
-    let v = value.trim().to_ascii_lowercase();
-    let v = v.strip_suffix('b').unwrap_or(&v);
-    let (digits, unit) = match v.char_indices().last() {
-        Some((i, 'k')) => (&v[..i], 1i64 << 10),
-        Some((i, 'm')) => (&v[..i], 1 << 20),
-        Some((i, 'g')) => (&v[..i], 1 << 30),
-        _ => (v, 1),
-    };
-    let n: i64 = digits
-        .parse()
-        .map_err(|_| bad("use a number with k, m or g, e.g. 512m"))?;
-    let bytes = n.checked_mul(unit).ok_or_else(|| bad("far too large"))?;
-    if bytes < 6 << 20 {
-        return Err(bad("the engine needs at least 6m"));
-    }
-    Ok(bytes)
-}
-
-/// `CYGNI_CPUS`: a number of CPUs (`0.5`, `2`), as nano-CPUs.
-pub fn parse_cpus(value: &str) -> Result<i64, DockerError> {
-    let bad = |reason| DockerError::BadLimit {
-        name: "CYGNI_CPUS",
-        value: value.to_owned(),
-        reason,
-    };
-    let cpus: f64 = value
-        .trim()
-        .parse()
-        .map_err(|_| bad("use a number of CPUs, e.g. 0.5"))?;
-    if !(0.01..=1024.0).contains(&cpus) {
-        return Err(bad("use between 0.01 and 1024"));
-    }
-    Ok((cpus * 1e9) as i64)
-}
-
 /// What an engine state means for Cygni.
 fn state_of(
     status: Option<ContainerStateStatusEnum>,
@@ -524,6 +479,10 @@ impl Runtime for DockerRuntime {
         "docker"
     }
 
+    fn artifact_kind(&self) -> super::ArtifactKind {
+        super::ArtifactKind::Image
+    }
+
     async fn start(&self, spec: InstanceSpec) -> Result<Instance, RuntimeError> {
         let id = spec.id();
         let name = container_name(&id);
@@ -551,16 +510,12 @@ impl Runtime for DockerRuntime {
         if web {
             extra.push(("PORT", CONTAINER_PORT.to_string()));
         }
+        // Typed and validated when they were set (crate::limits).
         let memory = spec
-            .env
-            .get("CYGNI_MEMORY")
-            .map(|v| parse_memory(v))
-            .transpose()?;
-        let nano_cpus = spec
-            .env
-            .get("CYGNI_CPUS")
-            .map(|v| parse_cpus(v))
-            .transpose()?;
+            .limits
+            .memory_bytes
+            .map(|b| i64::try_from(b).unwrap_or(i64::MAX));
+        let nano_cpus = spec.limits.nano_cpus();
         let labels = HashMap::from([
             (LABEL_APP.to_owned(), spec.app.to_string()),
             (LABEL_RELEASE.to_owned(), spec.release.to_string()),
@@ -968,30 +923,6 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn memory_limits() {
-        assert_eq!(parse_memory("512m").unwrap(), 512 << 20);
-        assert_eq!(parse_memory("1G").unwrap(), 1 << 30);
-        assert_eq!(parse_memory("1gb").unwrap(), 1 << 30);
-        assert_eq!(parse_memory("10485760").unwrap(), 10 << 20);
-        for bad in ["", "m", "lots", "1m", "-5g", "99999999999999g"] {
-            assert!(parse_memory(bad).is_err(), "{bad:?}");
-        }
-        assert_eq!(
-            parse_memory("1m").unwrap_err().to_string(),
-            "CYGNI_MEMORY=\"1m\" is not a valid limit: the engine needs at least 6m"
-        );
-    }
-
-    #[test]
-    fn cpu_limits() {
-        assert_eq!(parse_cpus("0.5").unwrap(), 500_000_000);
-        assert_eq!(parse_cpus("2").unwrap(), 2_000_000_000);
-        for bad in ["", "0", "-1", "many", "NaN"] {
-            assert!(parse_cpus(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn engine_states() {

@@ -155,6 +155,9 @@ pub struct LocalRuntime {
     starting: tokio::sync::Mutex<()>,
     /// Started on first use, and ended when nothing runs (see `process`).
     spawner: Mutex<Weak<Spawner>>,
+    /// Crashes, as they happen: the converger takes the instance out of
+    /// the routes at once.
+    events: tokio::sync::broadcast::Sender<super::InstanceEvent>,
 }
 
 /// The runtime's handle on one supervised instance.
@@ -195,6 +198,7 @@ impl LocalRuntime {
             instances: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
             spawner: Mutex::new(Weak::new()),
+            events: tokio::sync::broadcast::channel(256).0,
         }
     }
 
@@ -304,6 +308,14 @@ impl Runtime for LocalRuntime {
         "local"
     }
 
+    fn artifact_kind(&self) -> super::ArtifactKind {
+        super::ArtifactKind::Slug
+    }
+
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<super::InstanceEvent>> {
+        Some(self.events.subscribe())
+    }
+
     async fn start(&self, spec: InstanceSpec) -> Result<Instance, RuntimeError> {
         let id = spec.id();
         let _one_at_a_time = self.starting.lock().await;
@@ -401,6 +413,7 @@ impl Runtime for LocalRuntime {
             default_grace: self.config.stop_grace,
             stop: stop_rx,
             done: done_tx,
+            events: self.events.clone(),
         };
         let pump = supervisor.pump(output);
         let span = tracing::info_span!("instance", %id);
@@ -627,6 +640,7 @@ struct Supervisor {
     default_grace: Duration,
     stop: watch::Receiver<Option<Duration>>,
     done: watch::Sender<bool>,
+    events: tokio::sync::broadcast::Sender<super::InstanceEvent>,
 }
 
 impl Supervisor {
@@ -656,6 +670,11 @@ impl Supervisor {
                 break;
             }
 
+            // Exited on its own: out of the routes now, not at the next
+            // reconcile. (No receiver is fine.)
+            let _ = self
+                .events
+                .send(super::InstanceEvent::Exited(self.shared.id.clone()));
             let exit = group.reap().await;
             drain(pump, INSTANCE_DRAIN).await;
             let mut why = exit.to_string();

@@ -1,26 +1,46 @@
-//! Runtimes: run instances of a release and report their endpoints.
+//! Runtimes: run a release's processes and report what runs.
 //!
 //! One trait, [`Runtime`], with a backend per way of running things:
-//! `local` (supervised processes) and `docker` (containers through the
-//! Docker engine). Kube implements the same trait.
+//! `local` (supervised processes, `local.rs`), `docker` (containers through
+//! the Docker engine, `docker.rs`) and `fake` (in memory, for the
+//! converger's tests). [`connect`] picks one; a new backend is one new file
+//! plus one arm there.
+//!
+//! ```text
+//!   ProcessSpec (a release's process type: command, env, artifact, check, limits)
+//!        │ .instance(i)                       │ (Readiness::Backend)
+//!        ▼                                    ▼
+//!   InstanceSpec ──► start / stop / list      apply(process, replicas): the backend
+//!   (local, docker: Cygni checks each one)    rolls it out and reports readiness
+//! ```
 //!
 //! The contract every backend keeps:
 //! - `start` is idempotent per [`InstanceId`]: starting an id that already
 //!   runs returns the running instance.
 //! - `stop` of an instance that is already gone is not an error.
-//! - what `list` reports is what actually runs, so that `reconcile` can
-//!   compare it with the desired state in SQLite.
-//! - the proxy never asks the runtime anything on its hot path: the deploy
-//!   pipeline copies endpoints into the routes snapshot.
+//! - what `list` reports is what actually runs, so that the converger can
+//!   compare it with the desired state in SQLite; after a daemon restart
+//!   `list` finds what still runs (labels, for docker) so it is adopted.
+//! - [`Instance::restarts`] only grows while an instance id lives: the
+//!   converger admits an incarnation, and a changed count means the
+//!   process it checked is gone.
+//! - the proxy never asks the runtime anything on its hot path: the
+//!   converger copies the endpoints of admitted instances into the routes.
+//! - errors are backend-neutral ([`RuntimeError`]); a backend says which
+//!   artifact it needs ([`Runtime::artifact_kind`]) instead of callers
+//!   comparing its name.
 
 pub mod docker;
+pub mod fake;
 pub mod local;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::build::Artifact;
+use crate::limits::Limits;
 use crate::names::{AppName, ProcessType};
 
 /// The stable name of one instance: `APP-vREL-PROCESS-INDEX`, e.g. `shop-v3-web-1`.
@@ -31,8 +51,13 @@ use crate::names::{AppName, ProcessType};
 pub struct InstanceId(pub String);
 
 impl InstanceId {
+    /// `APP-vREL-PROCESS-INDEX`, through [`crate::names::dns_label`]: a
+    /// valid DNS-1123 label of at most 63 characters, so the same id names
+    /// a process, a container or a Kubernetes object.
     pub fn new(app: &AppName, release: u32, process: &ProcessType, index: u32) -> InstanceId {
-        InstanceId(format!("{app}-v{release}-{process}-{index}"))
+        InstanceId(crate::names::dns_label(&format!(
+            "{app}-v{release}-{process}-{index}"
+        )))
     }
 }
 
@@ -42,14 +67,46 @@ impl std::fmt::Display for InstanceId {
     }
 }
 
-/// Everything a runtime needs to run one instance.
+/// How a new `web` instance proves it is up before it is admitted to the
+/// routes. Stored with the release, so restarts, scale-ups and config
+/// releases check what the deploy checked.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HealthCheck {
+    /// An HTTP path that must answer 2xx or 3xx; `None`: TCP on `$PORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// How long a new instance has to pass it, in seconds.
+    pub timeout_secs: u64,
+}
+
+impl HealthCheck {
+    pub fn tcp(timeout: Duration) -> HealthCheck {
+        HealthCheck {
+            path: None,
+            timeout_secs: timeout.as_secs().max(1),
+        }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs.max(1))
+    }
+
+    /// For progress lines: "accepting connections on $PORT".
+    pub fn describe(&self) -> String {
+        match &self.path {
+            None => "accepting connections on $PORT".to_owned(),
+            Some(path) => format!("answering GET {path}"),
+        }
+    }
+}
+
+/// One process type of one release: everything a backend needs to run
+/// any number of its instances. The one place instance specs come from.
 #[derive(Debug, Clone)]
-pub struct InstanceSpec {
+pub struct ProcessSpec {
     pub app: AppName,
     pub release: u32,
     pub process: ProcessType,
-    /// 1-based, as in `web.1`.
-    pub index: u32,
     /// The Procfile command line. It is the app owner's own command, so it
     /// runs through `/bin/sh -c` as on Heroku; Cygni never splices anything
     /// into it. `$PORT` and the env are passed as environment variables.
@@ -57,8 +114,42 @@ pub struct InstanceSpec {
     /// Procfile); only image builds produce that.
     pub command: String,
     /// The release's config vars (PORT is added by the runtime for `web`).
+    pub env: Arc<BTreeMap<String, String>>,
+    pub artifact: Artifact,
+    pub check: HealthCheck,
+    pub limits: Limits,
+}
+
+impl ProcessSpec {
+    /// Instance `index` (1-based, as in `web.1`) of this process type.
+    pub fn instance(&self, index: u32) -> InstanceSpec {
+        InstanceSpec {
+            app: self.app.clone(),
+            release: self.release,
+            process: self.process.clone(),
+            index,
+            command: self.command.clone(),
+            env: (*self.env).clone(),
+            artifact: self.artifact.clone(),
+            limits: self.limits,
+        }
+    }
+}
+
+/// Everything a runtime needs to run one instance. Made by
+/// [`ProcessSpec::instance`].
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub app: AppName,
+    pub release: u32,
+    pub process: ProcessType,
+    /// 1-based, as in `web.1`.
+    pub index: u32,
+    /// See [`ProcessSpec::command`].
+    pub command: String,
     pub env: BTreeMap<String, String>,
     pub artifact: Artifact,
+    pub limits: Limits,
 }
 
 impl InstanceSpec {
@@ -106,9 +197,39 @@ pub struct OneOffSpec {
     pub timeout: Duration,
 }
 
+/// What a backend builds on: the build stage makes this kind of artifact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArtifactKind {
+    /// A slug directory, run in place (`local`).
+    Slug,
+    /// An image reference (`docker`, `kube`).
+    Image,
+}
+
+/// Who decides that an instance is ready for traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Cygni health-checks each instance it starts (`local`, `docker`):
+    /// the converger plans start, check and admit per instance.
+    Cygni,
+    /// The backend applies a whole process type and reports which of its
+    /// instances are ready (`kube`: a Deployment and its readiness probe):
+    /// the converger plans [`Runtime::apply`] and admits what `list`
+    /// reports `Running`.
+    Backend,
+}
+
+/// Something the backend noticed without being asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceEvent {
+    /// The instance's process exited on its own (a crash): whatever was
+    /// admitted of it leaves the routes now, not at the next reconcile.
+    Exited(InstanceId),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("{runtime} runtime cannot run {what}")]
+    #[error("the {runtime} runtime cannot run {what}")]
     Unsupported { runtime: &'static str, what: String },
     #[error("could not start {id}: {source}")]
     Spawn {
@@ -126,9 +247,15 @@ pub enum RuntimeError {
     Timeout { what: String, secs: u64 },
     #[error("runtime i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// Boxed: bollard's errors are large, and this enum is returned often.
-    #[error(transparent)]
-    Docker(Box<docker::DockerError>),
+    /// A backend's own failure (the engine refused, the API server said
+    /// no). `message` is one line a user can act on.
+    #[error("{message}")]
+    Backend {
+        runtime: &'static str,
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
 }
 
 /// Output of a one-off command goes here, line by line as it comes.
@@ -155,8 +282,16 @@ pub struct PtySize {
 /// A way of running instances. See the module docs for the contract.
 #[async_trait::async_trait]
 pub trait Runtime: Send + Sync + 'static {
-    /// `local`, `docker` or `kube`.
+    /// `local`, `docker`, `kube` or `fake`.
     fn name(&self) -> &'static str;
+
+    /// The artifact the build stage must produce for this backend.
+    fn artifact_kind(&self) -> ArtifactKind;
+
+    /// Who checks readiness; see [`Readiness`].
+    fn readiness(&self) -> Readiness {
+        Readiness::Cygni
+    }
 
     /// Start one instance (idempotent per id) and return it. For `web`, the
     /// returned instance carries the endpoint the proxy should use.
@@ -168,6 +303,24 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// What runs now, for one app or for all.
     async fn list(&self, app: Option<&AppName>) -> Result<Vec<Instance>, RuntimeError>;
+
+    /// [`Readiness::Backend`] only: run `replicas` instances of `spec`
+    /// (0 removes them), replacing those of other releases of the same
+    /// process type, and return once the backend reports them ready or
+    /// the rollout failed (restoring what ran before).
+    async fn apply(&self, spec: &ProcessSpec, replicas: u32) -> Result<(), RuntimeError> {
+        let _ = (spec, replicas);
+        Err(RuntimeError::Unsupported {
+            runtime: self.name(),
+            what: "whole process types".into(),
+        })
+    }
+
+    /// Exits the backend notices on its own, as they happen; `None` when
+    /// it only reports them through `list`.
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<InstanceEvent>> {
+        None
+    }
 
     /// Run a one-off command to completion, streaming its combined output to
     /// `output`; returns its exit code (128+signal when killed).
@@ -194,4 +347,82 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<(), RuntimeError> {
         Ok(())
     }
+}
+
+/// Which backend `--runtime` asked for.
+pub use crate::config::RuntimeChoice;
+
+/// What [`connect`] needs to build any backend.
+pub struct ConnectOptions {
+    pub data_dir: std::path::PathBuf,
+    pub logs: Arc<crate::logs::LogStore>,
+    pub run_as: Option<local::RunAs>,
+}
+
+/// The backend [`connect`] picked.
+pub struct Connected {
+    pub runtime: Arc<dyn Runtime>,
+    /// The local runtime, when that is the one: its instances stop with
+    /// the daemon.
+    pub local: Option<Arc<local::LocalRuntime>>,
+    /// For the start-up banner: `docker (Docker 28.2.2, API 1.50)`.
+    pub description: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("the {0} runtime is not available in this build yet: use --runtime docker or --runtime local")]
+    Unavailable(&'static str),
+    #[error("--runtime docker: {0}; start the Docker engine, or use --runtime local")]
+    Docker(#[source] docker::DockerError),
+}
+
+/// Pick and connect the backend. `auto` probes kube (not in this build),
+/// then docker (the engine must answer within a few seconds), then local.
+pub async fn connect(
+    choice: RuntimeChoice,
+    options: ConnectOptions,
+) -> Result<Connected, ConnectError> {
+    let docker_config = docker::DockerConfig {
+        owner: options.data_dir.display().to_string(),
+    };
+    let docker = match choice {
+        RuntimeChoice::Kube => return Err(ConnectError::Unavailable("kube")),
+        RuntimeChoice::Docker => Some(
+            docker::DockerRuntime::connect(docker_config, options.logs.clone())
+                .await
+                .map_err(ConnectError::Docker)?,
+        ),
+        RuntimeChoice::Auto => {
+            match docker::DockerRuntime::connect(docker_config, options.logs.clone()).await {
+                Ok(docker) => Some(docker),
+                Err(e) => {
+                    tracing::info!(error = %e, "no Docker engine; using the local runtime");
+                    None
+                }
+            }
+        }
+        RuntimeChoice::Local => None,
+    };
+    Ok(match docker {
+        Some(docker) => Connected {
+            description: format!("docker ({})", docker.version()),
+            runtime: Arc::new(docker),
+            local: None,
+        },
+        None => {
+            let local = Arc::new(local::LocalRuntime::new(
+                local::LocalConfig {
+                    run_as: options.run_as,
+                    ..local::LocalConfig::default()
+                },
+                options.logs,
+            ));
+            Connected {
+                description: "local".to_owned(),
+                runtime: local.clone(),
+                local: Some(local),
+            }
+        }
+    })
 }

@@ -25,7 +25,7 @@ use tokio::sync::mpsc;
 
 use crate::git::{GitEnv, Repos};
 use crate::hook::PushRegistry;
-use crate::state::{self, keys::Role, Db};
+use crate::state::{self, Db};
 
 /// What the SSH side needs from the rest of the daemon.
 pub struct SshContext {
@@ -45,6 +45,8 @@ pub struct SshContext {
     /// Certificates: `certs`, `certs:renew`, and `notify()` after a change
     /// of hosts.
     pub acme: crate::acme::Acme,
+    /// The business rules every command goes through.
+    pub service: Arc<crate::service::Service>,
 }
 
 impl SshContext {
@@ -54,19 +56,9 @@ impl SshContext {
     }
 }
 
-/// Who is on the other end, decided once the key's signature is verified.
-#[derive(Debug, Clone)]
-pub struct Identity {
-    pub key_name: String,
-    pub fingerprint: String,
-    pub role: Role,
-}
-
-impl Identity {
-    pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin
-    }
-}
+/// Who is on the other end, decided once the key's signature is verified:
+/// the service layer's actor.
+pub type Identity = crate::service::Actor;
 
 /// One `exec` request in flight.
 pub(crate) struct Exec {
@@ -160,33 +152,15 @@ fn first_word(command: &str) -> &str {
     command.split_whitespace().next().unwrap_or("")
 }
 
-/// Look an app up as `identity` may see it: admins see every app, deployers
-/// only those granted to them. Anything else is "app not found", so that a
-/// deployer cannot even learn which apps exist.
+/// Look an app up as `identity` may see it (the service layer's rule):
+/// anything it may not see is "app not found".
 pub(crate) async fn visible_app(
     ctx: &SshContext,
     identity: &Identity,
     app: &crate::names::AppName,
 ) -> Result<state::apps::App, commands::CommandError> {
-    let name = app.clone();
-    let fingerprint = identity.fingerprint.clone();
-    let (found, key) = ctx
-        .db
-        .call(move |c| {
-            Ok((
-                state::apps::get(c, &name)?,
-                state::keys::by_fingerprint(c, &fingerprint)?,
-            ))
-        })
-        .await?;
-    // Re-read the key: a grant or the key itself may have changed since login.
-    let allowed = match key {
-        Some(k) if k.role == Role::Admin => true,
-        Some(k) => k.apps.contains(app),
-        None => false,
-    };
-    match found {
-        Some(a) if allowed => Ok(a),
-        _ => Err(commands::CommandError::AppNotFound(app.to_string())),
-    }
+    Ok(ctx
+        .service
+        .app(identity, app, crate::service::Access::Manage)
+        .await?)
 }

@@ -137,6 +137,10 @@ const MIGRATIONS: &[&str] = &[
         last_attempt_at INTEGER,
         updated_at INTEGER NOT NULL
     );",
+    // 5: a release carries its health check and resource limits, so
+    // restarts, scale-ups and config releases check what the deploy did.
+    "ALTER TABLE releases ADD COLUMN health TEXT;
+    ALTER TABLE releases ADD COLUMN limits TEXT;",
 ];
 
 /// A handle to the database, cheap to clone.

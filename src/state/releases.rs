@@ -11,7 +11,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{app_id, now, write_tx, StateError};
 use crate::build::Artifact;
+use crate::limits::Limits;
 use crate::names::{AppName, ProcessType};
+use crate::runtime::HealthCheck;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -38,18 +40,25 @@ impl Status {
         }
     }
 
-    fn parse(s: &str) -> Status {
-        match s {
+    /// The one string mapping back; a status this version does not know
+    /// is an error, never silently `failed`.
+    pub fn parse(s: &str) -> Result<Status, UnknownStatus> {
+        Ok(match s {
             "building" => Status::Building,
             "releasing" => Status::Releasing,
             "starting" => Status::Starting,
             "checking" => Status::Checking,
             "live" => Status::Live,
             "superseded" => Status::Superseded,
-            _ => Status::Failed,
-        }
+            "failed" => Status::Failed,
+            other => return Err(UnknownStatus(other.to_owned())),
+        })
     }
 }
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown release status {0:?}")]
+pub struct UnknownStatus(pub String);
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Release {
@@ -67,6 +76,13 @@ pub struct Release {
     pub env: BTreeMap<String, String>,
     /// Process type → command line.
     pub processes: BTreeMap<ProcessType, String>,
+    /// What admits a new `web` instance; `None` for releases recorded
+    /// before checks were stored (they get the TCP check).
+    #[serde(skip)]
+    pub check: Option<HealthCheck>,
+    /// Typed from `CYGNI_MEMORY` / `CYGNI_CPUS` when they were set.
+    #[serde(skip)]
+    pub limits: Limits,
     pub status: Status,
     pub failed_stage: Option<String>,
     pub error: Option<String>,
@@ -83,7 +99,8 @@ pub struct NewRelease<'a> {
 }
 
 const COLUMNS: &str = "releases.id, apps.name, version, sha, description, builder, artifact, env, \
-                       processes, status, failed_stage, error, releases.created_at, finished_at";
+                       processes, status, failed_stage, error, releases.created_at, finished_at, \
+                       health, limits";
 
 fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
     let conv = |i, e: Box<dyn std::error::Error + Send + Sync>| {
@@ -107,7 +124,18 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
             .map_err(|e| conv(6, Box::new(e)))?,
         env: serde_json::from_str(&env).map_err(|e| conv(7, Box::new(e)))?,
         processes: serde_json::from_str(&processes).map_err(|e| conv(8, Box::new(e)))?,
-        status: Status::parse(&status),
+        status: Status::parse(&status).map_err(|e| conv(9, Box::new(e)))?,
+        check: r
+            .get::<_, Option<String>>(14)?
+            .map(|h| serde_json::from_str(&h))
+            .transpose()
+            .map_err(|e| conv(14, Box::new(e)))?,
+        limits: r
+            .get::<_, Option<String>>(15)?
+            .map(|l| serde_json::from_str(&l))
+            .transpose()
+            .map_err(|e| conv(15, Box::new(e)))?
+            .unwrap_or_default(),
         failed_stage: r.get(10)?,
         error: r.get(11)?,
         created_at: r.get(12)?,
@@ -149,6 +177,8 @@ pub fn create(conn: &mut Connection, new: NewRelease<'_>) -> Result<Release, Sta
         artifact: None,
         env: BTreeMap::new(),
         processes: BTreeMap::new(),
+        check: None,
+        limits: Limits::default(),
         status: new.status,
         failed_stage: None,
         error: None,
@@ -168,10 +198,27 @@ pub fn set_snapshot(conn: &mut Connection, release: &Release) -> Result<(), Stat
     let env = serde_json::to_string(&release.env).map_err(|e| StateError::Task(e.to_string()))?;
     let processes =
         serde_json::to_string(&release.processes).map_err(|e| StateError::Task(e.to_string()))?;
+    let health = release
+        .check
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StateError::Task(e.to_string()))?;
+    let limits =
+        serde_json::to_string(&release.limits).map_err(|e| StateError::Task(e.to_string()))?;
     let tx = write_tx(conn)?;
     tx.execute(
-        "UPDATE releases SET builder = ?2, artifact = ?3, env = ?4, processes = ?5 WHERE id = ?1",
-        params![release.id, release.builder, artifact, env, processes],
+        "UPDATE releases SET builder = ?2, artifact = ?3, env = ?4, processes = ?5,
+         health = ?6, limits = ?7 WHERE id = ?1",
+        params![
+            release.id,
+            release.builder,
+            artifact,
+            env,
+            processes,
+            health,
+            limits
+        ],
     )?;
     tx.commit()?;
     Ok(())

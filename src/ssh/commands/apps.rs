@@ -1,6 +1,6 @@
 //! `apps`, `apps:create`, `apps:destroy`, `apps:info`.
 
-use super::{json, require_admin, time, CommandError};
+use super::{json, time, CommandError};
 use crate::names::AppName;
 use crate::ssh::{visible_app, Exec};
 use crate::state;
@@ -40,22 +40,9 @@ pub(super) async fn list(exec: &mut Exec, as_json: bool) -> Result<(), CommandEr
     Ok(())
 }
 
-pub(super) async fn create(exec: &mut Exec, app: String) -> Result<(), CommandError> {
+pub(super) async fn create(exec: &mut Exec, app: AppName) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    require_admin(exec, "create apps")?;
-    let app = AppName::parse(&app)?;
-    let name = app.clone();
-    ctx.db.call(move |c| state::apps::create(c, &name)).await?;
-    if let Err(e) = ctx.repos.create(&app) {
-        // Keep the database and the disk in step: no app without a repo.
-        let name = app.clone();
-        let _ = ctx.db.call(move |c| state::apps::delete(c, &name)).await;
-        return Err(e.into());
-    }
-    // Routed at once: the new host answers 503 until a deploy, not 404.
-    if let Err(e) = ctx.platform.publish_routes().await {
-        tracing::warn!(error = %e, "route update after create");
-    }
+    ctx.service.create_app(&exec.identity, &app).await?;
     exec.stdout(format!(
         "created {app}\ngit remote: ssh://cygni@HOST:PORT/{app}\nurl: {}\n",
         ctx.app_url(&app)
@@ -66,29 +53,19 @@ pub(super) async fn create(exec: &mut Exec, app: String) -> Result<(), CommandEr
 
 pub(super) async fn destroy(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     confirm: Option<String>,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    require_admin(exec, "destroy apps")?;
-    let app = AppName::parse(&app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
-    if confirm.as_deref() != Some(app.as_str()) {
-        return Err(CommandError::Invalid(format!(
-            "this destroys {app} and all its data: confirm with `apps:destroy {app} --confirm {app}`"
-        )));
-    }
-    ctx.platform
-        .destroy_app(&app)
-        .await
-        .map_err(|e| CommandError::Internal(e.message))?;
+    ctx.service
+        .destroy_app(&exec.identity, &app, confirm.as_deref())
+        .await?;
     exec.stdout(format!("destroyed {app}\n")).await;
     Ok(())
 }
 
-pub(super) async fn info(exec: &mut Exec, app: String, as_json: bool) -> Result<(), CommandError> {
+pub(super) async fn info(exec: &mut Exec, app: AppName, as_json: bool) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
     let record = visible_app(&ctx, &exec.identity, &app).await?;
     let a = app.clone();
     let (live, domains, stored) = ctx

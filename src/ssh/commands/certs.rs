@@ -35,13 +35,12 @@ pub(super) fn status(r: &CertRecord, now: i64) -> String {
 
 pub(super) async fn list(
     exec: &mut Exec,
-    app: Option<String>,
+    app: Option<AppName>,
     as_json: bool,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
     let app = match app {
         Some(a) => {
-            let a = AppName::parse(&a)?;
             visible_app(&ctx, &exec.identity, &a).await?;
             Some(a)
         }
@@ -112,9 +111,8 @@ pub(super) async fn list(
     Ok(())
 }
 
-pub(super) async fn renew(exec: &mut Exec, app: String) -> Result<(), CommandError> {
+pub(super) async fn renew(exec: &mut Exec, app: AppName) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
     visible_app(&ctx, &exec.identity, &app).await?;
     let hosts = ctx.acme.request_renewal(&app).await?;
     if hosts.is_empty() {
@@ -132,11 +130,10 @@ pub(super) async fn renew(exec: &mut Exec, app: String) -> Result<(), CommandErr
 
 pub(super) async fn redirect(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     mode: String,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
     visible_app(&ctx, &exec.identity, &app).await?;
     let on = match mode.as_str() {
         "on" => true,

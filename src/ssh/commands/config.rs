@@ -14,79 +14,22 @@ use super::{json, with_progress, CommandError};
 use crate::deploy::ops::Outcome;
 use crate::deploy::Progress;
 use crate::names::AppName;
-use crate::ssh::{visible_app, Exec};
-use crate::state;
+use crate::ssh::Exec;
 
-/// Largest value, and largest total per app.
-const MAX_VALUE: usize = 64 * 1024;
-const MAX_TOTAL: usize = 512 * 1024;
-/// Settings Cygni reads from the app's config; every other CYGNI_ name is reserved.
-const ALLOWED_CYGNI: &[&str] = &["CYGNI_BUILDER"];
-
-/// `[A-Za-z_][A-Za-z0-9_]*`, not reserved.
-pub fn check_name(name: &str) -> Result<(), CommandError> {
-    let b = name.as_bytes();
-    let shaped = !b.is_empty()
-        && b.len() <= 256
-        && (b[0].is_ascii_alphabetic() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'_');
-    if !shaped {
-        return Err(CommandError::Invalid(format!(
-            "invalid config var name {name:?}: use letters, digits and '_', not starting with a digit"
-        )));
-    }
-    if name == "PORT" || name == "DYNO" {
-        return Err(CommandError::Invalid(format!(
-            "{name} is set by Cygni for each instance and cannot be configured"
-        )));
-    }
-    if name.starts_with("CYGNI_") && !ALLOWED_CYGNI.contains(&name) {
-        return Err(CommandError::Invalid(format!(
-            "{name}: the CYGNI_ prefix is reserved (settable: {})",
-            ALLOWED_CYGNI.join(", ")
-        )));
-    }
-    Ok(())
-}
-
-fn check_value(name: &str, value: &[u8]) -> Result<String, CommandError> {
-    if value.len() > MAX_VALUE {
-        return Err(CommandError::Invalid(format!(
-            "the value of {name} is larger than {} KiB",
-            MAX_VALUE / 1024
-        )));
-    }
-    if value.contains(&0) {
-        return Err(CommandError::Invalid(format!(
-            "the value of {name} contains a NUL byte, which an environment variable cannot hold"
-        )));
-    }
-    String::from_utf8(value.to_vec()).map_err(|_| {
-        CommandError::Invalid(format!(
-            "the value of {name} is not UTF-8 text (encode binary data, e.g. as base64, in the app)"
-        ))
-    })
-}
+use crate::service::config::{check_name, check_value, MAX_VALUE};
 
 /// An app the caller may see, and its config vars.
 async fn app_vars(
     exec: &Exec,
-    app: &str,
+    app: &AppName,
 ) -> Result<(AppName, BTreeMap<String, String>), CommandError> {
-    let ctx = exec.ctx.clone();
-    let app = AppName::parse(app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
-    let a = app.clone();
-    let vars = ctx
-        .db
-        .call(move |c| state::config_vars::get_all(c, &a))
-        .await?;
-    Ok((app, vars))
+    let vars = exec.ctx.service.config_vars(&exec.identity, app).await?;
+    Ok((app.clone(), vars))
 }
 
 pub(super) async fn show(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     as_json: bool,
     reveal: bool,
 ) -> Result<(), CommandError> {
@@ -123,7 +66,7 @@ pub(super) async fn show(
 
 pub(super) async fn get(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     key: String,
     as_json: bool,
 ) -> Result<(), CommandError> {
@@ -144,23 +87,26 @@ pub(super) async fn get(
 
 pub(super) async fn set(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     pairs: Vec<String>,
     restart: bool,
     encoded: bool,
     stdin_key: Option<String>,
 ) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
-
+    // Who may change it comes first: a deployer without a grant learns
+    // nothing, not even which of its arguments are wrong.
+    exec.ctx
+        .service
+        .app(&exec.identity, &app, crate::service::Access::Manage)
+        .await?;
     // Validate everything before storing anything.
     let mut set = BTreeMap::new();
-    for pair in &pairs {
+    for (i, pair) in pairs.iter().enumerate() {
         let Some((name, value)) = pair.split_once('=') else {
+            // Never echoed: it may be a secret typed without its name.
             return Err(CommandError::Invalid(format!(
-                "expected KEY=VALUE, got an argument without '=' (for {})",
-                pair.chars().take(32).collect::<String>()
+                "argument {} is not KEY=VALUE",
+                i + 1
             )));
         };
         check_name(name)?;
@@ -188,39 +134,16 @@ pub(super) async fn set(
             "nothing to set: give KEY=VALUE pairs or --stdin KEY".into(),
         ));
     }
-    let a = app.clone();
-    let current = ctx
-        .db
-        .call(move |c| state::config_vars::get_all(c, &a))
-        .await?;
-    let mut total: usize = current
-        .iter()
-        .filter(|(k, _)| !set.contains_key(*k))
-        .map(|(k, v)| k.len() + v.len())
-        .sum();
-    total += set.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
-    if total > MAX_TOTAL {
-        return Err(CommandError::Invalid(format!(
-            "{app}'s config would exceed {} KiB in all",
-            MAX_TOTAL / 1024
-        )));
-    }
     let names: Vec<String> = set.keys().cloned().collect();
     apply(exec, &app, set, Vec::new(), restart, &names.join(", ")).await
 }
 
 pub(super) async fn unset(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     keys: Vec<String>,
     restart: bool,
 ) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
-    for k in &keys {
-        check_name(k)?;
-    }
     let names = keys.join(", ");
     apply(exec, &app, BTreeMap::new(), keys, restart, &names).await
 }
@@ -233,13 +156,14 @@ async fn apply(
     restart: bool,
     names: &str,
 ) -> Result<(), CommandError> {
-    let platform = exec.ctx.platform.clone();
+    let ctx = exec.ctx.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut progress = Progress::new(Some(tx));
     let outcome = with_progress(
         exec,
         rx,
-        platform.change_config(app, set, unset, restart, &mut progress),
+        ctx.service
+            .change_config(&exec.identity, app, set, unset, restart, &mut progress),
     )
     .await?;
     let text = match outcome {
@@ -248,42 +172,4 @@ async fn apply(
     };
     exec.stdout(text).await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names() {
-        for ok in ["A", "_x", "DATABASE_URL", "a1", "CYGNI_BUILDER"] {
-            assert!(check_name(ok).is_ok(), "{ok}");
-        }
-        for (bad, why) in [
-            ("1A", "invalid config var name"),
-            ("A-B", "invalid config var name"),
-            ("", "invalid config var name"),
-            ("A B", "invalid config var name"),
-            ("PORT", "set by Cygni"),
-            ("CYGNI_SECRET", "reserved"),
-        ] {
-            let e = check_name(bad).unwrap_err().to_string();
-            assert!(e.contains(why), "{bad:?}: {e}");
-            assert!(!bad.is_empty() || e.contains("\"\""));
-        }
-    }
-
-    #[test]
-    fn values() {
-        assert_eq!(
-            check_value("K", b"$(id) `x` a;b|c&d\n'\"").unwrap(),
-            "$(id) `x` a;b|c&d\n'\""
-        );
-        assert!(check_value("K", b"a\0b").is_err());
-        assert!(check_value("K", &[0xff, 0xfe]).is_err());
-        assert!(check_value("K", &vec![b'a'; MAX_VALUE + 1]).is_err());
-        // Errors never carry the value.
-        let e = check_value("K", b"secret\0").unwrap_err().to_string();
-        assert!(!e.contains("secret"));
-    }
 }

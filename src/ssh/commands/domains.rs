@@ -1,25 +1,20 @@
 //! `domains`, `domains:add`, `domains:remove`: custom hosts for an app.
 //!
 //! Hosts are normalized once ([`Hostname::parse`]: lowercase, IDNA to
-//! ASCII, no trailing dot or port) and routed as soon as they are added.
+//! ASCII, no trailing dot or port); the rules and the route update are the
+//! service layer's (`service/domains.rs`).
 
 use super::{json, CommandError};
 use crate::names::{AppName, Hostname};
-use crate::ssh::{visible_app, Exec};
-use crate::state;
+use crate::ssh::Exec;
 
-pub(super) async fn list(exec: &mut Exec, app: String, as_json: bool) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
-    let a = app.clone();
-    let custom = ctx.db.call(move |c| state::domains::list(c, &a)).await?;
-    let default = format!("{app}.{}", ctx.domain);
+pub(super) async fn list(exec: &mut Exec, app: AppName, as_json: bool) -> Result<(), CommandError> {
+    let d = exec.ctx.service.domains(&exec.identity, &app).await?;
     let text = if as_json {
-        json(&serde_json::json!({ "default": default, "custom": custom }))?
+        json(&d)?
     } else {
-        let mut s = format!("=== {app} domains\n{default} (default)\n");
-        for h in &custom {
+        let mut s = format!("=== {app} domains\n{} (default)\n", d.default);
+        for h in &d.custom {
             s.push_str(&format!("{h}\n"));
         }
         s
@@ -28,45 +23,35 @@ pub(super) async fn list(exec: &mut Exec, app: String, as_json: bool) -> Result<
     Ok(())
 }
 
-pub(super) async fn add(exec: &mut Exec, app: String, host: String) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
+pub(super) async fn add(exec: &mut Exec, app: AppName, host: String) -> Result<(), CommandError> {
+    // The app first: a deployer without a grant learns nothing of it.
+    exec.ctx
+        .service
+        .app(&exec.identity, &app, crate::service::Access::Manage)
+        .await?;
     let host = Hostname::parse(&host)?;
-    // NAME.DOMAIN is where app NAME lives (or will): never a custom domain.
-    if let Some(label) = host
-        .as_str()
-        .strip_suffix(&format!(".{}", ctx.domain))
-        .filter(|l| !l.contains('.'))
-    {
-        return Err(CommandError::Invalid(format!(
-            "{host} is reserved for the app named {label:?}: hosts like NAME.{} are apps' default hosts",
-            ctx.domain
-        )));
-    }
-    let (a, h) = (app.clone(), host.clone());
-    ctx.db.call(move |c| state::domains::add(c, &a, &h)).await?;
-    if let Err(e) = ctx.platform.publish_routes().await {
-        tracing::warn!(error = %e, "route update after domains:add");
-    }
-    ctx.acme.notify();
+    exec.ctx
+        .service
+        .add_domain(&exec.identity, &app, &host)
+        .await?;
     exec.stdout(format!("added {host} to {app}\n")).await;
     Ok(())
 }
 
-pub(super) async fn remove(exec: &mut Exec, app: String, host: String) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
-    let host = Hostname::parse(&host)?;
-    let (a, h) = (app.clone(), host.clone());
-    ctx.db
-        .call(move |c| state::domains::remove(c, &a, &h))
+pub(super) async fn remove(
+    exec: &mut Exec,
+    app: AppName,
+    host: String,
+) -> Result<(), CommandError> {
+    exec.ctx
+        .service
+        .app(&exec.identity, &app, crate::service::Access::Manage)
         .await?;
-    if let Err(e) = ctx.platform.publish_routes().await {
-        tracing::warn!(error = %e, "route update after domains:remove");
-    }
-    ctx.acme.notify();
+    let host = Hostname::parse(&host)?;
+    exec.ctx
+        .service
+        .remove_domain(&exec.identity, &app, &host)
+        .await?;
     exec.stdout(format!("removed {host} from {app}\n")).await;
     Ok(())
 }

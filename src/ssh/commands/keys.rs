@@ -87,25 +87,25 @@ pub(super) async fn remove(exec: &mut Exec, key: String) -> Result<(), CommandEr
     Ok(())
 }
 
-pub(super) async fn grant(exec: &mut Exec, name: String, app: String) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    require_admin(exec, "grant access")?;
-    let app = AppName::parse(&app)?;
-    let a = app.clone();
-    let n = name.clone();
-    ctx.db.call(move |c| state::keys::grant(c, &n, &a)).await?;
+pub(super) async fn grant(exec: &mut Exec, name: String, app: AppName) -> Result<(), CommandError> {
+    exec.ctx
+        .service
+        .set_grant(&exec.identity, &name, &app, true)
+        .await?;
     exec.stdout(format!("key {name} can now push to and manage {app}\n"))
         .await;
     Ok(())
 }
 
-pub(super) async fn revoke(exec: &mut Exec, name: String, app: String) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    require_admin(exec, "revoke access")?;
-    let app = AppName::parse(&app)?;
-    let a = app.clone();
-    let n = name.clone();
-    ctx.db.call(move |c| state::keys::revoke(c, &n, &a)).await?;
+pub(super) async fn revoke(
+    exec: &mut Exec,
+    name: String,
+    app: AppName,
+) -> Result<(), CommandError> {
+    exec.ctx
+        .service
+        .set_grant(&exec.identity, &name, &app, false)
+        .await?;
     exec.stdout(format!("key {name} no longer has access to {app}\n"))
         .await;
     Ok(())

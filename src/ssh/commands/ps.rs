@@ -11,8 +11,7 @@ use crate::runtime::{Attach, InstanceState, PtySize};
 use crate::ssh::{visible_app, Exec};
 use crate::state::{formation, releases};
 
-/// The most instances of one process type `ps:scale` accepts.
-const MAX_SCALE: u32 = 100;
+use crate::service::ps::MAX_SCALE;
 /// How long a one-off `run` may take.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
@@ -38,9 +37,8 @@ fn state_name(s: &InstanceState) -> &'static str {
     }
 }
 
-pub(super) async fn list(exec: &mut Exec, app: String, as_json: bool) -> Result<(), CommandError> {
+pub(super) async fn list(exec: &mut Exec, app: AppName, as_json: bool) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
     let record = visible_app(&ctx, &exec.identity, &app).await?;
     let a = app.clone();
     let (live, stored) = ctx
@@ -54,6 +52,12 @@ pub(super) async fn list(exec: &mut Exec, app: String, as_json: bool) -> Result<
         .await
         .map_err(|e| CommandError::Internal(e.to_string()))?;
     instances.sort_by(|a, b| (&a.process, a.index).cmp(&(&b.process, b.index)));
+    // Instances of other releases are being drained and stopped after a
+    // change that already returned: shown apart, as what is going away.
+    let live_version = live.as_ref().map(|r| r.version);
+    let (instances, draining): (Vec<_>, Vec<_>) = instances
+        .into_iter()
+        .partition(|i| Some(i.release) == live_version);
     let desired = live
         .as_ref()
         .map(|r| formation::desired(&stored, &r.processes))
@@ -74,11 +78,22 @@ pub(super) async fn list(exec: &mut Exec, app: String, as_json: bool) -> Result<
                 })
             })
             .collect();
+        let draining: Vec<_> = draining
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "name": format!("{}.{}", i.process, i.index),
+                    "process": i.process,
+                    "release": i.release,
+                })
+            })
+            .collect();
         json(&serde_json::json!({
             "app": app,
             "stopped": record.stopped,
             "formation": desired,
             "instances": rows,
+            "draining": draining,
         }))?
     } else {
         let mut s = format!("=== {app}");
@@ -104,6 +119,13 @@ pub(super) async fn list(exec: &mut Exec, app: String, as_json: bool) -> Result<
                 i.endpoint.map(|e| e.to_string()).unwrap_or_default()
             ));
         }
+        for i in &draining {
+            s.push_str(&format!(
+                "{:<12} draining  (v{}, replaced; stops once its requests finish)\n",
+                format!("{}.{}", i.process, i.index),
+                i.release
+            ));
+        }
         s
     };
     exec.stdout(text).await;
@@ -112,11 +134,10 @@ pub(super) async fn list(exec: &mut Exec, app: String, as_json: bool) -> Result<
 
 pub(super) async fn scale(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     pairs: Vec<String>,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
     visible_app(&ctx, &exec.identity, &app).await?;
     let mut changes = BTreeMap::new();
     for pair in &pairs {
@@ -124,21 +145,21 @@ pub(super) async fn scale(
             .split_once('=')
             .ok_or_else(|| CommandError::Invalid(format!("expected TYPE=COUNT, got {pair:?}")))?;
         let process = ProcessType::parse(p)?;
-        if process.as_str() == "release" {
-            return Err(CommandError::Invalid(
-                "release runs once per release and cannot be scaled".into(),
-            ));
-        }
-        let count: u32 = n.parse().ok().filter(|c| *c <= MAX_SCALE).ok_or_else(|| {
+        let count: u32 = n.parse().map_err(|_| {
             CommandError::Invalid(format!("{p}: count must be a number from 0 to {MAX_SCALE}"))
         })?;
         changes.insert(process, count);
     }
     let summary: Vec<String> = changes.iter().map(|(p, n)| format!("{p}={n}")).collect();
-    let platform = ctx.platform.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut progress = Progress::new(Some(tx));
-    with_progress(exec, rx, platform.scale(&app, changes, &mut progress)).await?;
+    with_progress(
+        exec,
+        rx,
+        ctx.service
+            .scale(&exec.identity, &app, changes, &mut progress),
+    )
+    .await?;
     exec.stdout(format!("scaled {app} to {}\n", summary.join(" ")))
         .await;
     Ok(())
@@ -146,20 +167,17 @@ pub(super) async fn scale(
 
 pub(super) async fn restart(
     exec: &mut Exec,
-    app: String,
-    process: Option<String>,
+    app: AppName,
+    process: Option<ProcessType>,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
-    let process = process.map(|p| ProcessType::parse(&p)).transpose()?;
-    let platform = ctx.platform.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut progress = Progress::new(Some(tx));
     let n = with_progress(
         exec,
         rx,
-        platform.restart(&app, process.as_ref(), &mut progress),
+        ctx.service
+            .restart(&exec.identity, &app, process.as_ref(), &mut progress),
     )
     .await?;
     exec.stdout(format!("restarted {n} instance(s) of {app}\n"))
@@ -169,16 +187,19 @@ pub(super) async fn restart(
 
 pub(super) async fn stop_start(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     stop: bool,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
-    visible_app(&ctx, &exec.identity, &app).await?;
-    let platform = ctx.platform.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut progress = Progress::new(Some(tx));
-    with_progress(exec, rx, platform.set_stopped(&app, stop, &mut progress)).await?;
+    with_progress(
+        exec,
+        rx,
+        ctx.service
+            .set_stopped(&exec.identity, &app, stop, &mut progress),
+    )
+    .await?;
     let verb = if stop { "stopped" } else { "started" };
     exec.stdout(format!("{verb} {app}\n")).await;
     Ok(())
@@ -189,11 +210,10 @@ pub(super) async fn stop_start(
 /// [`Exec::exit_override`]). With `ssh -t` it runs on a pseudo-terminal.
 pub(super) async fn run(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     command: Vec<String>,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
     visible_app(&ctx, &exec.identity, &app).await?;
     let platform = ctx.platform.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);

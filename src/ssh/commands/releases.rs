@@ -8,12 +8,11 @@ use crate::state::{self, releases};
 
 pub(super) async fn list(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     as_json: bool,
     num: u32,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
     visible_app(&ctx, &exec.identity, &app).await?;
     let a = app.clone();
     let list = ctx
@@ -56,14 +55,13 @@ pub(super) async fn list(
 
 pub(super) async fn logs(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     num: usize,
     process: Option<String>,
     build: Option<String>,
     follow: bool,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
     visible_app(&ctx, &exec.identity, &app).await?;
     let logs = ctx.platform.logs.clone();
     if let Some(v) = build {
@@ -117,17 +115,21 @@ pub(super) async fn logs(
 
 pub(super) async fn rollback(
     exec: &mut Exec,
-    app: String,
+    app: AppName,
     version: Option<String>,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = AppName::parse(&app)?;
     visible_app(&ctx, &exec.identity, &app).await?;
     let version = version.as_deref().map(parse_version).transpose()?;
-    let platform = ctx.platform.clone();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let mut progress = Progress::new(Some(tx));
-    let v = with_progress(exec, rx, platform.rollback(&app, version, &mut progress)).await?;
+    let v = with_progress(
+        exec,
+        rx,
+        ctx.service
+            .rollback(&exec.identity, &app, version, &mut progress),
+    )
+    .await?;
     exec.stdout(format!("rolled {app} back: released v{v}\n"))
         .await;
     Ok(())
