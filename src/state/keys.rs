@@ -24,6 +24,11 @@ impl Role {
         }
     }
 
+    /// For the command line: `admin` or `deployer`, as a one-line error.
+    pub fn from_arg(s: &str) -> Result<Role, String> {
+        Role::parse(s).ok_or_else(|| format!("{s:?} is not a role: use admin or deployer"))
+    }
+
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "admin" => Some(Role::Admin),
@@ -62,7 +67,14 @@ fn row_to_key(r: &rusqlite::Row<'_>) -> rusqlite::Result<Key> {
         name: r.get(1)?,
         fingerprint: r.get(2)?,
         public_key: r.get(3)?,
-        role: Role::parse(&role).unwrap_or(Role::Deployer),
+        // A role this version does not know is an error, never a guess.
+        role: Role::parse(&role).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                format!("unknown key role {role:?}").into(),
+            )
+        })?,
         created_at: r.get(5)?,
         apps: Vec::new(),
     })

@@ -388,4 +388,23 @@ mod tests {
         })
         .unwrap();
     }
+
+    #[test]
+    fn statuses_round_trip_and_unknown_ones_are_errors() {
+        for st in [
+            Status::Building,
+            Status::Releasing,
+            Status::Starting,
+            Status::Checking,
+            Status::Live,
+            Status::Superseded,
+            Status::Failed,
+        ] {
+            assert_eq!(Status::parse(st.as_str()), Ok(st));
+        }
+        assert_eq!(
+            Status::parse("exploded").unwrap_err().to_string(),
+            "unknown release status \"exploded\""
+        );
+    }
 }

@@ -131,19 +131,10 @@ pub(super) async fn renew(exec: &mut Exec, app: AppName) -> Result<(), CommandEr
 pub(super) async fn redirect(
     exec: &mut Exec,
     app: AppName,
-    mode: String,
+    on: bool,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
     visible_app(&ctx, &exec.identity, &app).await?;
-    let on = match mode.as_str() {
-        "on" => true,
-        "off" => false,
-        _ => {
-            return Err(CommandError::Usage(format!(
-                "expected on or off, got {mode:?}"
-            )))
-        }
-    };
     let a = app.clone();
     ctx.db
         .call(move |c| state::certs::set_redirect(c, &a, on))

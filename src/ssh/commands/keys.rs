@@ -39,11 +39,10 @@ pub(super) async fn list(exec: &mut Exec, as_json: bool) -> Result<(), CommandEr
     Ok(())
 }
 
-pub(super) async fn add(exec: &mut Exec, name: String, role: String) -> Result<(), CommandError> {
+pub(super) async fn add(exec: &mut Exec, name: String, role: Role) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
     require_admin(exec, "add keys")?;
     let name = KeyName::parse(&name)?;
-    let role = Role::parse(&role).unwrap_or(Role::Deployer);
     let input = exec.read_stdin(16 * 1024).await?;
     let text = String::from_utf8(input)
         .map_err(|_| CommandError::Invalid("the key on stdin is not UTF-8 text".into()))?;
@@ -52,20 +51,8 @@ pub(super) async fn add(exec: &mut Exec, name: String, role: String) -> Result<(
     let public = key
         .to_openssh()
         .map_err(|e| CommandError::Internal(e.to_string()))?;
-    let fp = fingerprint.clone();
-    let n = name.clone();
-    ctx.db
-        .call(move |c| {
-            state::keys::add(
-                c,
-                state::keys::NewKey {
-                    name: &n,
-                    fingerprint: &fp,
-                    public_key: &public,
-                    role,
-                },
-            )
-        })
+    ctx.service
+        .add_key(&exec.identity, &name, role, &fingerprint, &public)
         .await?;
     exec.stdout(format!(
         "added key {name} ({}) {fingerprint}\n",
@@ -76,9 +63,7 @@ pub(super) async fn add(exec: &mut Exec, name: String, role: String) -> Result<(
 }
 
 pub(super) async fn remove(exec: &mut Exec, key: String) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    require_admin(exec, "remove keys")?;
-    let removed = ctx.db.call(move |c| state::keys::remove(c, &key)).await?;
+    let removed = exec.ctx.service.remove_key(&exec.identity, &key).await?;
     exec.stdout(format!(
         "removed key {} {}\n",
         removed.name, removed.fingerprint

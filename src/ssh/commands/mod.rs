@@ -248,8 +248,8 @@ enum Cmd {
     #[command(name = "keys:add")]
     KeysAdd {
         name: String,
-        #[arg(long, default_value = "deployer", value_parser = ["admin", "deployer"])]
-        role: String,
+        #[arg(long, default_value = "deployer", value_parser = state::keys::Role::from_arg)]
+        role: state::keys::Role,
     },
     /// Remove an SSH key by name or fingerprint
     #[command(name = "keys:remove")]
@@ -278,8 +278,8 @@ enum Cmd {
     #[command(name = "certs:redirect")]
     CertsRedirect {
         app: AppName,
-        #[arg(value_parser = ["on", "off"])]
-        mode: String,
+        #[arg(value_name = "on|off", value_parser = on_off)]
+        on: bool,
     },
 }
 
@@ -305,7 +305,7 @@ pub fn lines_naming_an_app(app: &str) -> Vec<Vec<String>> {
                 "name" => "somekey",
                 "command" => "true",
                 "version" => "v1",
-                "mode" => "on",
+                "on" => "on",
                 "process" => "web",
                 _ if !arg.is_required_set() => continue,
                 other => other,
@@ -315,6 +315,14 @@ pub fn lines_naming_an_app(app: &str) -> Vec<Vec<String>> {
         lines.push(line);
     }
     lines
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(format!("expected on or off, got {other:?}")),
+    }
 }
 
 /// Parse words into a command. `Ok(Err(text))` is help text to print on
@@ -505,7 +513,7 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
         Cmd::KeysRevoke { name, app } => keys::revoke(exec, name, app).await?,
         Cmd::Certs { app, json: as_json } => certs::list(exec, app, as_json).await?,
         Cmd::CertsRenew { app } => certs::renew(exec, app).await?,
-        Cmd::CertsRedirect { app, mode } => certs::redirect(exec, app, mode).await?,
+        Cmd::CertsRedirect { app, on } => certs::redirect(exec, app, on).await?,
     }
     Ok(())
 }
