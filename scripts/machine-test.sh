@@ -34,11 +34,14 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 SUITE=bookworm
 MIRROR=${CYGNI_MACHINE_MIRROR:-http://deb.debian.org/debian}
-# systemd as init, what the test drives the machine with, and the
-# installer's PACKAGES (installer/install.sh), so it needs no mirror.
-ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,iproute2,procps,curl,ca-certificates,git,openssh-client,python3,python3-venv,nodejs,npm
+# debootstrap lays down systemd as init and what the test drives the
+# machine with; apt then adds the installer's PACKAGES (installer/install.sh)
+# so that the installer needs no mirror (apt's resolver copes with npm's
+# tree, debootstrap's does not).
+ROOTFS_PACKAGES=systemd,systemd-sysv,dbus,iproute2,procps,curl,ca-certificates
+ROOTFS_APT_PACKAGES="git openssh-client python3 python3-venv nodejs npm"
 # Bump the number to rebuild every cached rootfs.
-ROOTFS_KEY="$SUITE-1-$(printf '%s %s' "$ROOTFS_PACKAGES" "$MIRROR" | sha256sum | cut -c1-12)"
+ROOTFS_KEY="$SUITE-1-$(printf '%s %s %s' "$ROOTFS_PACKAGES" "$ROOTFS_APT_PACKAGES" "$MIRROR" | sha256sum | cut -c1-12)"
 CACHE=${CYGNI_MACHINE_CACHE:-/var/cache/cygni-machine-test}
 
 NS_M=cygni-mt-machine
@@ -52,7 +55,7 @@ BASE="http://$IP_C:$HTTP_PORT"
 APP=procfile-app
 # The README's figure for `systemctl restart cygni` on the local runtime:
 # the check fails if the app is down longer than this.
-RESTART_DOWN_MAX_S=15
+RESTART_DOWN_MAX_S=5
 
 start_ts=$(date +%s.%N)
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
@@ -117,15 +120,26 @@ build_rootfs() {
     mkdir -p "$CACHE"
     rm -rf "$tmp"
     log "building the $SUITE rootfs ($ROOTFS_KEY) with debootstrap from $MIRROR (one-time, a few minutes)"
-    if ! timeout 1500 debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" \
+    if ! timeout 1200 debootstrap --variant=minbase --include="$ROOTFS_PACKAGES" \
         "$SUITE" "$tmp" "$MIRROR" > "$CACHE/debootstrap.log" 2>&1; then
         tail -n 20 "$CACHE/debootstrap.log"
+        cp "$tmp/debootstrap/debootstrap.log" "$CACHE/debootstrap-inner.log" 2>/dev/null || true
         rm -rf "$tmp"
         if grep -qiE 'Failed getting release file|Couldn.t download|Temporary failure resolving|Could not resolve' \
             "$CACHE/debootstrap.log"; then
             skip "debootstrap cannot reach $MIRROR"
         fi
-        die "debootstrap failed (log above, full log in $CACHE/debootstrap.log)"
+        die "debootstrap failed (log above; $CACHE/debootstrap.log, $CACHE/debootstrap-inner.log)"
+    fi
+    log "debootstrap done in $(elapsed "$t0")s; apt-get install $ROOTFS_APT_PACKAGES"
+    # shellcheck disable=SC2086 # a list of package names
+    if ! timeout 900 systemd-nspawn --quiet --register=no --keep-unit --link-journal=no \
+        --directory="$tmp" --setenv=DEBIAN_FRONTEND=noninteractive /bin/sh -c \
+        'apt-get update -qq && apt-get install -y -qq --no-install-recommends "$@"' sh \
+        $ROOTFS_APT_PACKAGES > "$CACHE/apt.log" 2>&1 < /dev/null; then
+        tail -n 20 "$CACHE/apt.log"
+        rm -rf "$tmp"
+        die "apt-get install in the rootfs failed (log above, $CACHE/apt.log)"
     fi
     # No network in the machine: nothing should try to reach a mirror.
     chroot "$tmp" apt-get clean
@@ -188,7 +202,13 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-log "packaging $binary with scripts/release.sh"
+# A debug build carries ~270 MB of debug info: packaging and downloading
+# that is most of what the test would wait for, and nothing it checks.
+if command -v strip >/dev/null; then
+    strip --strip-debug -o "$work/cygni" "$binary"
+    binary="$work/cygni"
+fi
+log "packaging $binary ($(( $(stat -c %s "$binary") / 1048576 )) MiB) with scripts/release.sh"
 "$here/scripts/release.sh" --binary "$binary" --out "$work/dist" > "$work/release.log" 2>&1 ||
     { cat "$work/release.log"; die "release.sh failed"; }
 
@@ -238,21 +258,29 @@ start_machine() {
         --link-journal=no --resolv-conf=off --timezone=off \
         < /dev/null > "$work/console-$boots.log" 2>&1 &
     nspawn_pid=$!
-    # nspawn → its namespace child → the machine's systemd.
+    # The machine's systemd is nspawn's child (or grandchild).
     for _ in $(seq 1 100); do
-        local mid
-        mid=$(pgrep -P "$nspawn_pid" 2>/dev/null | head -n 1) || true
-        if [ -n "$mid" ]; then
-            init=$(pgrep -P "$mid" 2>/dev/null | head -n 1) || true
-            [ -n "$init" ] && [ "$(cat "/proc/$init/comm" 2>/dev/null)" = systemd ] && break
-            init=""
-        fi
+        local p
+        for p in $(pgrep -P "$nspawn_pid" 2>/dev/null) $(pgrep -P "$(pgrep -P "$nspawn_pid" 2>/dev/null | head -n 1)" 2>/dev/null); do
+            if [ "$(cat "/proc/$p/comm" 2>/dev/null)" = systemd ]; then
+                init=$p
+                break
+            fi
+        done
+        [ -z "$init" ] || break
         kill -0 "$nspawn_pid" 2>/dev/null || break
         sleep 0.1
     done
     [ -n "$init" ] || { tail -n 30 "$work/console-$boots.log"; die "the machine did not start"; }
     machine_init=$init
-    state=$(in_machine timeout 90 systemctl is-system-running --wait 2>/dev/null) || true
+    # Until its manager's socket exists, systemctl cannot even ask.
+    local t_end=$(( $(date +%s) + 90 ))
+    while [ "$(date +%s)" -lt "$t_end" ]; do
+        state=$(in_machine timeout 90 systemctl is-system-running --wait 2>/dev/null) || true
+        case "$state" in running|degraded) break ;; esac
+        kill -0 "$nspawn_pid" 2>/dev/null || break
+        sleep 0.5
+    done
     case "$state" in
         running) ;;
         degraded)
@@ -381,45 +409,70 @@ else
 fi
 
 # 3. systemctl restart cygni, with a client requesting every 50 ms
-probe_log="$work/probe.log"
-: > "$probe_log"
-(
-    end=$(( $(date +%s) + 90 ))
-    while [ "$(date +%s)" -lt "$end" ] && [ ! -e "$work/probe.stop" ]; do
-        code=$(client curl -s -o /dev/null -w '%{http_code}' --max-time 1 \
-            -H "Host: $APP.localhost" "http://$IP_M/" 2>/dev/null) || true
-        echo "$(date +%s.%N) ${code:-000}" >> "$probe_log"
-        sleep 0.05
-    done
-) &
-prober_pid=$!
-sleep 2
-before=$(unit_state)
-t_restart=$(date +%s.%N)
-in_machine systemctl restart cygni.service
-restart_cmd_s=$(elapsed "$t_restart")
-if wait_for 60 app_serves; then
-    back_s=$(elapsed "$t_restart")
-else
+RESTARTS=3
+# Sets total bad down_s proxy_s codes back_s from one measured restart.
+measure_restart() {
+    local probe_log="$work/probe-$1.log" t_restart before after
+    : > "$probe_log"
+    rm -f "$work/probe.stop"
+    (
+        end=$(( $(date +%s) + 90 ))
+        while [ "$(date +%s)" -lt "$end" ] && [ ! -e "$work/probe.stop" ]; do
+            code=$(client curl -s -o /dev/null -w '%{http_code}' --max-time 1 \
+                -H "Host: $APP.localhost" "http://$IP_M/" 2>/dev/null) || true
+            echo "$(date +%s.%N) ${code:-000}" >> "$probe_log"
+            sleep 0.05
+        done
+    ) &
+    prober_pid=$!
+    sleep 2
+    before=$(unit_state)
+    app_pid_before=$(in_machine pgrep -u cygni-app -f http.server | head -n 1) || true
+    t_restart=$(date +%s.%N)
+    in_machine systemctl restart cygni.service
+    restart_cmd_s=$(elapsed "$t_restart")
     back_s=""
-fi
-sleep 2
-touch "$work/probe.stop"
-wait "$prober_pid" 2>/dev/null || true
-prober_pid=""
-after=$(unit_state)
-read -r total bad down_s <<< "$(awk '
-    { n++ } $2 != "200" { b++; if (!first) first = $1; last = $1 }
-    END { printf "%d %d %.1f\n", n, b, (b ? last - first + 0.05 : 0) }' "$probe_log")"
-log "restart: systemctl restart took ${restart_cmd_s}s; $bad of $total requests failed; app down ${down_s}s; serving again ${back_s:-never}s after the restart began"
-if [ "$before" = "$after" ]; then
-    fail "restart: the unit did not restart"
-elif [ -z "$back_s" ]; then
-    fail "restart: the app did not serve again within 60 s"
-elif awk -v d="$down_s" -v m="$RESTART_DOWN_MAX_S" 'BEGIN { exit !(d <= m) }'; then
-    ok "restart: as the README says, the local app is down across systemctl restart: ${down_s}s ($bad of $total requests failed), then serves with no push"
-else
-    fail "restart: the app was down ${down_s}s, more than the README's ${RESTART_DOWN_MAX_S}s"
+    if wait_for 60 app_serves; then
+        back_s=$(elapsed "$t_restart")
+    fi
+    sleep 2
+    touch "$work/probe.stop"
+    wait "$prober_pid" 2>/dev/null || true
+    prober_pid=""
+    after=$(unit_state)
+    app_pid_after=$(in_machine pgrep -u cygni-app -f http.server | head -n 1) || true
+    restarted=yes
+    [ "$before" != "$after" ] || restarted=""
+    # Down: from the first failed request to the last. Of that, the proxy
+    # itself was gone (connection refused: 000) for proxy_s; the rest is
+    # the new daemon up but the app not yet started, checked and routed.
+    read -r total bad down_s proxy_s codes <<< "$(awk '
+        { n++ }
+        $2 != "200" { b++; if (!first) first = $1; last = $1; seen[$2]++ }
+        $2 == "000" { if (!pf) pf = $1; pl = $1 }
+        END {
+            c = ""; for (k in seen) c = c k "x" seen[k] ","
+            printf "%d %d %.1f %.1f %s\n", n, b, (b ? last - first + 0.05 : 0), (pf ? pl - pf + 0.05 : 0), (c == "" ? "-" : c)
+        }' "$probe_log")"
+    log "restart $1: systemctl restart returned in ${restart_cmd_s}s; $bad of $total requests failed (HTTP code x count: ${codes%,}); app down ${down_s}s, of which nothing listened on :80 for ${proxy_s}s; serving again ${back_s:-never}s after the restart began; app pid ${app_pid_before:-?} -> ${app_pid_after:-?}"
+}
+worst_down=0
+restart_ok=yes
+for n in $(seq 1 "$RESTARTS"); do
+    measure_restart "$n"
+    if [ -z "$restarted" ]; then
+        fail "restart $n: the unit did not restart"; restart_ok=""
+    elif [ -z "$back_s" ]; then
+        fail "restart $n: the app did not serve again within 60 s"; restart_ok=""
+    fi
+    worst_down=$(awk -v a="$worst_down" -v b="$down_s" 'BEGIN { print (b > a ? b : a) }')
+done
+if [ -n "$restart_ok" ]; then
+    if awk -v d="$worst_down" -v m="$RESTART_DOWN_MAX_S" 'BEGIN { exit !(d <= m) }'; then
+        ok "restart: as the README says, a local app is down across systemctl restart, then serves with no push: at most ${worst_down}s over $RESTARTS restarts (README: under ${RESTART_DOWN_MAX_S}s)"
+    else
+        fail "restart: the app was down ${worst_down}s, more than the README's ${RESTART_DOWN_MAX_S}s"
+    fi
 fi
 
 # 4. reboot
@@ -487,7 +540,7 @@ echo
 echo "machine-test summary:"
 echo "  rootfs:        ${rootfs_build_s:+built in ${rootfs_build_s}s}${rootfs_build_s:-cached}"
 echo "  install time:  ${install_s:-n/a}s (curl | sh to a daemon answering SSH; goal < 60 s)"
-echo "  restart:       local app down ${down_s:-n/a}s across systemctl restart"
+echo "  restart:       local app down at most ${worst_down:-n/a}s across $RESTARTS x systemctl restart"
 echo "  idle RSS:      $((rss_kb / 1024)) MiB"
 echo "  whole test:    $(elapsed "$start_ts")s"
 echo "machine-test: $passed passed, $failed failed"

@@ -133,7 +133,7 @@ main() {
 
     echo "-----> Writing $out/$name.tar.gz"
     tar -C "$stage" --sort=name --owner=0 --group=0 --numeric-owner \
-        --mtime="@$epoch" -cf - "$name" | gzip -n -9 > "$out/$name.tar.gz.tmp"
+        --mtime="@$epoch" -cf - "$name" | gzip -n > "$out/$name.tar.gz.tmp"
     mv "$out/$name.tar.gz.tmp" "$out/$name.tar.gz"
     cp "$root/installer/install.sh" "$out/install.sh"
     chmod 0644 "$out/install.sh" "$out/$name.tar.gz"
