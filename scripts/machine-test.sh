@@ -51,7 +51,9 @@ IF_C=cygmt-c
 IP_M=10.231.77.2
 IP_C=10.231.77.1
 HTTP_PORT=8000
-BASE="http://$IP_C:$HTTP_PORT"
+BASE="http://$IP_C:$HTTP_PORT/dist"
+# The same release with its tarball tampered with, SHA256SUMS unchanged.
+BAD_BASE="http://$IP_C:$HTTP_PORT/tampered"
 APP=procfile-app
 # The README's figure for `systemctl restart cygni` on the local runtime:
 # the check fails if the app is down longer than this.
@@ -209,8 +211,10 @@ if command -v strip >/dev/null; then
     binary="$work/cygni"
 fi
 log "packaging $binary ($(( $(stat -c %s "$binary") / 1048576 )) MiB) with scripts/release.sh"
-"$here/scripts/release.sh" --binary "$binary" --out "$work/dist" > "$work/release.log" 2>&1 ||
+"$here/scripts/release.sh" --binary "$binary" --out "$work/www/dist" > "$work/release.log" 2>&1 ||
     { cat "$work/release.log"; die "release.sh failed"; }
+cp -R "$work/www/dist" "$work/www/tampered"
+printf 'x' >> "$work/www/tampered/cygni-linux-x86_64.tar.gz"
 
 # ------------------------------------------------------------ network
 
@@ -226,7 +230,7 @@ ip -n "$NS_C" link set "$IF_C" up
 ip -n "$NS_M" link set "$IF_M" up
 client() { ip netns exec "$NS_C" "$@"; }
 
-client python3 -m http.server "$HTTP_PORT" --bind "$IP_C" --directory "$work/dist" \
+client python3 -m http.server "$HTTP_PORT" --bind "$IP_C" --directory "$work/www" \
     > "$work/http.log" 2>&1 &
 http_pid=$!
 for _ in $(seq 1 50); do
@@ -338,11 +342,35 @@ unit_state() {
 }
 # The one-line installer, exactly as the README gives it (as root, so
 # without sudo). $BASE is passed as an argument, never spliced.
-one_liner() {
+one_liner() { one_liner_from "$BASE" "$@"; }
+one_liner_from() {
     # shellcheck disable=SC2016 # expanded by the machine's sh
     in_machine sh -c 'base=$1; shift; curl -fsSL "$base/install.sh" | sh -s -- --release-url "$base" "$@"' \
-        sh "$BASE" "$@"
+        sh "$@"
 }
+
+# What an installer that stopped before changing anything leaves: nothing.
+installed_anything() {
+    # shellcheck disable=SC2016 # expanded by the machine's sh
+    in_machine sh -c 'for f in /usr/local/bin/cygni /etc/systemd/system/cygni.service /etc/cygni /usr/share/cygni /var/lib/cygni; do [ ! -e "$f" ] || echo "$f"; done; ! id cygni-app >/dev/null 2>&1 || echo "user cygni-app"'
+}
+
+# 0. pre-flight: a tampered download and a busy port stop it before any change
+if ! one_liner_from "$BAD_BASE" > "$work/install-tampered.log" 2>&1 &&
+    grep -q "sha256 mismatch" "$work/install-tampered.log" && [ -z "$(installed_anything)" ]; then
+    ok "pre-flight: a tampered tarball is refused (sha256 mismatch) and nothing is installed"
+else
+    fail "pre-flight: tampered tarball: $(tail -n 3 "$work/install-tampered.log") / left: $(installed_anything)"
+fi
+in_machine systemd-run --quiet --unit=porthog python3 -m http.server 443
+wait_for 10 in_machine sh -c 'grep -q ":01BB 00000000:0000 0A" /proc/net/tcp /proc/net/tcp6'
+if ! one_liner > "$work/install-busy.log" 2>&1 &&
+    grep -q "port 443 is in use by python3" "$work/install-busy.log" && [ -z "$(installed_anything)" ]; then
+    ok "pre-flight: port 443 in use is refused, naming the program, and nothing is installed"
+else
+    fail "pre-flight: busy port: $(tail -n 3 "$work/install-busy.log") / left: $(installed_anything)"
+fi
+in_machine systemctl stop porthog.service
 
 # 1. install
 log "running: curl -fsSL $BASE/install.sh | sh -s -- --release-url $BASE"
