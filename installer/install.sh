@@ -281,9 +281,10 @@ install_file() {
         [ "$(stat -c %a "$2")" = "$(printf '%s' "$3" | sed 's/^0*//')" ]; then
         return 1
     fi
-    mkdir -p "$(dirname "$2")"
-    install -m "$3" "$1" "$2.cygni-new"
-    mv -f "$2.cygni-new" "$2"
+    # Called as a condition, where set -e does not apply: every step checks.
+    mkdir -p "$(dirname "$2")" || die "cannot create $(dirname "$2")"
+    install -m "$3" "$1" "$2.cygni-new" || die "cannot write $2"
+    mv -f "$2.cygni-new" "$2" || die "cannot write $2"
     return 0
 }
 
@@ -292,12 +293,12 @@ install_tree() {
     if [ -d "$2" ] && diff -r -q "$1" "$2" >/dev/null 2>&1; then
         return 1
     fi
-    mkdir -p "$(dirname "$2")"
-    rm -rf "$2.cygni-new" "$2.cygni-old"
-    cp -R "$1" "$2.cygni-new"
-    chmod -R u+rwX,go+rX,go-w "$2.cygni-new"
-    [ ! -e "$2" ] || mv "$2" "$2.cygni-old"
-    mv "$2.cygni-new" "$2"
+    mkdir -p "$(dirname "$2")" || die "cannot create $(dirname "$2")"
+    rm -rf "$2.cygni-new" "$2.cygni-old" || die "cannot clear $2.cygni-new"
+    cp -R "$1" "$2.cygni-new" || die "cannot copy $1 to $2.cygni-new"
+    chmod -R u+rwX,go+rX,go-w "$2.cygni-new" || die "cannot chmod $2.cygni-new"
+    if [ -e "$2" ]; then mv "$2" "$2.cygni-old" || die "cannot move $2 aside"; fi
+    mv "$2.cygni-new" "$2" || die "cannot install $2"
     rm -rf "$2.cygni-old"
     return 0
 }
@@ -331,6 +332,9 @@ install_packages() {
 write_config() {
     if [ -f "$CONFIG" ]; then
         note "$CONFIG exists: kept as it is"
+        if ! grep -q '^admin_key' "$CONFIG"; then
+            warn "$CONFIG sets no admin_key: add admin_key = \"$ADMIN_PUB\" for the daemon to adopt that key"
+        fi
         if [ -n "$opt_domain" ] && ! grep -q "^domain = \"$opt_domain\"" "$CONFIG"; then
             warn "--domain $opt_domain not applied: $CONFIG is never overwritten; edit its domain and restart cygni"
         fi

@@ -54,6 +54,7 @@ HTTP_PORT=8000
 BASE="http://$IP_C:$HTTP_PORT/dist"
 # The same release with its tarball tampered with, SHA256SUMS unchanged.
 BAD_BASE="http://$IP_C:$HTTP_PORT/tampered"
+UPGRADE_BASE="http://$IP_C:$HTTP_PORT/upgrade"
 APP=procfile-app
 # The README's figure for `systemctl restart cygni` on the local runtime:
 # the check fails if the app is down longer than this.
@@ -116,6 +117,10 @@ ip netns del "$probe_ns"
 # ------------------------------------------------------------ the rootfs
 
 rootfs="$CACHE/rootfs-$ROOTFS_KEY"
+# One run at a time: the namespaces and addresses are fixed.
+mkdir -p "$CACHE"
+exec 9> "$CACHE/lock"
+flock -w 900 9 || die "another machine test holds $CACHE/lock"
 build_rootfs() {
     local tmp="$rootfs.tmp" t0
     t0=$(date +%s.%N)
@@ -181,10 +186,12 @@ work=$(mktemp -d /var/tmp/cygni-machine-test.XXXXXX)
 nspawn_pid=""
 http_pid=""
 prober_pid=""
+upgrade_pid=""
 cleanup() {
     local rc=$?
     set +e
     [ -z "$prober_pid" ] || kill "$prober_pid" 2>/dev/null
+    [ -z "$upgrade_pid" ] || kill "$upgrade_pid" 2>/dev/null
     stop_machine quietly
     [ -z "$http_pid" ] || { kill "$http_pid" 2>/dev/null; wait "$http_pid" 2>/dev/null; }
     if mountpoint -q "$work/root" 2>/dev/null; then
@@ -215,6 +222,13 @@ log "packaging $binary ($(( $(stat -c %s "$binary") / 1048576 )) MiB) with scrip
     { cat "$work/release.log"; die "release.sh failed"; }
 cp -R "$work/www/dist" "$work/www/tampered"
 printf 'x' >> "$work/www/tampered/cygni-linux-x86_64.tar.gz"
+# An "upgrade": the same binary with bytes appended (it runs the same, but
+# the installer sees a new binary), packaged while the machine boots.
+cp "$binary" "$work/cygni-upgrade"
+printf 'upgrade' >> "$work/cygni-upgrade"
+"$here/scripts/release.sh" --binary "$work/cygni-upgrade" --out "$work/www/upgrade" \
+    > "$work/release-upgrade.log" 2>&1 &
+upgrade_pid=$!
 
 # ------------------------------------------------------------ network
 
@@ -355,7 +369,15 @@ installed_anything() {
     in_machine sh -c 'for f in /usr/local/bin/cygni /etc/systemd/system/cygni.service /etc/cygni /usr/share/cygni /var/lib/cygni; do [ ! -e "$f" ] || echo "$f"; done; ! id cygni-app >/dev/null 2>&1 || echo "user cygni-app"'
 }
 
-# 0. pre-flight: a tampered download and a busy port stop it before any change
+# 0. pre-flight: no release URL, a tampered download and a busy port stop it
+# before any change
+# shellcheck disable=SC2016 # expanded by the machine's sh
+if ! in_machine sh -c 'curl -fsSL "$1/install.sh" | sh' sh "$BASE" > "$work/install-nourl.log" 2>&1 &&
+    grep -q "no release to install from" "$work/install-nourl.log" && [ -z "$(installed_anything)" ]; then
+    ok "pre-flight: with no release URL it says how to get one, and nothing is installed"
+else
+    fail "pre-flight: no URL: $(tail -n 3 "$work/install-nourl.log") / left: $(installed_anything)"
+fi
 if ! one_liner_from "$BAD_BASE" > "$work/install-tampered.log" 2>&1 &&
     grep -q "sha256 mismatch" "$work/install-tampered.log" && [ -z "$(installed_anything)" ]; then
     ok "pre-flight: a tampered tarball is refused (sha256 mismatch) and nothing is installed"
@@ -532,6 +554,33 @@ else
 fi
 sed 's/^/    | /' "$work/install-2.log"
 if app_serves; then ok "rerun: the app still serves"; else fail "rerun: the app stopped serving"; fi
+
+# 5b. so is a run from an unpacked release (installer/install.sh)
+before=$(unit_state)
+# shellcheck disable=SC2016 # expanded by the machine's sh
+if in_machine sh -c 'set -e; d=$(mktemp -d); cd "$d"; curl -fsSL -o r.tar.gz "$1/cygni-linux-x86_64.tar.gz"
+        tar -xzf r.tar.gz; sh cygni-linux-x86_64/installer/install.sh; rm -rf "$d"' sh "$BASE" \
+        > "$work/install-unpacked.log" 2>&1 &&
+    [ "$before" = "$(unit_state)" ] && grep -q "Nothing changed" "$work/install-unpacked.log"; then
+    ok "rerun: from an unpacked release (installer/install.sh), also a no-op"
+else
+    fail "rerun: from an unpacked release: $(tail -n 3 "$work/install-unpacked.log")"
+fi
+
+# 5c. an upgrade (a new binary) restarts the service, and the app comes back
+if wait "$upgrade_pid"; then
+    before=$(unit_state)
+    if one_liner_from "$UPGRADE_BASE" > "$work/install-upgrade.log" 2>&1 &&
+        grep -q "Restarting cygni.service (the binary changed)" "$work/install-upgrade.log" &&
+        [ "$before" != "$(unit_state)" ] && wait_for 30 app_serves; then
+        ok "upgrade: a new binary is installed, cygni.service restarted, the app serves again"
+    else
+        fail "upgrade: $(tail -n 5 "$work/install-upgrade.log")"
+    fi
+else
+    cat "$work/release-upgrade.log"
+    fail "upgrade: release.sh failed"
+fi
 
 # 6. idle RSS of the daemon
 sleep 5
