@@ -615,7 +615,11 @@ fi
 
 echo
 echo "machine-test summary:"
-echo "  rootfs:        ${rootfs_build_s:+built in ${rootfs_build_s}s}${rootfs_build_s:-cached}"
+if [ -n "$rootfs_build_s" ]; then
+    echo "  rootfs:        built in ${rootfs_build_s}s (once per machine)"
+else
+    echo "  rootfs:        cached ($rootfs)"
+fi
 echo "  install time:  ${install_s:-n/a}s (curl | sh to a daemon answering SSH; goal < 60 s)"
 echo "  restart:       local app down at most ${worst_down:-n/a}s across $RESTARTS x systemctl restart"
 echo "  idle RSS:      $((rss_kb / 1024)) MiB"
