@@ -384,6 +384,17 @@ if ! one_liner_from "$BAD_BASE" > "$work/install-tampered.log" 2>&1 &&
 else
     fail "pre-flight: tampered tarball: $(tail -n 3 "$work/install-tampered.log") / left: $(installed_anything)"
 fi
+# Two keys in authorized_keys: which is the admin's? It asks.
+cat "$work/admin_key.pub" "$work/admin_key.pub" | sed '2s/machine-test-admin/second-key/' \
+    > "$work/root/root/.ssh/authorized_keys"
+if ! one_liner > "$work/install-twokeys.log" 2>&1 &&
+    grep -q "holds 2 keys: choose the admin's with --admin-key FILE" "$work/install-twokeys.log" &&
+    [ -z "$(installed_anything)" ]; then
+    ok "pre-flight: two keys in authorized_keys and no --admin-key is refused, and nothing is installed"
+else
+    fail "pre-flight: two keys: $(tail -n 3 "$work/install-twokeys.log") / left: $(installed_anything)"
+fi
+install -m 0600 "$work/admin_key.pub" "$work/root/root/.ssh/authorized_keys"
 in_machine systemd-run --quiet --unit=porthog python3 -m http.server 443
 wait_for 10 in_machine sh -c 'grep -q ":01BB 00000000:0000 0A" /proc/net/tcp /proc/net/tcp6'
 if ! one_liner > "$work/install-busy.log" 2>&1 &&
