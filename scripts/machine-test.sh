@@ -197,8 +197,11 @@ cleanup() {
     if mountpoint -q "$work/root" 2>/dev/null; then
         umount "$work/root" || umount -l "$work/root"
     fi
-    ip netns del "$NS_M" 2>/dev/null
-    ip netns del "$NS_C" 2>/dev/null
+    # Whatever still runs in our namespaces is ours (a server, a client).
+    for ns in "$NS_C" "$NS_M"; do
+        for pid in $(ip netns pids "$ns" 2>/dev/null); do kill "$pid" 2>/dev/null; done
+        ip netns del "$ns" 2>/dev/null
+    done
     if [ -n "$keep" ] || [ "$rc" != 0 ]; then
         echo "machine-test: logs in $work (console-*.log, install-*.log, http.log)"
         rm -rf "$work/root" "$work/upper" "$work/ovlwork"
@@ -227,7 +230,7 @@ printf 'x' >> "$work/www/tampered/cygni-linux-x86_64.tar.gz"
 cp "$binary" "$work/cygni-upgrade"
 printf 'upgrade' >> "$work/cygni-upgrade"
 "$here/scripts/release.sh" --binary "$work/cygni-upgrade" --out "$work/www/upgrade" \
-    > "$work/release-upgrade.log" 2>&1 &
+    > "$work/release-upgrade.log" 2>&1 9>&- &
 upgrade_pid=$!
 
 # ------------------------------------------------------------ network
@@ -244,8 +247,10 @@ ip -n "$NS_C" link set "$IF_C" up
 ip -n "$NS_M" link set "$IF_M" up
 client() { ip netns exec "$NS_C" "$@"; }
 
-client python3 -m http.server "$HTTP_PORT" --bind "$IP_C" --directory "$work/www" \
-    > "$work/http.log" 2>&1 &
+# Not through client(): $! must be the server itself (ip netns exec execs
+# it), and it must not inherit the lock.
+ip netns exec "$NS_C" python3 -m http.server "$HTTP_PORT" --bind "$IP_C" --directory "$work/www" \
+    > "$work/http.log" 2>&1 9>&- &
 http_pid=$!
 for _ in $(seq 1 50); do
     client curl -fsS -o /dev/null --max-time 1 "$BASE/SHA256SUMS" 2>/dev/null && break
@@ -274,7 +279,7 @@ start_machine() {
         --directory="$work/root" --machine=cygni-machine \
         --network-namespace-path="/run/netns/$NS_M" \
         --link-journal=no --resolv-conf=off --timezone=off \
-        < /dev/null > "$work/console-$boots.log" 2>&1 &
+        < /dev/null > "$work/console-$boots.log" 2>&1 9>&- &
     nspawn_pid=$!
     # The machine's systemd is nspawn's child (or grandchild).
     for _ in $(seq 1 100); do
@@ -339,7 +344,8 @@ ssh_opts=(-i "$work/admin_key" -o IdentitiesOnly=yes -o BatchMode=yes
     -o StrictHostKeyChecking=no -o "UserKnownHostsFile=$work/known_hosts"
     -o ConnectTimeout=5 -o LogLevel=ERROR -p 2222)
 cygni_ssh() { client timeout 30 ssh "${ssh_opts[@]}" "cygni@$IP_M" "$@"; }
-app_get() { client curl -fsS --max-time "${2:-3}" -H "Host: $APP.localhost" "http://$IP_M${1:-/}"; }
+APP_DOMAIN=localhost
+app_get() { client curl -fsS --max-time "${2:-3}" -H "Host: $APP.$APP_DOMAIN" "http://$IP_M${1:-/}"; }
 app_serves() { app_get / 2>/dev/null | grep -q "hello from $APP"; }
 # Waits up to $1 s for command "$@" (after $1) to succeed.
 wait_for() {
@@ -484,7 +490,7 @@ measure_restart() {
             echo "$(date +%s.%N) ${code:-000}" >> "$probe_log"
             sleep 0.05
         done
-    ) &
+    ) 9>&- &
     prober_pid=$!
     sleep 2
     before=$(unit_state)
@@ -620,6 +626,42 @@ if one_liner --uninstall --purge > "$work/purge.log" 2>&1 &&
 else
     fail "purge: something is left"
     cat "$work/purge.log"
+fi
+
+# 8. from a checkout, with --binary, --admin-key and --domain, after the purge
+co="$work/root/root/checkout"
+mkdir -p "$co"
+cp -R "$here/installer" "$here/systemd" "$here/buildpacks" "$here/k3s" \
+    "$here/README.md" "$here/Cargo.toml" "$co/"
+cp "$binary" "$work/root/root/cygni"
+cp "$work/admin_key.pub" "$work/root/root/admin.pub"
+rm -f "$work/root/root/.ssh/authorized_keys"
+rm -f "$work/known_hosts"
+if in_machine sh /root/checkout/installer/install.sh --binary /root/cygni \
+        --admin-key /root/admin.pub --domain apps.test > "$work/install-checkout.log" 2>&1 &&
+    grep -q "Admin key from --admin-key /root/admin.pub" "$work/install-checkout.log" &&
+    in_machine grep -q '^domain = "apps.test"$' /etc/cygni/cygni.toml &&
+    wait_for 30 cygni_ssh version; then
+    ok "checkout: installer/install.sh --binary --admin-key --domain installs after a purge"
+else
+    fail "checkout: $(tail -n 5 "$work/install-checkout.log")"
+fi
+sed 's/^/    | /' "$work/install-checkout.log"
+APP_DOMAIN=apps.test
+# A new data dir, a new host key.
+rm -f "$work/known_hosts"
+if client env GIT_SSH_COMMAND="ssh $(printf '%q ' "${ssh_opts[@]}")" timeout 180 \
+        git -C "$repo" push "ssh://cygni@$IP_M:2222/$APP" main > "$work/push-2.log" 2>&1 &&
+    wait_for 10 app_serves; then
+    ok "checkout: push to the fresh install, served at $APP.apps.test"
+else
+    fail "checkout: push or serve at $APP.apps.test failed: $(tail -n 3 "$work/push-2.log")"
+fi
+if in_machine sh /usr/share/cygni/install.sh --uninstall --purge > "$work/purge-2.log" 2>&1 &&
+    [ -z "$(installed_anything)" ]; then
+    ok "purge: the machine is back to nothing"
+else
+    fail "purge: left: $(installed_anything)"
 fi
 
 # ------------------------------------------------------------ summary
