@@ -204,8 +204,9 @@ cleanup() {
     done
     if [ -n "$keep" ] || [ "$rc" != 0 ]; then
         echo "machine-test: logs in $work (console-*.log, install-*.log, http.log)"
-        rm -rf "$work/root" "$work/upper" "$work/ovlwork"
-        [ -z "$keep" ] || echo "machine-test: --keep: the machine's disk was removed, logs kept"
+        rm -rf "$work/root" "$work/upper" "$work/ovlwork" "$work/www" "$work/cygni" \
+            "$work/cygni-upgrade" "$work/${APP:?}"
+        [ -z "$keep" ] || echo "machine-test: --keep: logs kept, the machine's disk and dist/ removed"
     else
         rm -rf "$work"
     fi
