@@ -211,7 +211,9 @@ run_one() { # target round
     p99=$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")
     reqs=$(awk '/requests in/ { print $1 }' "$out")
     errors=$(awk '/Non-2xx/ { print $NF }' "$out")
-    [ -n "$rps" ] && [ -n "$reqs" ] || die "could not parse wrk output: $(cat "$out")"
+    if [ -z "$rps" ] || [ -z "$reqs" ]; then
+        die "could not parse wrk output: $(cat "$out")"
+    fi
     awk -v t="$t" -v r="$r" -v rps="$rps" -v p99="$p99" -v reqs="$reqs" -v hz="$HZ" \
         -v pt=$((p1 - p0)) -v bt=$((b1 - b0)) -v err="${errors:-0}" -v f="$RESULTS" 'BEGIN {
         pus = pt / hz * 1e6 / reqs; bus = bt / hz * 1e6 / reqs
