@@ -90,7 +90,13 @@ fn fail(stage: Stage, message: impl Into<String>) -> DeployError {
 }
 
 /// Internal errors are logged in full and shown as a short line.
-fn internal(stage: Stage, e: impl std::fmt::Display) -> DeployError {
+/// A busy database is not internal: the user learns that nothing changed
+/// and may try again.
+fn internal(stage: Stage, e: impl std::error::Error + 'static) -> DeployError {
+    if state::busy_in_chain(&e) {
+        tracing::warn!(stage = stage.as_str(), error = %e, "database busy");
+        return fail(stage, state::BUSY_MESSAGE);
+    }
     tracing::error!(stage = stage.as_str(), error = %e, "deploy error");
     fail(stage, "internal error; see the server log")
 }
@@ -512,6 +518,15 @@ impl Platform {
                     .join(", ")
             ))
             .await;
+
+        if !processes.contains_key(&ProcessType::web()) {
+            progress
+                .info(format!(
+                    "no web process type: nothing is served over HTTP ({} answers 503); add `web: COMMAND` to the Procfile to serve, and ps:scale to run the others",
+                    self.app_url(&app)
+                ))
+                .await;
+        }
 
         // Limits were validated when they were set; one stored before
         // that (or by hand) fails here, before anything starts.

@@ -77,6 +77,10 @@ impl From<state::StateError> for ServiceError {
                 ServiceError::Invalid(format!("{what} already exists"))
             }
             state::StateError::NotFound(what) => ServiceError::Invalid(format!("{what} not found")),
+            other if other.is_busy() => {
+                tracing::warn!(error = %other, "database busy");
+                ServiceError::Invalid(state::BUSY_MESSAGE.to_owned())
+            }
             other => {
                 tracing::error!(error = %other, "state error in the service layer");
                 ServiceError::Internal("the database said no; see the server log".into())

@@ -49,6 +49,43 @@ pub enum StateError {
     Task(String),
 }
 
+/// What a user is told when SQLite stayed locked past the busy timeout.
+pub const BUSY_MESSAGE: &str = "the database is busy; nothing was changed; try again";
+
+impl StateError {
+    /// Another writer held the database past the busy timeout: the
+    /// transaction was rolled back, so nothing changed and a retry may work.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StateError::Sql(e) | StateError::Open { source: e, .. } => sql_busy(e),
+            _ => false,
+        }
+    }
+}
+
+fn sql_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Is a busy database anywhere in `e`'s chain of causes?
+pub fn busy_in_chain(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err
+            .downcast_ref::<StateError>()
+            .is_some_and(StateError::is_busy)
+            || err.downcast_ref::<rusqlite::Error>().is_some_and(sql_busy)
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Numbered migrations: index + 1 is the schema version (`PRAGMA user_version`).
 /// Never edit one that has shipped; append a new one.
 const MIGRATIONS: &[&str] = &[

@@ -128,11 +128,7 @@ pub(super) async fn renew(exec: &mut Exec, app: AppName) -> Result<(), CommandEr
     Ok(())
 }
 
-pub(super) async fn redirect(
-    exec: &mut Exec,
-    app: AppName,
-    on: bool,
-) -> Result<(), CommandError> {
+pub(super) async fn redirect(exec: &mut Exec, app: AppName, on: bool) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
     visible_app(&ctx, &exec.identity, &app).await?;
     let a = app.clone();

@@ -50,6 +50,10 @@ impl From<state::StateError> for CommandError {
                 CommandError::Invalid(format!("{what} already exists"))
             }
             state::StateError::NotFound(what) => CommandError::Invalid(format!("{what} not found")),
+            other if other.is_busy() => {
+                tracing::warn!(error = %other, "database busy");
+                CommandError::Invalid(state::BUSY_MESSAGE.to_owned())
+            }
             other => {
                 tracing::error!(error = %other, "state error in a command");
                 CommandError::Internal("the database said no; see the server log".into())
@@ -278,7 +282,7 @@ enum Cmd {
     #[command(name = "certs:redirect")]
     CertsRedirect {
         app: AppName,
-        #[arg(value_name = "on|off", value_parser = on_off)]
+        #[arg(value_name = "on|off", value_parser = on_off, action = clap::ArgAction::Set)]
         on: bool,
     },
 }

@@ -1,0 +1,142 @@
+//! Regressions from the hardening pass (issue 16) that are the deploy
+//! core's and the service layer's: each drives the real daemon as an
+//! unlucky user would, and checks that nothing was lost.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// Regression: with SQLite held by another writer, `config:set` waited
+/// and then said "release failed: internal error; see the server log".
+/// The user should learn that the database was busy and that nothing
+/// changed.
+#[test]
+fn locked_database_regression_says_busy_and_changes_nothing() {
+    let d = TestDaemon::start();
+    let repo = fixture_repo(&d, "procfile-app", "locked");
+    push(&d, &repo, "locked").ok();
+    d.ssh(&d.admin, "config:set locked GREETING=before").ok();
+    let releases_before = d.ssh(&d.admin, "releases locked --json").ok().stdout;
+
+    // Another writer holds the database (an exclusive transaction) for
+    // longer than the daemon's 5 s busy timeout.
+    let db = d.data_dir.join("cygni.db");
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys,time\n\
+             c=sqlite3.connect(sys.argv[1],isolation_level=None)\n\
+             c.execute('BEGIN EXCLUSIVE')\n\
+             print('locked',flush=True)\n\
+             time.sleep(12)\n",
+        )
+        .arg(&db)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert_eq!(line.trim(), "locked");
+
+    let out = d.ssh(&d.admin, "config:set locked GREETING=after");
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("the database is busy; nothing was changed; try again"),
+        "{out:#?}"
+    );
+    let errors = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .count();
+    assert_eq!(errors, 1, "one error line: {out:#?}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+
+    // Nothing changed: the old value, the same releases, still serving.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        d.ssh(&d.admin, "config:get locked GREETING").ok().stdout,
+        "before\n"
+    );
+    assert_eq!(
+        d.ssh(&d.admin, "releases locked --json").ok().stdout,
+        releases_before
+    );
+    let (code, body) = d.curl(&host("locked"), "/");
+    assert_eq!(code, 200, "{body}");
+}
+
+/// Regression: a Procfile with only a worker deployed, and its host
+/// answered 503 with no word in the push output.
+#[test]
+fn worker_only_procfile_regression_says_nothing_is_served() {
+    let d = TestDaemon::start();
+    let repo = fixture_repo(&d, "worker-only-app", "workers");
+    let out = push(&d, &repo, "workers").ok();
+    assert!(
+        out.stderr
+            .contains("no web process type: nothing is served over HTTP"),
+        "{out:#?}"
+    );
+    let (code, _) = d.curl(&host("workers"), "/");
+    assert_eq!(code, 503);
+    // Workers start at 0, as on Heroku; scaling runs one.
+    d.ssh(&d.admin, "ps:scale workers worker=1").ok();
+    let ps = d.ssh(&d.admin, "ps workers").ok();
+    assert!(ps.stdout.contains("worker.1"), "{ps:#?}");
+}
+
+/// Limits are typed when they are set: a bad one is refused by
+/// `config:set` with one line, and nothing is stored or released.
+#[test]
+fn bad_limits_are_refused_when_set() {
+    let d = TestDaemon::start();
+    let repo = fixture_repo(&d, "procfile-app", "limited");
+    push(&d, &repo, "limited").ok();
+    let before = d.ssh(&d.admin, "releases limited --json").ok().stdout;
+    for (pair, needle) in [
+        (
+            "CYGNI_MEMORY=lots",
+            "CYGNI_MEMORY=\"lots\" is not a valid limit",
+        ),
+        ("CYGNI_MEMORY=1m", "the minimum is 6m"),
+        ("CYGNI_CPUS=0", "CYGNI_CPUS=\"0\" is not a valid limit"),
+    ] {
+        let out = d.ssh(&d.admin, &format!("config:set limited {pair}"));
+        out.fails_with(needle);
+    }
+    assert_eq!(
+        d.ssh(&d.admin, "releases limited --json").ok().stdout,
+        before
+    );
+    let cfg = d.ssh(&d.admin, "config limited --json").ok().stdout;
+    assert!(!cfg.contains("CYGNI_"), "{cfg}");
+    // A good one is stored and released.
+    d.ssh(&d.admin, "config:set limited CYGNI_MEMORY=256m").ok();
+    let (code, _) = d.curl(&host("limited"), "/");
+    assert_eq!(code, 200);
+}
+
+/// Regression: 10,000 config keys in one `config:set` were accepted.
+#[test]
+fn config_key_flood_regression_is_refused_with_nothing_stored() {
+    let d = TestDaemon::start();
+    d.ssh(&d.admin, "apps:create many").ok();
+    let pairs: Vec<String> = (0..1001).map(|i| format!("K{i}=v")).collect();
+    let out = d.ssh(
+        &d.admin,
+        &format!("config:set many --no-restart {}", pairs.join(" ")),
+    );
+    out.fails_with("the most is 1000");
+    let cfg = d.ssh(&d.admin, "config many").ok();
+    assert!(cfg.stdout.contains("has no config vars"), "{cfg:#?}");
+}
