@@ -189,3 +189,110 @@ async fn the_docker_runtime_keeps_the_contract() {
     )
     .await;
 }
+
+/// An instance whose process dies on its own is reported at once
+/// (`Runtime::events`), so the converger takes it out of the routes
+/// without waiting for the next reconcile.
+async fn exit_is_reported(rt: &dyn Runtime, spec: InstanceSpec, kill: impl FnOnce()) {
+    let mut events = rt.events().expect("this backend reports exits");
+    rt.start(spec.clone()).await.expect("start");
+    // Let it settle, so the kill hits the running process.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    kill();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.recv().await {
+                Ok(cygni::runtime::InstanceEvent::Exited(id)) if id == spec.id() => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        got,
+        Ok(true),
+        "{}: no exit event for {}",
+        rt.name(),
+        spec.id()
+    );
+    rt.stop(&spec.id(), Duration::from_secs(2))
+        .await
+        .expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_exits_are_reported_at_once() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let slug = tmp.path().join("slug");
+    std::fs::create_dir(&slug).expect("slug");
+    std::fs::set_permissions(&slug, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let logs = Arc::new(LogStore::open(&tmp.path().join("logs")).expect("logs"));
+    let rt = LocalRuntime::new(
+        LocalConfig {
+            run_as: RunAs::resolve_default(),
+            ..LocalConfig::default()
+        },
+        logs,
+    );
+    let s = spec(
+        "exits",
+        "worker",
+        1,
+        &Artifact::Slug { dir: slug },
+        "exec sleep 300",
+    );
+    let id = s.id();
+    let rt_ref = &rt;
+    exit_is_reported(&rt, s, || {
+        let pid = rt_ref.pid(&id).expect("a pid");
+        let status = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    })
+    .await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_exits_are_reported_at_once() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-test-setup.sh");
+    let out = Command::new(&script)
+        .output()
+        .expect("run docker-test-setup.sh");
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => {
+            common::skip_or_fail("docker engine not available");
+            return;
+        }
+        _ => panic!(
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let logs = Arc::new(LogStore::open(&tmp.path().join("logs")).expect("logs"));
+    let owner = tmp.path().display().to_string();
+    let rt = DockerRuntime::connect(DockerConfig { owner }, logs)
+        .await
+        .expect("connect to the engine");
+    let image = Artifact::Image {
+        reference: "cygni-base:test".into(),
+    };
+    let s = spec("exits", "worker", 1, &image, "exec sleep 300");
+    let name = cygni::runtime::docker::container_name(&s.id());
+    exit_is_reported(&rt, s, || {
+        let status = Command::new("docker")
+            .args(["kill", "--signal", "KILL", &name])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("docker kill");
+        assert!(status.success());
+    })
+    .await;
+}

@@ -151,6 +151,10 @@ pub struct DockerRuntime {
     starting: tokio::sync::Mutex<()>,
     /// `Docker 20.10.24, API 1.41`, for the start-up banner.
     version: String,
+    /// Container exits the engine reports, as instance events.
+    events: tokio::sync::broadcast::Sender<super::InstanceEvent>,
+    /// Stops the event watcher when the runtime goes.
+    _watch: tokio_util::sync::DropGuard,
 }
 
 impl DockerRuntime {
@@ -259,6 +263,14 @@ impl DockerRuntime {
             ),
             Err(_) => "Docker".to_owned(),
         };
+        let events = tokio::sync::broadcast::channel(256).0;
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(watch_exits(
+            docker.clone(),
+            config.owner.clone(),
+            events.clone(),
+            stop.clone(),
+        ));
         Ok(DockerRuntime {
             docker,
             config,
@@ -266,6 +278,8 @@ impl DockerRuntime {
             followers: Mutex::new(HashMap::new()),
             starting: tokio::sync::Mutex::new(()),
             version,
+            events,
+            _watch: stop.drop_guard(),
         })
     }
 
@@ -346,6 +360,62 @@ impl DockerRuntime {
 }
 
 /// Connects and negotiates, bounded by [`PROBE_TIMEOUT`].
+/// Turn the engine's `die` events for this daemon's instances into
+/// [`super::InstanceEvent::Exited`], so a crashed container leaves the
+/// routes at once. Reconnects with a pause if the stream ends; stops when
+/// the runtime is dropped.
+async fn watch_exits(
+    docker: Docker,
+    owner: String,
+    events: tokio::sync::broadcast::Sender<super::InstanceEvent>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = watch_exits_forever(docker, owner, events) => {}
+    }
+}
+
+async fn watch_exits_forever(
+    docker: Docker,
+    owner: String,
+    events: tokio::sync::broadcast::Sender<super::InstanceEvent>,
+) {
+    use futures_util::StreamExt;
+    loop {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            ("event".to_owned(), vec!["die".to_owned()]),
+            ("label".to_owned(), vec![format!("{LABEL_OWNER}={owner}")]),
+        ]);
+        let options = bollard::query_parameters::EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let mut stream = docker.events(Some(options));
+        while let Some(event) = stream.next().await {
+            let Ok(event) = event else { break };
+            let Some(attrs) = event.actor.and_then(|a| a.attributes) else {
+                continue;
+            };
+            let id = (|| {
+                let app = AppName::parse(attrs.get(LABEL_APP)?).ok()?;
+                let release: u32 = attrs.get(LABEL_RELEASE)?.parse().ok()?;
+                let process = ProcessType::parse(attrs.get(LABEL_PROCESS)?).ok()?;
+                let index: u32 = attrs.get(LABEL_INDEX)?.parse().ok()?;
+                Some(InstanceId::new(&app, release, &process, index))
+            })();
+            if let Some(id) = id {
+                // No subscriber yet is fine: reconcile compares
+                // incarnations anyway.
+                let _ = events.send(super::InstanceEvent::Exited(id));
+            }
+        }
+        // The engine went away or restarted: try again shortly.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 async fn connect() -> Result<Docker, DockerError> {
     let socket =
         std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
@@ -481,6 +551,10 @@ impl Runtime for DockerRuntime {
 
     fn artifact_kind(&self) -> super::ArtifactKind {
         super::ArtifactKind::Image
+    }
+
+    fn events(&self) -> Option<tokio::sync::broadcast::Receiver<super::InstanceEvent>> {
+        Some(self.events.subscribe())
     }
 
     async fn start(&self, spec: InstanceSpec) -> Result<Instance, RuntimeError> {
