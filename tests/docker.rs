@@ -190,8 +190,13 @@ fn dockerfile_app_is_served_logged_and_redeployed_with_zero_downtime() {
     assert!(report.failures.is_empty(), "failed requests: {report:?}");
     assert!(report.old > 0, "never saw v1");
 
-    // The old container was stopped and removed once v2 was live.
-    assert!(!exists("cygni-dkweb-v1-web-1"), "v1's container is left");
+    // The old container is stopped and removed once v2 is live: the push
+    // returns at live, and the drain and stop finish just after it.
+    wait_for(
+        "v1's container to be removed",
+        Duration::from_secs(20),
+        || (!exists("cygni-dkweb-v1-web-1")).then_some(()),
+    );
     assert!(exists("cygni-dkweb-v2-web-1"));
 }
 
