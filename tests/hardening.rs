@@ -140,3 +140,70 @@ fn config_key_flood_regression_is_refused_with_nothing_stored() {
     let cfg = d.ssh(&d.admin, "config many").ok();
     assert!(cfg.stdout.contains("has no config vars"), "{cfg:#?}");
 }
+
+/// The app processes whose working directory is under this daemon's
+/// slugs: everything the local runtime started, however deep.
+fn app_processes(d: &TestDaemon) -> Vec<u32> {
+    let slugs = d.data_dir.join("slugs");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+            if cwd.starts_with(&slugs) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Regression: `kill -9` of the daemon left every app process it started
+/// running as an orphan (parent 1), and the restarted daemon started new
+/// instances beside them: 13, 26, then 65 after three kills. Now each
+/// instance's process group is recorded, and a start kills what is left
+/// before reconcile starts anything.
+#[test]
+fn daemon_kill_orphans_regression_are_reaped_never_duplicated() {
+    let mut d = TestDaemon::start();
+    // A web whose real server is a grandchild of the runtime's process:
+    // the shell stays, so PR_SET_PDEATHSIG alone does not reach it.
+    let repo = make_repo(
+        &d.dir.path().join("orphans"),
+        &[(
+            "Procfile",
+            "web: python3 -m http.server \"$PORT\" --bind 127.0.0.1; echo done\n",
+        )],
+    );
+    push(&d, &repo, "orphans").ok();
+    let before = app_processes(&d);
+    assert!(!before.is_empty(), "no app process found");
+    let mut prev = before.clone();
+    for round in 1..=3 {
+        d.crash_and_restart();
+        wait_for("the app to serve again", Duration::from_secs(30), || {
+            (d.curl(&host("orphans"), "/").0 == 200).then_some(())
+        });
+        // Give a would-be duplicate time to show up.
+        std::thread::sleep(Duration::from_millis(500));
+        let now = app_processes(&d);
+        assert_eq!(
+            now.len(),
+            before.len(),
+            "round {round}: {now:?} app processes (one instance was {before:?})"
+        );
+        assert!(
+            now.iter().all(|p| !prev.contains(p)),
+            "round {round}: an orphan of the killed daemon still runs: {now:?} vs {prev:?}"
+        );
+        prev = now;
+    }
+    // The repo, the releases and the app are intact.
+    let releases = d.ssh(&d.admin, "releases orphans --json").ok().stdout;
+    assert!(releases.contains("\"live\""), "{releases}");
+}

@@ -42,6 +42,7 @@
 //! which the docker and kube runtimes provide.
 
 mod process;
+pub mod records;
 mod user;
 
 pub use process::Exit;
@@ -133,6 +134,10 @@ pub struct LocalConfig {
     pub backoff: Backoff,
     /// `PATH` for apps, unless the release sets its own.
     pub path: String,
+    /// Where each instance's process group is recorded, so a daemon that
+    /// was killed finds what it left behind ([`LocalRuntime::reap_orphans`]).
+    /// None records nothing.
+    pub records: Option<records::Records>,
 }
 
 impl Default for LocalConfig {
@@ -142,6 +147,7 @@ impl Default for LocalConfig {
             stop_grace: Duration::from_secs(10),
             backoff: Backoff::default(),
             path: "/usr/local/bin:/usr/bin:/bin".to_owned(),
+            records: None,
         }
     }
 }
@@ -236,6 +242,16 @@ impl LocalRuntime {
             run_as: self.config.run_as.clone(),
         };
         Ok((launch, what))
+    }
+
+    /// Kill what a daemon killed with `kill -9` left running (its
+    /// instances' process groups, as recorded), before anything starts.
+    /// Returns how many processes were killed.
+    pub fn reap_orphans(&self) -> usize {
+        self.config
+            .records
+            .as_ref()
+            .map_or(0, records::Records::reap)
     }
 
     pub fn pid(&self, id: &InstanceId) -> Option<u32> {
@@ -371,6 +387,9 @@ impl Runtime for LocalRuntime {
         let (group, output) = process::spawn(&spawner, &launch)
             .await
             .map_err(spawn_error)?;
+        if let Some(r) = &self.config.records {
+            r.write(&id, group.pid());
+        }
 
         let shared = Arc::new(Shared {
             id: id.clone(),
@@ -414,6 +433,7 @@ impl Runtime for LocalRuntime {
             stop: stop_rx,
             done: done_tx,
             events: self.events.clone(),
+            records: self.config.records.clone(),
         };
         let pump = supervisor.pump(output);
         let span = tracing::info_span!("instance", %id);
@@ -641,6 +661,7 @@ struct Supervisor {
     stop: watch::Receiver<Option<Duration>>,
     done: watch::Sender<bool>,
     events: tokio::sync::broadcast::Sender<super::InstanceEvent>,
+    records: Option<records::Records>,
 }
 
 impl Supervisor {
@@ -707,6 +728,9 @@ impl Supervisor {
                 match process::spawn(&self.spawner, &self.launch).await {
                     Ok((new_group, output)) => {
                         let pid = new_group.pid();
+                        if let Some(r) = &self.records {
+                            r.write(&self.shared.id, pid);
+                        }
                         self.shared.update(|s| {
                             s.pid = Some(pid);
                             s.restarts = s.restarts.saturating_add(1);
@@ -735,6 +759,9 @@ impl Supervisor {
             s.state = InstanceState::Stopped;
             s.pid = None;
         });
+        if let Some(r) = &self.records {
+            r.remove(&self.shared.id);
+        }
         self.done.send_replace(true);
     }
 

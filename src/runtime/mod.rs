@@ -414,10 +414,19 @@ pub async fn connect(
             let local = Arc::new(local::LocalRuntime::new(
                 local::LocalConfig {
                     run_as: options.run_as,
+                    records: Some(local::records::Records::new(
+                        options.data_dir.join("run").join("local"),
+                    )),
                     ..local::LocalConfig::default()
                 },
                 options.logs,
             ));
+            // Crash-only: what a killed daemon left running goes first, so
+            // reconcile starts each instance once, never beside an orphan.
+            let reaped = local.reap_orphans();
+            if reaped > 0 {
+                tracing::warn!(reaped, "killed processes a previous daemon left running");
+            }
             Connected {
                 description: "local".to_owned(),
                 runtime: local.clone(),

@@ -214,6 +214,16 @@ impl TestDaemon {
         }
     }
 
+    /// `kill -9` the daemon (nothing of it runs its shutdown), then start
+    /// it again on the same data dir.
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
     pub fn restart(&mut self) {
         let code = self.stop();
         assert_eq!(code, Some(0), "clean exit on SIGTERM; log:\n{}", self.log());
