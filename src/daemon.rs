@@ -190,11 +190,20 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let git_env = GitEnv::install(&data)?;
     let repos = Repos::new(&data)?;
     let interrupted = db.call_blocking(state::releases::fail_unfinished)?;
-    if interrupted > 0 {
-        tracing::warn!(
-            interrupted,
-            "marked deploys interrupted by the last stop as failed"
-        );
+    for (app, version) in &interrupted {
+        // A release that never went live is never rolled back to: its
+        // half-built directory goes.
+        let dir = data
+            .join("slugs")
+            .join(app.as_str())
+            .join(format!("v{version}"));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(%app, version, error = %e, "cannot remove an interrupted build");
+            }
+            _ => {}
+        }
+        tracing::warn!(%app, version, "a deploy interrupted by the last stop is marked failed");
     }
     for dir in ["slugs", "cache"] {
         create_dir(&data.join(dir), 0o711)?;

@@ -207,3 +207,77 @@ fn daemon_kill_orphans_regression_are_reaped_never_duplicated() {
     let releases = d.ssh(&d.admin, "releases orphans --json").ok().stdout;
     assert!(releases.contains("\"live\""), "{releases}");
 }
+
+/// Regression: a daemon killed mid-build left the release `building` and
+/// its half-built directory behind. At the next start the release is
+/// failed, its directory is gone, the previous release serves and a new
+/// push deploys.
+#[test]
+fn kill_mid_build_regression_leaves_no_build_dir_and_the_app_serving() {
+    let mut d = TestDaemon::start();
+    let dir = d.dir.path().join("midbuild");
+    let plan = |build: &str| {
+        format!(
+            "providers = []\n[phases.build]\ncmds = [\"{build}\"]\n[start]\ncmd = \"python3 -m http.server $PORT\"\n"
+        )
+    };
+    let repo = make_repo(
+        &dir,
+        &[
+            ("nixpacks.toml", plan("true").as_str()),
+            ("index.html", "hello from v1\n"),
+        ],
+    );
+    push(&d, &repo, "midbuild").ok();
+    std::fs::write(repo.join("nixpacks.toml"), plan("sleep 60")).expect("write");
+    std::fs::write(repo.join("index.html"), "hello from v2\n").expect("write");
+    commit_all(&repo, "slow build");
+    let slow = {
+        let mut cmd = git_cmd(&repo);
+        cmd.args(["push", &d.remote("midbuild"), "main"])
+            .env(
+                "GIT_SSH_COMMAND",
+                format!(
+                    "ssh {} -i {}",
+                    ssh_opts().join(" "),
+                    d.admin.private.display()
+                ),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().expect("git push")
+    };
+    let v2 = d.data_dir.join("slugs/midbuild/v2");
+    wait_for("the v2 build to start", Duration::from_secs(30), || {
+        v2.is_dir().then_some(())
+    });
+    d.crash_and_restart();
+    let mut slow = slow;
+    let _ = slow.kill();
+    let _ = slow.wait();
+
+    assert!(
+        !v2.exists(),
+        "the interrupted build's directory is still there"
+    );
+    let releases = d.ssh(&d.admin, "releases midbuild --json").ok().stdout;
+    let json: serde_json::Value = serde_json::from_str(&releases).expect("json");
+    let v2 = json
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["version"] == 2)
+        .expect("v2 recorded");
+    assert_eq!(v2["status"], "failed", "{v2}");
+    wait_for("v1 to serve again", Duration::from_secs(30), || {
+        let (code, body) = d.curl(&host("midbuild"), "/");
+        (code == 200 && body.contains("hello from v1")).then_some(())
+    });
+    let ls = d
+        .git(&d.admin, &repo, &["ls-remote", &d.remote("midbuild")])
+        .ok();
+    assert!(
+        !ls.stdout.contains(&head_sha(&repo)),
+        "the branch moved: {ls:#?}"
+    );
+}

@@ -312,17 +312,29 @@ pub fn all_live(conn: &Connection) -> Result<Vec<Release>, StateError> {
 }
 
 /// Releases left mid-pipeline by a daemon that died are failed at start-up:
-/// nothing is driving them any more.
-pub fn fail_unfinished(conn: &mut Connection) -> Result<usize, StateError> {
+/// nothing is driving them any more. Returns them (app, version), so their
+/// half-built directories can go too.
+pub fn fail_unfinished(conn: &mut Connection) -> Result<Vec<(AppName, u32)>, StateError> {
     let tx = write_tx(conn)?;
-    let n = tx.execute(
+    let unfinished: Vec<(String, u32)> = {
+        let mut stmt = tx.prepare(
+            "SELECT apps.name, version FROM releases JOIN apps ON apps.id = releases.app_id
+             WHERE status IN ('building', 'releasing', 'starting', 'checking')",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    tx.execute(
         "UPDATE releases SET status = 'failed', failed_stage = status,
          error = 'interrupted: the daemon stopped during the deploy', finished_at = ?1
          WHERE status IN ('building', 'releasing', 'starting', 'checking')",
         [now()],
     )?;
     tx.commit()?;
-    Ok(n)
+    Ok(unfinished
+        .into_iter()
+        .filter_map(|(name, v)| Some((AppName::parse(&name).ok()?, v)))
+        .collect())
 }
 
 #[cfg(test)]
