@@ -116,6 +116,8 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// Slugs (or images) of this many recent good releases are kept for
 /// rollback, by default.
 pub const KEEP_RELEASES: usize = 5;
+/// Build logs of this many recent releases are kept.
+pub const BUILD_LOGS_KEPT: usize = 20;
 
 /// Everything a deploy touches, shared by the hook, commands and reconcile.
 pub struct Platform {
@@ -663,6 +665,13 @@ impl Platform {
         let Ok(recent) = self.db.call(move |c| releases::list(c, &a, 100)).await else {
             return;
         };
+        // Build logs go with age: the newest BUILD_LOGS_KEPT releases keep
+        // theirs (a deploy prunes each time, so older ones are gone already).
+        for r in recent.iter().skip(BUILD_LOGS_KEPT) {
+            if let Err(e) = self.logs.remove_build_log(app, r.version) {
+                tracing::warn!(%app, version = r.version, error = %e, "pruning a build log");
+            }
+        }
         let kept: Vec<Artifact> = recent
             .iter()
             .filter(|r| r.status != Status::Failed)
