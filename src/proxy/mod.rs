@@ -43,13 +43,13 @@ pub mod routes;
 mod server;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use hyper::StatusCode;
 
 pub use challenges::Challenges;
-pub use routes::{Route, RouteTable, Routes, RoutesBuilder};
+pub use routes::{AppRoute, Route, RouteTable, Routes, RoutesBuilder, DEFAULT_RESPONSE_TIMEOUT};
 pub use server::{serve_http, serve_https};
 pub use tls::CertStore;
 
@@ -63,9 +63,33 @@ pub struct ProxyConfig {
     /// closes keep-alive connections that sit idle between requests.
     pub header_read_timeout: Duration,
     /// A connection on which no byte moved either way for this long is
-    /// closed (a stalled upload or an app that never answers). Upgraded
-    /// (WebSocket) connections are exempt: they have their own pings.
+    /// closed: a stalled upload, or a client that stopped reading its
+    /// response (a write that cannot progress moves no byte). Fires within
+    /// a quarter second of the set time. A request waiting for its app is
+    /// under the route's response deadline instead. Upgraded (WebSocket)
+    /// connections are exempt: they have their own pings.
     pub idle_timeout: Duration,
+    /// A request body must have arrived whole by this long after the
+    /// request was forwarded, plus one second per `body_min_rate` bytes
+    /// received; else the client gets 408 (Apache's `mod_reqtimeout` rule).
+    pub body_grace: Duration,
+    /// Bytes per second a slow body must average beyond `body_grace`; 0
+    /// turns the body deadline off.
+    pub body_min_rate: u64,
+    /// Open connections accepted from one client address (IPv6: one /64)
+    /// on each listener; more are closed at once. 0 = no cap.
+    pub max_conns_per_addr: usize,
+    /// TLS handshakes in progress from one client address (IPv6: one /64);
+    /// more are closed at once. 0 = no cap.
+    pub max_handshakes_per_addr: usize,
+    /// Peers whose forwarding headers (`X-Forwarded-*`, `Forwarded`,
+    /// `X-Real-IP`, ...) are believed: a load balancer in front of Cygni.
+    /// Empty (the default): Cygni is the edge, and clients' forwarding
+    /// headers are removed or overwritten.
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Listen backlog set on the listeners (the kernel caps it at
+    /// `net.core.somaxconn`). std's default is 128; nginx uses 511.
+    pub listen_backlog: i32,
     /// Most request headers accepted; more gets `431`. 100 keeps hyper's
     /// parser on the stack; any other value costs a heap allocation per
     /// request.
@@ -97,6 +121,12 @@ impl Default for ProxyConfig {
             per_core_runtimes: true,
             connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(10),
+            body_grace: Duration::from_secs(20),
+            body_min_rate: 500,
+            max_conns_per_addr: 512,
+            max_handshakes_per_addr: 128,
+            trusted_proxies: Vec::new(),
+            listen_backlog: 4096,
         }
     }
 }
@@ -153,6 +183,10 @@ pub enum ProxyError {
     },
     #[error("app endpoint {addr} switched protocols without being asked to")]
     UnexpectedUpgrade { addr: SocketAddr },
+    #[error("app endpoint {addr} did not start its response within {after:?}")]
+    ResponseTimeout { addr: SocketAddr, after: Duration },
+    #[error("the client sent its request body too slowly")]
+    BodyTimeout,
 }
 
 impl ProxyError {
@@ -160,6 +194,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UnknownHost => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. }
