@@ -167,6 +167,11 @@ impl RequestIds {
         }
     }
 
+    /// How many ids were handed out: the worker's request count.
+    pub(crate) fn issued(&self) -> u64 {
+        self.next.load(Ordering::Relaxed) - 1
+    }
+
     pub(crate) fn next(&self) -> HeaderValue {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut buf = [0u8; 27];

@@ -80,7 +80,9 @@ pub struct ProxyConfig {
     /// on each listener; more are closed at once. 0 = no cap.
     pub max_conns_per_addr: usize,
     /// TLS handshakes in progress from one client address (IPv6: one /64);
-    /// more are closed at once. 0 = no cap.
+    /// more are closed at once. 0 = no cap. Above what one legitimate
+    /// address opens at once (a NAT, or wrk's 200 connections starting
+    /// together), far below what a half-open flood holds.
     pub max_handshakes_per_addr: usize,
     /// Peers whose forwarding headers (`X-Forwarded-*`, `Forwarded`,
     /// `X-Real-IP`, ...) are believed: a load balancer in front of Cygni.
@@ -124,7 +126,7 @@ impl Default for ProxyConfig {
             body_grace: Duration::from_secs(20),
             body_min_rate: 500,
             max_conns_per_addr: 512,
-            max_handshakes_per_addr: 128,
+            max_handshakes_per_addr: 256,
             trusted_proxies: Vec::new(),
             listen_backlog: 4096,
         }

@@ -394,6 +394,9 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let sweep_every = (SWEEP_PERIOD.as_millis() / TICK.as_millis()) as u64;
             let mut ticks = 0u64;
+            // Requests seen at the last sweep, and sweeps since the count
+            // last moved (None: no load yet).
+            let (mut seen, mut quiet) = (0, None::<u32>);
             loop {
                 tokio::select! {
                     () = worker.shutdown.cancelled() => return,
@@ -402,6 +405,21 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
                         ticks += 1;
                         if ticks % sweep_every == 0 {
                             worker.pool.sweep();
+                            // The first two quiet sweeps after a load give
+                            // what it left in the allocator back to the
+                            // system: the first after its connections close,
+                            // the second after the pool closes its idle ones
+                            // (their tasks free them after this sweep).
+                            let issued = worker.ids.issued();
+                            quiet = if issued != seen {
+                                Some(0)
+                            } else {
+                                quiet.map(|q| q.saturating_add(1))
+                            };
+                            if matches!(quiet, Some(1 | 2)) {
+                                release_free_memory();
+                            }
+                            seen = issued;
                         }
                     }
                 }
@@ -459,6 +477,18 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
         );
     }
     sweeper.abort();
+}
+
+/// Return freed heap memory to the system. glibc keeps what a load freed
+/// in its per-thread arenas (and raises its trim threshold after large
+/// frees), so without this the RSS a burst left stays for good.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own arenas,
+    // under their locks; any thread may call it at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Errors from accept are about one connection (reset before we got it) or
