@@ -12,7 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cygni::names::AppName;
-use cygni::proxy::{serve_http, Challenges, ProxyConfig, ProxyError, RouteTable, Routes};
+use cygni::proxy::{
+    serve_http, serve_https, tls, AppRoute, CertStore, Challenges, ProxyConfig, ProxyError,
+    RouteTable, Routes, DEFAULT_RESPONSE_TIMEOUT,
+};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -24,6 +27,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Every network wait in these tests ends by this deadline.
 const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Size of `/big`: far more than loopback socket buffers hold.
+const BIG: usize = 64 << 20;
 
 // ---------------------------------------------------------------- backends
 
@@ -115,6 +121,12 @@ async fn app(
                 .expect("valid response");
             Ok(resp)
         }
+        "/hang" => {
+            // An app that never answers (until the test ends).
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        "/big" => Ok(Response::new(TestBody::full(vec![b'x'; BIG]))),
         "/upload" => {
             // Read the whole body before answering (a stalled upload stalls here).
             let mut body = req.into_body();
@@ -771,4 +783,559 @@ async fn request_bodies_pass_through_sized_and_chunked() {
     )
     .await;
     assert_eq!(r.body, "backend=a got 100000\n", "{r:?}");
+}
+
+// ------------------------------------------------ issue 9: next upstream
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_connections_are_retried_on_every_other_endpoint_for_any_method() {
+    let live = Backend::start("live").await;
+    let proxy = Proxy::start(routes(&[(
+        "a",
+        &["a.localhost"],
+        &[dead_addr(), dead_addr(), live.addr, dead_addr()],
+        false,
+    )]));
+    // Whichever endpoint the rotation starts at, the request ends on the
+    // live one: nothing was sent to the others, so even POST is safe.
+    for _ in 0..8 {
+        let r = curl(
+            proxy.addr,
+            "a.localhost",
+            "/upload",
+            &["--data-binary", "abc"],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(r.body, "backend=live got 3\n");
+    }
+    assert_eq!(live.hits(), 8);
+}
+
+// ------------------------------------------- issue 16: HTTP hardening
+
+/// A raw request on a fresh connection; returns the status code and the
+/// whole reply (the request should carry `Connection: close`).
+async fn raw(proxy: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(proxy).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut seen = Vec::new();
+    read_until(&mut s, &mut seen, b"\r\n\r\n").await;
+    let _ = tokio::time::timeout(DEADLINE, s.read_to_end(&mut seen)).await;
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_header_spoofing_regression() {
+    let a = Backend::start("a").await;
+    let forged: &[(&str, &str)] = &[
+        ("Forwarded", "for=6.6.6.6;proto=https;host=evil.example"),
+        ("X-Real-IP", "6.6.6.6"),
+        ("X-Forwarded-Port", "443"),
+        ("X-Client-IP", "6.6.6.6"),
+        ("True-Client-IP", "6.6.6.6"),
+        ("X-Cluster-Client-IP", "6.6.6.6"),
+        ("CF-Connecting-IP", "6.6.6.6"),
+        ("X-Forwarded-Ssl", "on"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "evil.example"),
+    ];
+    let args: Vec<String> = forged
+        .iter()
+        .flat_map(|(k, v)| ["-H".to_string(), format!("{k}: {v}")])
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    // Cygni as the edge: nothing the client says about itself gets through.
+    let proxy = Proxy::start(routes(&[("a", &["a.localhost"], &[a.addr], false)]));
+    let r = curl(proxy.addr, "a.localhost", "/", &args).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for (name, _) in forged {
+        match name.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => assert_eq!(r.seen(name), Some("127.0.0.1")),
+            "x-forwarded-proto" => assert_eq!(r.seen(name), Some("http")),
+            "x-forwarded-host" => assert_eq!(r.seen(name), Some("a.localhost")),
+            _ => assert_eq!(r.seen(name), None, "{name} reached the app: {}", r.body),
+        }
+    }
+    assert!(!r.body.contains("6.6.6.6"), "{}", r.body);
+
+    // Behind a trusted load balancer, its word is kept and our hop added.
+    let config = ProxyConfig {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        ..test_config()
+    };
+    let proxy = Proxy::start_with(routes(&[("a", &["a.localhost"], &[a.addr], false)]), config);
+    let r = curl(proxy.addr, "a.localhost", "/", &args).await;
+    assert_eq!(r.seen("x-forwarded-for"), Some("6.6.6.6, 127.0.0.1"));
+    assert_eq!(r.seen("x-forwarded-proto"), Some("https"));
+    assert_eq!(r.seen("x-real-ip"), Some("6.6.6.6"));
+    assert!(r.seen("forwarded").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_request_body_regression() {
+    let a = Backend::start("a").await;
+    let config = ProxyConfig {
+        body_grace: Duration::from_millis(800),
+        body_min_rate: 1000,
+        ..test_config()
+    };
+    let proxy = Proxy::start_with(routes(&[("a", &["a.localhost"], &[a.addr], false)]), config);
+    // Control: a body at a decent pace passes.
+    let r = curl(
+        proxy.addr,
+        "a.localhost",
+        "/upload",
+        &["--data-binary", &"y".repeat(50_000)],
+    )
+    .await;
+    assert_eq!(r.body, "backend=a got 50000\n");
+
+    // Headers at once, then one byte every 200 ms: cut off after the grace
+    // (plus 1 ms per byte), not kept open for as long as it trickles.
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: a.localhost\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .expect("write");
+    let start = Instant::now();
+    let trickle = tokio::spawn(async move {
+        let mut s = s;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        for _ in 0..100 {
+            if s.write_all(b"z").await.is_err() {
+                break;
+            }
+            match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        seen
+    });
+    let seen = tokio::time::timeout(DEADLINE * 3, trickle)
+        .await
+        .expect("the trickle ends")
+        .expect("no panic");
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "got {text:?} after {took:?}"
+    );
+    assert!(took < Duration::from_secs(4), "cut off only after {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_reads_regression() {
+    let a = Backend::start("a").await;
+    let config = ProxyConfig {
+        idle_timeout: Duration::from_secs(1),
+        ..test_config()
+    };
+    let proxy = Proxy::start_with(routes(&[("a", &["a.localhost"], &[a.addr], false)]), config);
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    // Read nothing for a while: the proxy's writes stall, and it gives up.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let drained = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got += n,
+            }
+        }
+    })
+    .await;
+    assert!(drained.is_ok(), "the connection is still open");
+    assert!(
+        got < BIG,
+        "all {got} bytes came: the stalled write was not cut off"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_flood_from_one_address_regression() {
+    let a = Backend::start("a").await;
+    let config = ProxyConfig {
+        max_conns_per_addr: 4,
+        ..test_config()
+    };
+    let proxy = Proxy::start_with(routes(&[("a", &["a.localhost"], &[a.addr], false)]), config);
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let mut seen = Vec::new();
+        read_until(&mut s, &mut seen, b"backend=a").await;
+        held.push(s);
+    }
+    // The fifth from the same address is closed unanswered.
+    let mut extra = TcpStream::connect(proxy.addr).await.expect("connect");
+    let _ = extra
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+        .await;
+    closed_within(&mut extra, Duration::from_secs(5)).await;
+    // One leaves: there is room again.
+    drop(held.pop());
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let out = curl_raw(proxy.addr, "a.localhost", "/", &[]).await;
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no room after a connection closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An HTTPS proxy with a self-signed certificate for `host`.
+fn start_https(routes: Routes, config: ProxyConfig, host: &str) -> (Proxy, String) {
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec![host.to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let store = Arc::new(CertStore::new());
+    store.insert(
+        host,
+        tls::certified_key(host, &cert.pem(), &key.serialize_pem()).expect("certified key"),
+    );
+    let tls_config = tls::server_config(store).expect("tls config");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy addr");
+    let routes = Arc::new(RouteTable::new(routes));
+    let challenges = Arc::new(Challenges::new());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve_https(
+        listener,
+        Arc::clone(&routes),
+        Arc::clone(&challenges),
+        tls_config,
+        config,
+        shutdown.clone(),
+    ));
+    let proxy = Proxy {
+        addr,
+        routes,
+        challenges,
+        shutdown,
+        task,
+    };
+    (proxy, cert.pem())
+}
+
+async fn curl_https(proxy: SocketAddr, host: &str, ca: &std::path::Path) -> std::process::Output {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "10",
+    ])
+    .arg("--cacert")
+    .arg(ca)
+    .arg("--resolve")
+    .arg(format!("{host}:{}:127.0.0.1", proxy.port()))
+    .arg(format!("https://{host}:{}/", proxy.port()))
+    .kill_on_drop(true);
+    tokio::time::timeout(DEADLINE, cmd.output())
+        .await
+        .expect("curl finished in time")
+        .expect("curl runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshake_flood_regression() {
+    let a = Backend::start("a").await;
+    let config = ProxyConfig {
+        max_handshakes_per_addr: 3,
+        ..test_config()
+    };
+    let host = "a.example.com";
+    let (proxy, ca) = start_https(routes(&[("a", &[host], &[a.addr], false)]), config, host);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca).expect("write ca");
+    let out = curl_https(proxy.addr, host, &ca_path).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+
+    // Three half-open handshakes (a TCP connect, then silence) are held...
+    let mut half_open = Vec::new();
+    for _ in 0..3 {
+        half_open.push(TcpStream::connect(proxy.addr).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...the next one from the same address is closed at once, and so a
+    // real client is refused too while the flood lasts.
+    let mut extra = TcpStream::connect(proxy.addr).await.expect("connect");
+    let took = closed_within(&mut extra, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(2), "held for {took:?}");
+    // The flood stops: handshakes are served again.
+    drop(half_open);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let out = curl_https(proxy.addr, host, &ca_path).await;
+        if String::from_utf8_lossy(&out.stdout) == "200" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "handshakes refused after the flood: {out:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_connection_flood_from_one_address_regression() {
+    let a = Backend::start("a").await;
+    let config = ProxyConfig {
+        max_conns_per_addr: 2,
+        ..test_config()
+    };
+    let host = "a.example.com";
+    let (proxy, _) = start_https(routes(&[("a", &[host], &[a.addr], false)]), config, host);
+    let _one = TcpStream::connect(proxy.addr).await.expect("connect");
+    let _two = TcpStream::connect(proxy.addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = TcpStream::connect(proxy.addr).await.expect("connect");
+    let took = closed_within(&mut extra, Duration::from_secs(5)).await;
+    assert!(took < Duration::from_secs(2), "held for {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_host_regression() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(routes(&[
+        ("a", &["a.localhost"], &[a.addr], false),
+        ("b", &["xn--bcher-kva.example.com"], &[a.addr], false),
+    ]));
+    for host in [
+        "a b.localhost",
+        "a.localhost/x",
+        "user@a.localhost",
+        "a.localhost:99999",
+        "a.localhost:http",
+        "a:b:c",
+        "[zz]",
+        "%61.localhost",
+        "b\u{fc}cher",
+    ] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, text) = raw(proxy.addr, req.as_bytes()).await;
+        assert_eq!(status, 400, "Host {host:?}: {text}");
+        assert!(!text.contains("backend="), "{text}");
+    }
+    let (status, _) = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a.localhost\r\nHost: b.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 400, "two Host headers");
+    // Well-formed but unknown stays 404.
+    let (status, _) = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: c.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unicode_host_is_idna_mapped_like_domains_add() {
+    let a = Backend::start("a").await;
+    // What `domains:add b bücher.example.com` stores.
+    let stored = cygni::names::Hostname::parse("bücher.example.com").expect("valid");
+    let proxy = Proxy::start(routes(&[("b", &[stored.as_str()], &[a.addr], false)]));
+    for host in [
+        "bücher.example.com",
+        "BÜCHER.example.com:8080",
+        "xn--bcher-kva.example.com",
+    ] {
+        let req = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        let (status, text) = raw(proxy.addr, req.as_bytes()).await;
+        assert_eq!(status, 200, "Host {host:?}: {text}");
+        assert!(text.contains("backend=a"), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timer_fires_late_regression() {
+    let a = Backend::start("a").await;
+    let idle = Duration::from_secs(2);
+    let config = ProxyConfig {
+        idle_timeout: idle,
+        header_read_timeout: Duration::from_secs(30),
+        ..test_config()
+    };
+    let proxy = Proxy::start_with(routes(&[("a", &["a.localhost"], &[a.addr], false)]), config);
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut seen = Vec::new();
+    // Requests at 1 s and 2.5 s: the old timer checked a counter every
+    // period (2, 4, 6 s) and closed at 6 s, 3.5 s after the last activity.
+    for (i, wait) in [Duration::from_millis(1000), Duration::from_millis(1500)]
+        .into_iter()
+        .enumerate()
+    {
+        tokio::time::sleep(wait).await;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let deadline = Instant::now() + DEADLINE;
+        while seen.windows(9).filter(|w| w == b"backend=a").count() <= i {
+            let mut buf = [0u8; 4096];
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, s.read(&mut buf))
+                .await
+                .expect("an answer in time")
+                .expect("read");
+            assert!(n > 0, "closed early");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+    let took = closed_within(&mut s, Duration::from_secs(10)).await;
+    assert!(
+        took >= idle - Duration::from_millis(300) && took <= idle + Duration::from_millis(600),
+        "idle for {idle:?} closed after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_upgrade_smuggling_regression() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(routes(&[("a", &["a.localhost"], &[a.addr], false)]));
+    let (status, text) = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: a.localhost\r\nConnection: Upgrade, HTTP2-Settings, close\r\n\
+          Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        !lower.contains("\nupgrade:"),
+        "the app saw the upgrade: {text}"
+    );
+    assert!(!lower.contains("http2-settings"), "{text}");
+    // An app that would switch anyway never gets asked.
+    let (status, text) = raw(
+        proxy.addr,
+        b"GET /ws HTTP/1.1\r\nHost: a.localhost\r\nConnection: Upgrade, close\r\nUpgrade: h2c\r\n\r\n",
+    )
+    .await;
+    assert_ne!(status, 101, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hanging_app_gets_gateway_timeout_regression() {
+    assert_eq!(DEFAULT_RESPONSE_TIMEOUT, Duration::from_secs(60));
+    let a = Backend::start("a").await;
+    let routes = Routes::builder()
+        .route(
+            AppRoute::new(app_name("a"), vec![a.addr])
+                .host("a.localhost", false)
+                .response_timeout(Some(Duration::from_secs(1))),
+        )
+        .build();
+    let proxy = Proxy::start(routes);
+    let start = Instant::now();
+    let r = curl(proxy.addr, "a.localhost", "/hang", &[]).await;
+    let took = start.elapsed();
+    assert_eq!(r.status, 504, "{r:?}");
+    assert!(r.body.contains("504 Gateway Timeout"), "{}", r.body);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // The connection to the app is not reused for the next request.
+    let r = curl(proxy.addr, "a.localhost", "/", &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_requests_and_tunnels_are_counted_per_endpoint() {
+    let a = Backend::start("a").await;
+    let proxy = Proxy::start(routes(&[("a", &["a.localhost"], &[a.addr], false)]));
+    assert_eq!(proxy.routes.in_flight(a.addr), 0);
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    read_until(&mut s, &mut seen, b"first\n").await;
+    assert_eq!(proxy.routes.in_flight(a.addr), 1);
+    // The endpoint leaves the routes (a drain): the request still counts.
+    proxy.routes.replace(Routes::empty());
+    assert_eq!(proxy.routes.in_flight(a.addr), 1);
+    a.release.notify_one();
+    read_until(&mut s, &mut seen, b"second\n").await;
+    wait_until(|| proxy.routes.in_flight(a.addr) == 0).await;
+
+    // An upgraded connection counts for as long as it is open.
+    proxy
+        .routes
+        .replace(routes(&[("a", &["a.localhost"], &[a.addr], false)]));
+    let mut ws = TcpStream::connect(proxy.addr).await.expect("connect");
+    ws.write_all(b"GET /ws HTTP/1.1\r\nHost: a.localhost\r\nConnection: upgrade\r\nUpgrade: cygni-echo\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    read_until(&mut ws, &mut seen, b"\r\n\r\n").await;
+    ws.write_all(b"ping").await.expect("write");
+    read_until(&mut ws, &mut seen, b"PING").await;
+    assert_eq!(proxy.routes.in_flight(a.addr), 1);
+    drop(ws);
+    wait_until(|| proxy.routes.in_flight(a.addr) == 0).await;
+}
+
+async fn wait_until(mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !f() {
+        assert!(Instant::now() < deadline, "condition not met in time");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_redirect_is_per_host_regression() {
+    let a = Backend::start("a").await;
+    // The local default host has no certificate; the custom domain has one.
+    let routes = Routes::builder()
+        .route(
+            AppRoute::new(app_name("a"), vec![a.addr])
+                .host("a.localhost", false)
+                .host("shop.example.com", true),
+        )
+        .build();
+    let proxy = Proxy::start(routes);
+    let r = curl(proxy.addr, "shop.example.com", "/cart?x=1", &[]).await;
+    assert_eq!(r.status, 308, "{r:?}");
+    assert_eq!(
+        r.header("location"),
+        Some("https://shop.example.com/cart?x=1")
+    );
+    let r = curl(proxy.addr, "a.localhost", "/", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
 }

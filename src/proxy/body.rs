@@ -1,18 +1,24 @@
-//! Response bodies the proxy sends: an app's body streamed through as it
-//! arrives, or a small fixed page the proxy writes itself.
+//! Bodies through the proxy: an app's response body streamed through as
+//! it arrives, a small fixed page the proxy writes itself, and a client's
+//! request body on its way to the app under a minimum-rate deadline.
 //!
-//! An enum rather than a boxed `dyn Body`: no allocation and no dynamic
-//! dispatch per frame.
+//! Enums and plain structs rather than boxed `dyn Body`: no allocation and
+//! no dynamic dispatch per frame.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
+use super::forward::ConnState;
 use super::pool::{Pool, Sender};
+use super::routes::InFlight;
 
 pub(crate) enum ProxyBody {
     Upstream(UpstreamBody),
@@ -43,6 +49,8 @@ pub(crate) struct UpstreamBody {
     /// not be reused (opened for an upgrade).
     pool: Option<Arc<Pool>>,
     addr: SocketAddr,
+    /// The request stays in flight to `addr` until its body is done.
+    _in_flight: InFlight,
 }
 
 impl UpstreamBody {
@@ -51,6 +59,7 @@ impl UpstreamBody {
         sender: Sender,
         pool: Option<Arc<Pool>>,
         addr: SocketAddr,
+        in_flight: InFlight,
     ) -> Self {
         UpstreamBody {
             body,
@@ -58,6 +67,7 @@ impl UpstreamBody {
             sender: Some(sender),
             pool,
             addr,
+            _in_flight: in_flight,
         }
     }
 }
@@ -107,5 +117,133 @@ impl Body for ProxyBody {
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }
+    }
+}
+
+/// How slow a request body may be: it must have arrived whole by
+/// `grace` after the request was forwarded, plus one second for every
+/// `min_rate` bytes received (Apache's `mod_reqtimeout` rule). A body
+/// trickled one byte every few seconds is cut off after about `grace`; a
+/// large upload at any reasonable speed keeps extending its deadline.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyRate {
+    pub(crate) grace: Duration,
+    /// Bytes per second; 0 turns the check off.
+    pub(crate) min_rate: u64,
+}
+
+/// The error a request body ends with when its client is too slow; the
+/// forwarding code finds it in hyper's error chain and answers 408.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent its request body too slowly")]
+pub(crate) struct BodyTooSlow;
+
+/// A client's request body on its way to the app. Empty bodies (most
+/// requests) and bodies already whole pass with no timer at all; the
+/// deadline's timer is made on the first wait for the client.
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    rate: Option<Deadline>,
+    /// While set, the connection counts one upload in progress: its idle
+    /// timer then applies even though a request waits on the app.
+    uploading: Option<Arc<ConnState>>,
+}
+
+struct Deadline {
+    at: Instant,
+    min_rate: u64,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: Incoming, rate: BodyRate, conn: &Arc<ConnState>) -> RequestBody {
+        if inner.is_end_stream() {
+            return RequestBody {
+                inner,
+                rate: None,
+                uploading: None,
+            };
+        }
+        let rate = (rate.min_rate > 0).then(|| Deadline {
+            at: Instant::now() + rate.grace,
+            min_rate: rate.min_rate,
+            sleep: None,
+        });
+        conn.uploading
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        RequestBody {
+            inner,
+            rate,
+            uploading: Some(Arc::clone(conn)),
+        }
+    }
+
+    fn done_uploading(&mut self) {
+        if let Some(conn) = self.uploading.take() {
+            conn.uploading
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        self.done_uploading();
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(data)) = (&mut this.rate, frame.data_ref()) {
+                    let nanos = (data.len() as u64).saturating_mul(1_000_000_000) / d.min_rate;
+                    d.at += Duration::from_nanos(nanos);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done_uploading();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.done_uploading();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let Some(d) = &mut this.rate else {
+                    return Poll::Pending;
+                };
+                let at = d.at;
+                let sleep = d
+                    .sleep
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                if sleep.deadline() != at {
+                    sleep.as_mut().reset(at);
+                }
+                match sleep.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        this.done_uploading();
+                        Poll::Ready(Some(Err(Box::new(BodyTooSlow))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -5,15 +5,22 @@
 //! request ─► /.well-known/acme-challenge/? ─► yes: answer from Challenges (any Host)
 //!              │ no
 //!              ▼
-//!            Host ─► RouteTable ─► unknown: 404 page
-//!              │                 ─► redirect_https on plain HTTP: 308
+//!            Host ─► malformed, missing or twice: 400
+//!              │  ─► RouteTable (IDNA-mapped) ─► unknown: 404 page
+//!              │                 ─► this host redirects, plain HTTP: 308
 //!              │                 ─► no endpoints: 503
 //!              ▼
-//!            strip hop-by-hop, set X-Forwarded-*, X-Request-Id
+//!            strip hop-by-hop and client forwarding headers (unless from a
+//!            trusted proxy), refuse h2c, set X-Forwarded-*, X-Request-Id
 //!              ▼
-//!            pool.get(endpoint) ─► connect failed: next endpoint, once ─► 502
+//!            in flight to endpoint += 1 ─► pool.get(endpoint)
+//!              │   connect refused / timed out: next endpoint, each once ─► 502
 //!              ▼
-//!            response: strip hop-by-hop, stream body back (101: tunnel)
+//!            response head within the route's deadline, else 504
+//!            (request body: minimum rate, else 408)
+//!              ▼
+//!            response: strip hop-by-hop, stream body back (101: tunnel);
+//!            in flight -= 1 when the body (or the tunnel) ends
 //! ```
 //!
 //! Errors become responses in one place, [`error_response`], which also
@@ -21,7 +28,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -31,10 +38,10 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use super::body::{ProxyBody, UpstreamBody};
+use super::body::{BodyTooSlow, ProxyBody, RequestBody, UpstreamBody};
 use super::challenges::ACME_CHALLENGE_PREFIX;
 use super::pool::Sender;
-use super::routes::normalize_host;
+use super::routes::{normalize_host, InFlight, Route, MAX_HOST_LEN};
 use super::server::Worker;
 use super::ProxyError;
 
@@ -43,6 +50,7 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static COMMA_SPACE: &[u8] = b", ";
 
 static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
@@ -71,18 +79,68 @@ pub(crate) struct ConnCtx {
     /// The client's IP, formatted once per connection.
     pub(crate) client_ip: HeaderValue,
     pub(crate) peer: SocketAddr,
+    /// The peer is a configured trusted proxy: its forwarding headers are
+    /// kept, and its address is appended to `X-Forwarded-For`.
+    pub(crate) trusted: bool,
+    /// Shared with the connection's idle timer.
+    pub(crate) state: Arc<ConnState>,
+}
+
+/// What a connection's idle timer reads: when bytes last moved (coarse
+/// clock milliseconds), how many requests wait on an app, and how many of
+/// those are still uploading their body. A request waiting for its app
+/// with its body sent is under the route's response deadline instead.
+#[derive(Debug, Default)]
+pub(crate) struct ConnState {
+    pub(crate) activity: AtomicU64,
+    pub(crate) waiting: AtomicUsize,
+    pub(crate) uploading: AtomicUsize,
+}
+
+impl ConnState {
+    /// Requests wait on their app, none of them uploading.
+    pub(crate) fn awaiting_app(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0 && self.uploading.load(Ordering::Relaxed) == 0
+    }
 }
 
 impl ConnCtx {
-    pub(crate) fn new(worker: Arc<Worker>, scheme: Scheme, peer: SocketAddr) -> ConnCtx {
-        let ip = peer.ip().to_canonical().to_string();
-        let client_ip = HeaderValue::from_str(&ip).expect("an IP address is a valid header value");
+    pub(crate) fn new(
+        worker: Arc<Worker>,
+        scheme: Scheme,
+        peer: SocketAddr,
+        state: Arc<ConnState>,
+    ) -> ConnCtx {
+        let ip = peer.ip().to_canonical();
+        let client_ip =
+            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        let trusted = worker.trusted_proxies.contains(&ip);
         ConnCtx {
             worker,
             scheme,
             client_ip,
             peer,
+            trusted,
+            state,
         }
+    }
+}
+
+/// Counts a request as waiting on its app while alive.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn start(n: &'a AtomicUsize) -> Waiting<'a> {
+        // One task updates it at a time (h2 streams run on the connection's
+        // task too); Relaxed is enough for a timer's hint.
+        n.fetch_add(1, Ordering::Relaxed);
+        Waiting(n)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -107,6 +165,11 @@ impl RequestIds {
             prefix,
             next: AtomicU64::new(1),
         }
+    }
+
+    /// How many ids were handed out: the worker's request count.
+    pub(crate) fn issued(&self) -> u64 {
+        self.next.load(Ordering::Relaxed) - 1
     }
 
     pub(crate) fn next(&self) -> HeaderValue {
@@ -157,32 +220,44 @@ async fn proxy(
         // section 3.2.2), and apps expect origin-form.
         absolute_to_origin_form(&mut req)?;
     }
-    let host = match req.headers().get(header::HOST) {
-        Some(host) => host.clone(),
-        None => {
-            return Err(ProxyError::BadRequest {
-                reason: "missing Host header",
-            })
+    let host = {
+        let mut all = req.headers().get_all(header::HOST).iter();
+        match (all.next(), all.next()) {
+            (Some(host), None) => host.clone(),
+            (None, _) => {
+                return Err(ProxyError::BadRequest {
+                    reason: "missing Host header",
+                })
+            }
+            (Some(_), Some(_)) => {
+                return Err(ProxyError::BadRequest {
+                    reason: "more than one Host header",
+                })
+            }
         }
     };
 
     // The snapshot guard is dropped at the end of this block, before any
-    // await: only `Copy` data leaves it.
-    let (first, fallback) = {
+    // await: only the route's `Arc` leaves it.
+    let route = {
         let routes = cx.worker.routes.load();
-        let route = routes
+        let entry = routes
             .lookup_bytes(host.as_bytes())
+            .map_err(|_| ProxyError::BadRequest {
+                reason: "malformed Host header",
+            })?
             .ok_or(ProxyError::UnknownHost)?;
-        if route.redirect_https && cx.scheme == Scheme::Http {
+        if entry.redirect_https && cx.scheme == Scheme::Http {
             return redirect_https(&host, req.uri());
         }
-        route.pick().ok_or_else(|| ProxyError::NoEndpoints {
-            app: route.app.clone(),
-        })?
+        Arc::clone(&entry.route)
     };
+    let start = route.start().ok_or_else(|| ProxyError::NoEndpoints {
+        app: route.app.clone(),
+    })?;
 
     let upgrade = prepare_request(cx, &mut req, host);
-    forward(cx, req, first, fallback, upgrade).await
+    forward(cx, req, &route, start, upgrade).await
 }
 
 fn challenge(cx: &ConnCtx, token: &str) -> Response<ProxyBody> {
@@ -217,16 +292,17 @@ fn absolute_to_origin_form(req: &mut Request<Incoming>) -> Result<(), ProxyError
 }
 
 fn redirect_https(host: &HeaderValue, uri: &Uri) -> Result<Response<ProxyBody>, ProxyError> {
-    let mut buf = [0u8; 262];
+    let mut buf = [0u8; MAX_HOST_LEN];
     // The route matched, so the Host normalizes; the port is dropped since
     // the HTTPS listener has its own.
-    let host = normalize_host(host.as_bytes(), &mut buf).ok_or(ProxyError::UnknownHost)?;
+    let host = normalize_host(host.as_bytes(), &mut buf).map_err(|_| ProxyError::UnknownHost)?;
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let location = HeaderValue::try_from(format!("https://{host}{path}")).map_err(|_| {
-        ProxyError::BadRequest {
-            reason: "invalid request target",
-        }
-    })?;
+    let location =
+        HeaderValue::try_from(format!("https://{}{path}", host.as_str())).map_err(|_| {
+            ProxyError::BadRequest {
+                reason: "invalid request target",
+            }
+        })?;
     let mut resp = Response::new(ProxyBody::empty());
     *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
     resp.headers_mut().insert(header::LOCATION, location);
@@ -238,25 +314,72 @@ fn redirect_https(host: &HeaderValue, uri: &Uri) -> Result<Response<ProxyBody>, 
 /// hop-by-hop stripping.
 fn prepare_request(cx: &ConnCtx, req: &mut Request<Incoming>, host: HeaderValue) -> bool {
     let headers = req.headers_mut();
-    let upgrade = strip_hop_by_hop(headers, true);
+    // From a trusted proxy, what it says about its client is kept.
+    let forwarded_for = if cx.trusted {
+        headers.get(&X_FORWARDED_FOR).cloned()
+    } else {
+        None
+    };
+    let upgrade = strip_hop_by_hop(headers, true, !cx.trusted);
     // Room for the headers added below in one growth, not several.
     headers.reserve(5);
     if upgrade {
         headers.insert(header::CONNECTION, UPGRADE.clone());
     }
+    let client_ip = match forwarded_for {
+        Some(chain) => append_hop(&chain, &cx.client_ip),
+        None => cx.client_ip.clone(),
+    };
     // Overwrite, never append: anything the client sent in these is forged
     // as far as the app is concerned, since Cygni is the edge.
-    headers.insert(X_FORWARDED_FOR.clone(), cx.client_ip.clone());
+    headers.insert(X_FORWARDED_FOR.clone(), client_ip);
     let proto = match cx.scheme {
         Scheme::Http => &PROTO_HTTP,
         Scheme::Https => &PROTO_HTTPS,
     };
-    headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
-    headers.insert(X_FORWARDED_HOST.clone(), host);
+    if !cx.trusted || !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO.clone(), proto.clone());
+    }
+    if !cx.trusted || !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.insert(X_FORWARDED_HOST.clone(), host);
+    }
     headers.insert(X_REQUEST_ID.clone(), cx.worker.ids.next());
     // Keep-alive to the app regardless of what the client spoke.
     *req.version_mut() = Version::HTTP_11;
     upgrade
+}
+
+/// `chain, ip`: a trusted proxy's `X-Forwarded-For` with its own address.
+fn append_hop(chain: &HeaderValue, ip: &HeaderValue) -> HeaderValue {
+    let mut v = Vec::with_capacity(chain.len() + 2 + ip.len());
+    v.extend_from_slice(chain.as_bytes());
+    v.extend_from_slice(COMMA_SPACE);
+    v.extend_from_slice(ip.as_bytes());
+    HeaderValue::from_bytes(&v).unwrap_or_else(|_| ip.clone())
+}
+
+/// Headers through which a client could lie about who or where it is.
+/// Cygni is the edge: from anyone but a trusted proxy they are removed
+/// (`X-Forwarded-For`, `-Proto` and `-Host` are then set by Cygni itself).
+fn is_forwarding(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "forwarded"
+            | "x-real-ip"
+            | "x-forwarded-port"
+            | "x-forwarded-server"
+            | "x-forwarded-ssl"
+            | "x-forwarded-scheme"
+            | "x-forwarded-prefix"
+            | "x-url-scheme"
+            | "front-end-https"
+            | "x-client-ip"
+            | "true-client-ip"
+            | "x-cluster-client-ip"
+            | "cf-connecting-ip"
+            | "fastly-client-ip"
+            | "x-original-forwarded-for"
+    )
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
@@ -276,14 +399,24 @@ fn is_proxy_header(name: &str) -> bool {
 }
 
 /// Remove hop-by-hop headers (RFC 9110 section 7.6.1): the fixed list and
-/// every header named in `Connection`. When `keep_upgrade` is set and
+/// every header named in `Connection`, and with `forwarding` the client's
+/// forwarding headers ([`is_forwarding`]). When `keep_upgrade` is set and
 /// `Connection` carries the `upgrade` token with an `Upgrade` header
 /// present, `Upgrade` is kept and `true` is returned; the caller then puts
-/// back `Connection: upgrade`.
-pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> bool {
+/// back `Connection: upgrade`. An upgrade to `h2c` is never kept: Cygni
+/// speaks HTTP/2 to clients only over TLS, and an app answering 101 to
+/// it would take the connection out of the proxy's hands.
+pub(crate) fn strip_hop_by_hop(
+    headers: &mut HeaderMap,
+    keep_upgrade: bool,
+    forwarding: bool,
+) -> bool {
     // One pass over the names first: most messages carry none of these, and
     // then nothing is allocated or removed.
-    if !headers.keys().any(is_hop_by_hop) {
+    if !headers
+        .keys()
+        .any(|n| is_hop_by_hop(n) || (forwarding && is_forwarding(n)))
+    {
         return false;
     }
     let mut upgrade = false;
@@ -304,11 +437,14 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> b
             }
         }
     }
-    let upgrade = keep_upgrade && upgrade && headers.contains_key(header::UPGRADE);
+    let upgrade = keep_upgrade
+        && upgrade
+        && headers.contains_key(header::UPGRADE)
+        && !upgrades_to_h2c(headers);
     named.extend(
         headers
             .keys()
-            .filter(|n| is_proxy_header(n.as_str()))
+            .filter(|n| is_proxy_header(n.as_str()) || (forwarding && is_forwarding(n)))
             .cloned(),
     );
     for name in named {
@@ -329,11 +465,19 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) -> b
     upgrade
 }
 
+fn upgrades_to_h2c(headers: &HeaderMap) -> bool {
+    headers.get_all(header::UPGRADE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    })
+}
+
 async fn forward(
     cx: &ConnCtx,
     mut req: Request<Incoming>,
-    first: SocketAddr,
-    mut fallback: Option<SocketAddr>,
+    route: &Route,
+    start: usize,
     upgrade: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let pool = &cx.worker.pool;
@@ -344,9 +488,16 @@ async fn forward(
     } else {
         None
     };
-    let mut addr = first;
+    let mut req = req.map(|body| RequestBody::new(body, cx.worker.body_rate, &cx.state));
+    let n = route.endpoints.len();
+    let mut tried = 1;
+    let mut index = start;
     let mut attempts = 0;
     loop {
+        let addr = route.endpoints[index];
+        // Counted from before the first await, so a drain that starts now
+        // sees this request.
+        let in_flight = InFlight::start(route.counter(index));
         attempts += 1;
         // Upgraded connections end up owned by the tunnel, so they get a
         // connection of their own instead of a pooled one.
@@ -357,30 +508,55 @@ async fn forward(
         };
         let (mut sender, reused) = match got {
             Ok(got) => got,
-            Err(err) => match fallback.take() {
-                Some(next) => {
-                    tracing::debug!(error = %err, next = %next, "endpoint unreachable, trying the next one");
-                    addr = next;
-                    continue;
-                }
-                None => return Err(err),
-            },
+            // Nothing was sent (refused, timed out, handshake): any method
+            // may go to the next endpoint, as nginx's `proxy_next_upstream
+            // error timeout` does. Each endpoint is tried once.
+            Err(err) if tried < n => {
+                tracing::debug!(error = %err, "endpoint unreachable, trying the next one");
+                tried += 1;
+                index = (index + 1) % n;
+                continue;
+            }
+            Err(err) => return Err(err),
         };
-        match sender.try_send_request(req).await {
-            Ok(resp) => return respond(cx, resp, addr, sender, client_upgrade),
-            Err(mut err) => match err.take_message() {
+        let sent = {
+            let _waiting = Waiting::start(&cx.state.waiting);
+            tokio::time::timeout(route.response_timeout, sender.try_send_request(req)).await
+        };
+        match sent {
+            Ok(Ok(resp)) => return respond(cx, resp, addr, sender, client_upgrade, in_flight),
+            Ok(Err(mut err)) => match err.take_message() {
                 // Not a byte was written: resending cannot repeat a side
                 // effect, whatever the method.
                 Some(back) if reused && attempts < MAX_ATTEMPTS => req = back,
                 _ => {
-                    return Err(ProxyError::Upstream {
-                        addr,
-                        source: err.into_error(),
-                    })
+                    let source = err.into_error();
+                    if body_too_slow(&source) {
+                        return Err(ProxyError::BodyTimeout);
+                    }
+                    return Err(ProxyError::Upstream { addr, source });
                 }
             },
+            Err(_) => {
+                return Err(ProxyError::ResponseTimeout {
+                    addr,
+                    after: route.response_timeout,
+                })
+            }
         }
     }
+}
+
+/// Whether hyper failed because our request body gave up on a slow client.
+fn body_too_slow(err: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if e.is::<BodyTooSlow>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 fn respond(
@@ -389,13 +565,14 @@ fn respond(
     addr: SocketAddr,
     sender: Sender,
     client_upgrade: Option<OnUpgrade>,
+    in_flight: InFlight,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade else {
             return Err(ProxyError::UnexpectedUpgrade { addr });
         };
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        let kept = strip_hop_by_hop(resp.headers_mut(), true);
+        let kept = strip_hop_by_hop(resp.headers_mut(), true, false);
         if kept {
             resp.headers_mut()
                 .insert(header::CONNECTION, UPGRADE.clone());
@@ -409,11 +586,12 @@ fn respond(
             addr,
             shutdown,
             drain,
+            in_flight,
         ));
         let (parts, _) = resp.into_parts();
         return Ok(Response::from_parts(parts, ProxyBody::empty()));
     }
-    strip_hop_by_hop(resp.headers_mut(), false);
+    strip_hop_by_hop(resp.headers_mut(), false, false);
     // Our own version, not the app's (RFC 9110, 6.2): an HTTP/1.0 app
     // would otherwise make hyper close the client's keep-alive connection.
     *resp.version_mut() = Version::HTTP_11;
@@ -423,7 +601,7 @@ fn respond(
     let pool = client_upgrade
         .is_none()
         .then(|| Arc::clone(&cx.worker.pool));
-    let body = UpstreamBody::new(body, sender, pool, addr);
+    let body = UpstreamBody::new(body, sender, pool, addr, in_flight);
     Ok(Response::from_parts(parts, ProxyBody::Upstream(body)))
 }
 
@@ -436,6 +614,7 @@ async fn tunnel(
     addr: SocketAddr,
     shutdown: tokio_util::sync::CancellationToken,
     drain: std::time::Duration,
+    _in_flight: InFlight,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
@@ -466,6 +645,8 @@ const BAD_GATEWAY_PAGE: &str = "<!doctype html>\n<title>502 Bad Gateway</title>\
 const UNAVAILABLE_PAGE: &str = "<!doctype html>\n<title>503 Service Unavailable</title>\n<h1>503 Service Unavailable</h1>\n<p>The app is not running.</p>\n";
 const BAD_REQUEST_PAGE: &str =
     "<!doctype html>\n<title>400 Bad Request</title>\n<h1>400 Bad Request</h1>\n";
+const GATEWAY_TIMEOUT_PAGE: &str = "<!doctype html>\n<title>504 Gateway Timeout</title>\n<h1>504 Gateway Timeout</h1>\n<p>The app did not answer in time.</p>\n";
+const REQUEST_TIMEOUT_PAGE: &str = "<!doctype html>\n<title>408 Request Timeout</title>\n<h1>408 Request Timeout</h1>\n<p>The request body arrived too slowly.</p>\n";
 
 fn page(status: StatusCode, html: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::full(Bytes::from_static(html.as_bytes())));
@@ -481,7 +662,7 @@ fn page(status: StatusCode, html: &'static str) -> Response<ProxyBody> {
 /// The client sees a short page; the detail goes to the log.
 fn error_response(cx: &ConnCtx, err: &ProxyError) -> Response<ProxyBody> {
     let status = err.status();
-    if status == StatusCode::BAD_GATEWAY {
+    if status == StatusCode::BAD_GATEWAY || status == StatusCode::GATEWAY_TIMEOUT {
         // The app's fault, but the operator may want to know.
         tracing::warn!(client = %cx.peer, error = %err, "upstream failed");
     } else {
@@ -491,6 +672,8 @@ fn error_response(cx: &ConnCtx, err: &ProxyError) -> Response<ProxyBody> {
         StatusCode::NOT_FOUND => NOT_FOUND_PAGE,
         StatusCode::SERVICE_UNAVAILABLE => UNAVAILABLE_PAGE,
         StatusCode::BAD_REQUEST | StatusCode::METHOD_NOT_ALLOWED => BAD_REQUEST_PAGE,
+        StatusCode::GATEWAY_TIMEOUT => GATEWAY_TIMEOUT_PAGE,
+        StatusCode::REQUEST_TIMEOUT => REQUEST_TIMEOUT_PAGE,
         _ => BAD_GATEWAY_PAGE,
     };
     page(status, html)
@@ -523,7 +706,7 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("1"));
-        assert!(!strip_hop_by_hop(&mut h, true));
+        assert!(!strip_hop_by_hop(&mut h, true, true));
         let names: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["x-kept"]);
     }
@@ -533,14 +716,49 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(strip_hop_by_hop(&mut h, true));
+        assert!(strip_hop_by_hop(&mut h, true, true));
         assert_eq!(h.get(header::UPGRADE).unwrap(), "websocket");
         assert!(h.get(header::CONNECTION).is_none());
 
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        assert!(!strip_hop_by_hop(&mut h, false));
+        assert!(!strip_hop_by_hop(&mut h, false, true));
         assert!(h.get(header::UPGRADE).is_none());
+    }
+
+    #[test]
+    fn h2c_upgrades_are_refused() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Upgrade, HTTP2-Settings"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("H2C"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQAAP__"),
+        );
+        assert!(!strip_hop_by_hop(&mut h, true, true));
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn forwarding_headers_are_stripped_unless_trusted() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "true-client-ip",
+            "x-forwarded-port",
+        ] {
+            h.insert(name, HeaderValue::from_static("6.6.6.6"));
+        }
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        let mut kept = h.clone();
+        strip_hop_by_hop(&mut h, true, true);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+        strip_hop_by_hop(&mut kept, true, false);
+        assert_eq!(kept.len(), 5);
     }
 }

@@ -22,11 +22,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use super::body::RequestBody;
 use super::ProxyError;
 
 /// Idle connections kept per endpoint. More than the concurrency a single
@@ -37,7 +37,7 @@ const MAX_IDLE_PER_ENDPOINT: usize = 256;
 /// sweep periods is closed, so apps that went away don't keep sockets open.
 pub(crate) const SWEEP_PERIOD: Duration = Duration::from_secs(30);
 
-pub(crate) type Sender = SendRequest<Incoming>;
+pub(crate) type Sender = SendRequest<RequestBody>;
 
 struct Idle {
     sender: Sender,

@@ -3,7 +3,9 @@
 //!
 //! ```text
 //! serve_http ──► N threads, each: current_thread runtime
+//!                  ├─ ticker: coarse clock (250 ms), pool sweep (30 s)
 //!                  └─ accept_loop (on a dup of the listener)
+//!                       ├─ over the per-address cap? close at once
 //!                       └─ serve_connection (one task per client connection)
 //!                            hyper http1 + header-read timeout + idle timer
 //! shutdown ──► stop accepting ──► graceful_shutdown each connection
@@ -14,17 +16,19 @@
 //! hands it a TLS stream and gets the same behaviour:
 //!
 //! ```text
-//! serve_https ──► same workers ──► accept ──► TLS handshake (bounded, see tls.rs)
+//! serve_https ──► same workers ──► accept ──► TLS handshake (10 s, and at most
+//!                                              max_handshakes_per_addr at once)
 //!                   ALPN h2         ──► serve_h2 (hyper http2)       ─┐ same idle timer
 //!                   ALPN http/1.1   ──► serve_connection (http1)     ─┤ and drain
 //!                   ALPN acme-tls/1 ──► close: the handshake was the ─┘
 //!                                       whole TLS-ALPN-01 answer
 //! ```
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -42,8 +46,9 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::body::BodyRate;
 use super::challenges::Challenges;
-use super::forward::{self, ConnCtx, RequestIds, Scheme};
+use super::forward::{self, ConnCtx, ConnState, RequestIds, Scheme};
 use super::pool::{Pool, SWEEP_PERIOD};
 use super::routes::RouteTable;
 use super::tls::{ACME_TLS_ALPN, ALPN_H2};
@@ -54,6 +59,10 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// hyper's default header count; it parses that many on the stack.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
+/// Resolution of the coarse clock that stamps connection activity: idle
+/// timers fire within this much of their set time.
+const TICK: Duration = Duration::from_millis(250);
 
 /// Everything one worker (one runtime) needs, shared by its connections.
 pub(crate) struct Worker {
@@ -69,9 +78,19 @@ pub(crate) struct Worker {
     /// Set on the HTTPS listener's workers.
     tls: Option<TlsAcceptor>,
     idle_timeout: Duration,
+    pub(crate) body_rate: BodyRate,
+    pub(crate) trusted_proxies: Vec<IpAddr>,
+    /// Milliseconds since `epoch`, advanced by the worker's ticker: what
+    /// connections stamp their activity with, without a clock read per I/O.
+    clock: Arc<AtomicU64>,
+    epoch: Instant,
+    /// Shared by every worker of the listener.
+    conns: Arc<AddrLimits>,
+    handshakes: Arc<AddrLimits>,
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)]
     fn new(
         index: usize,
         boot: u32,
@@ -80,6 +99,7 @@ impl Worker {
         config: &ProxyConfig,
         shutdown: CancellationToken,
         tls: Option<TlsAcceptor>,
+        limits: &(Arc<AddrLimits>, Arc<AddrLimits>),
     ) -> Worker {
         let mut http1 = http1::Builder::new();
         http1
@@ -106,6 +126,88 @@ impl Worker {
             http2,
             tls,
             idle_timeout: config.idle_timeout,
+            body_rate: BodyRate {
+                grace: config.body_grace,
+                min_rate: config.body_min_rate,
+            },
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .map(|ip| ip.to_canonical())
+                .collect(),
+            clock: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
+            conns: Arc::clone(&limits.0),
+            handshakes: Arc::clone(&limits.1),
+        }
+    }
+
+    fn tick(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.clock.store(ms, Ordering::Relaxed);
+    }
+}
+
+/// Open connections (or handshakes) per client address, shared by the
+/// workers of one listener. Taken once per connection, never per request.
+pub(crate) struct AddrLimits {
+    max: usize,
+    open: Mutex<HashMap<u128, usize>>,
+}
+
+impl AddrLimits {
+    fn new(max: usize) -> Arc<AddrLimits> {
+        Arc::new(AddrLimits {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for `ip`, or `None` when it already holds `max`.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<AddrSlot> {
+        if self.max == 0 {
+            return Some(AddrSlot {
+                limits: None,
+                key: 0,
+            });
+        }
+        let key = addr_key(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddrSlot {
+            limits: Some(Arc::clone(self)),
+            key,
+        })
+    }
+}
+
+/// One address's IPv4, or its IPv6 /64: one host or one subnet's worth of
+/// addresses, which a single client can pick from freely.
+fn addr_key(ip: IpAddr) -> u128 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => u128::from(u32::from(v4)),
+        IpAddr::V6(v6) => (u128::from(v6) & !((1u128 << 64) - 1)) | 1 << 32,
+    }
+}
+
+pub(crate) struct AddrSlot {
+    limits: Option<Arc<AddrLimits>>,
+    key: u128,
+}
+
+impl Drop for AddrSlot {
+    fn drop(&mut self) {
+        let Some(limits) = &self.limits else { return };
+        let mut open = limits.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
         }
     }
 }
@@ -173,12 +275,21 @@ async fn serve(
     listener
         .set_nonblocking(true)
         .map_err(|source| ProxyError::Listener { source })?;
+    // Calling listen again on a listening socket only changes its backlog:
+    // std binds with 128, which a burst of new connections overflows.
+    socket2::SockRef::from(&listener)
+        .listen(config.listen_backlog)
+        .map_err(|source| ProxyError::Listener { source })?;
+    let limits = (
+        AddrLimits::new(config.max_conns_per_addr),
+        AddrLimits::new(config.max_handshakes_per_addr),
+    );
     // Once per process: request ids from different restarts don't collide.
     let boot: u32 = rand::random();
 
     if !config.per_core_runtimes {
         let worker = Arc::new(Worker::new(
-            0, boot, routes, challenges, &config, shutdown, tls,
+            0, boot, routes, challenges, &config, shutdown, tls, &limits,
         ));
         let listener =
             TcpListener::from_std(listener).map_err(|source| ProxyError::Listener { source })?;
@@ -209,6 +320,7 @@ async fn serve(
                     &config,
                     stop.clone(),
                     tls.clone(),
+                    &limits,
                 ));
                 let done = done_tx.clone();
                 std::thread::Builder::new()
@@ -278,11 +390,38 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
     let sweeper = {
         let worker = Arc::clone(&worker);
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(SWEEP_PERIOD);
+            let mut every = tokio::time::interval(TICK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let sweep_every = (SWEEP_PERIOD.as_millis() / TICK.as_millis()) as u64;
+            let mut ticks = 0u64;
+            // Requests seen at the last sweep, and sweeps since the count
+            // last moved (None: no load yet).
+            let (mut seen, mut quiet) = (0, None::<u32>);
             loop {
                 tokio::select! {
                     () = worker.shutdown.cancelled() => return,
-                    _ = every.tick() => worker.pool.sweep(),
+                    _ = every.tick() => {
+                        worker.tick();
+                        ticks += 1;
+                        if ticks % sweep_every == 0 {
+                            worker.pool.sweep();
+                            // The first two quiet sweeps after a load give
+                            // what it left in the allocator back to the
+                            // system: the first after its connections close,
+                            // the second after the pool closes its idle ones
+                            // (their tasks free them after this sweep).
+                            let issued = worker.ids.issued();
+                            quiet = if issued != seen {
+                                Some(0)
+                            } else {
+                                quiet.map(|q| q.saturating_add(1))
+                            };
+                            if matches!(quiet, Some(1 | 2)) {
+                                release_free_memory();
+                            }
+                            seen = issued;
+                        }
+                    }
                 }
             }
         })
@@ -297,20 +436,27 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = worker.conns.acquire(peer.ip()) else {
+                    // Closed unread: a flood from one address costs it a
+                    // connect, us an accept and a close.
+                    tracing::debug!(client = %peer, "too many connections from this address");
+                    continue;
+                };
                 // Responses go out whole; Nagle would only hold back the
                 // last segment. A failure just means a slower socket.
                 let _ = stream.set_nodelay(true);
                 let worker2 = Arc::clone(&worker);
                 match &worker.tls {
-                    None => {
-                        worker
-                            .tracker
-                            .spawn(serve_connection(stream, peer, Scheme::Http, worker2))
-                    }
+                    None => worker.tracker.spawn(async move {
+                        let _slot = slot;
+                        serve_connection(stream, peer, Scheme::Http, worker2).await
+                    }),
                     Some(acceptor) => {
-                        worker
-                            .tracker
-                            .spawn(serve_tls(stream, peer, acceptor.clone(), worker2))
+                        let acceptor = acceptor.clone();
+                        worker.tracker.spawn(async move {
+                            let _slot = slot;
+                            serve_tls(stream, peer, acceptor, worker2).await
+                        })
                     }
                 };
             }
@@ -331,6 +477,18 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
         );
     }
     sweeper.abort();
+}
+
+/// Return freed heap memory to the system. glibc keeps what a load freed
+/// in its per-thread arenas (and raises its trim threshold after large
+/// frees), so without this the RSS a burst left stays for good.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own arenas,
+    // under their locks; any thread may call it at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Errors from accept are about one connection (reset before we got it) or
@@ -361,15 +519,17 @@ pub(crate) async fn serve_connection<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Counted {
-        inner: io,
-        activity: Arc::clone(&activity),
-    });
-    let cx = Arc::new(ConnCtx::new(Arc::clone(&worker), scheme, peer));
+    let state = Arc::new(ConnState::default());
+    let io = TokioIo::new(Counted::new(io, &state, &worker));
+    let cx = Arc::new(ConnCtx::new(
+        Arc::clone(&worker),
+        scheme,
+        peer,
+        Arc::clone(&state),
+    ));
     let service = service_fn(move |req| forward::handle(Arc::clone(&cx), req));
     let conn = worker.http1.serve_connection(io, service).with_upgrades();
-    drive(conn, |c| c.graceful_shutdown(), &activity, peer, &worker).await;
+    drive(conn, |c| c.graceful_shutdown(), &state, peer, &worker).await;
 }
 
 /// Handshake, then serve by the negotiated ALPN protocol.
@@ -379,6 +539,10 @@ async fn serve_tls(
     acceptor: TlsAcceptor,
     worker: Arc<Worker>,
 ) {
+    let Some(handshaking) = worker.handshakes.acquire(peer.ip()) else {
+        tracing::debug!(client = %peer, "too many TLS handshakes from this address");
+        return;
+    };
     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
     let stream = tokio::select! {
         biased;
@@ -397,6 +561,7 @@ async fn serve_tls(
             }
         },
     };
+    drop(handshaking);
     match stream.get_ref().1.alpn_protocol() {
         Some(ACME_TLS_ALPN) => {
             // RFC 8737: the CA only checks the certificate; no HTTP follows.
@@ -415,23 +580,29 @@ async fn serve_h2<IO>(io: IO, peer: SocketAddr, worker: Arc<Worker>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(AtomicU64::new(0));
-    let io = TokioIo::new(Counted {
-        inner: io,
-        activity: Arc::clone(&activity),
-    });
-    let cx = Arc::new(ConnCtx::new(Arc::clone(&worker), Scheme::Https, peer));
+    let state = Arc::new(ConnState::default());
+    let io = TokioIo::new(Counted::new(io, &state, &worker));
+    let cx = Arc::new(ConnCtx::new(
+        Arc::clone(&worker),
+        Scheme::Https,
+        peer,
+        Arc::clone(&state),
+    ));
     let service = service_fn(move |req| forward::handle(Arc::clone(&cx), req));
     let conn = worker.http2.serve_connection(io, service);
-    drive(conn, |c| c.graceful_shutdown(), &activity, peer, &worker).await;
+    drive(conn, |c| c.graceful_shutdown(), &state, peer, &worker).await;
 }
 
 /// Poll a connection to its end, with the idle timer and the drain on
 /// shutdown. `graceful` starts the protocol's graceful shutdown.
+///
+/// The idle timer reads when bytes last moved (stamped by [`Counted`] from
+/// the worker's coarse clock) and re-arms for the time left, so it fires
+/// `idle_timeout` after the last activity, give or take one tick.
 async fn drive<C, E>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
-    activity: &AtomicU64,
+    state: &ConnState,
     peer: SocketAddr,
     worker: &Worker,
 ) where
@@ -441,10 +612,14 @@ async fn drive<C, E>(
     tokio::pin!(conn);
     let cancelled = worker.shutdown.cancelled();
     tokio::pin!(cancelled);
-    let timer = tokio::time::sleep(worker.idle_timeout);
+    let idle = worker.idle_timeout;
+    let timer = tokio::time::sleep(idle);
     tokio::pin!(timer);
-    let mut seen = 0;
     let mut draining = false;
+    // The connection is active from its accept.
+    state
+        .activity
+        .store(worker.clock.load(Ordering::Relaxed), Ordering::Relaxed);
     loop {
         tokio::select! {
             biased;
@@ -464,31 +639,46 @@ async fn drive<C, E>(
                     tracing::info!(client = %peer, "closing connection still busy after the drain period");
                     return;
                 }
-                let now = activity.load(Ordering::Relaxed);
-                if now == seen {
+                if state.awaiting_app() {
+                    // The route's response deadline governs this wait.
+                    timer.as_mut().reset(Instant::now() + idle);
+                    continue;
+                }
+                let now = worker.clock.load(Ordering::Relaxed);
+                let last = state.activity.load(Ordering::Relaxed);
+                let quiet = Duration::from_millis(now.saturating_sub(last));
+                if quiet + TICK / 2 >= idle {
                     tracing::debug!(client = %peer, "closing idle connection");
                     return;
                 }
-                seen = now;
-                timer.as_mut().reset(Instant::now() + worker.idle_timeout);
+                // At least a tick ahead: the clock moves in ticks.
+                timer.as_mut().reset(Instant::now() + (idle - quiet).max(TICK));
             }
         }
     }
 }
 
-/// A socket that counts its reads and writes, so the idle timer can tell
-/// whether anything moved since it last fired without reading a clock on
-/// every I/O.
+/// A socket that stamps its reads and writes with the worker's coarse
+/// clock, so the idle timer knows when bytes last moved without reading a
+/// clock on every I/O.
 struct Counted<IO> {
     inner: IO,
-    activity: Arc<AtomicU64>,
+    state: Arc<ConnState>,
+    clock: Arc<AtomicU64>,
 }
 
 impl<IO> Counted<IO> {
+    fn new(inner: IO, state: &Arc<ConnState>, worker: &Worker) -> Counted<IO> {
+        Counted {
+            inner,
+            state: Arc::clone(state),
+            clock: Arc::clone(&worker.clock),
+        }
+    }
+
     fn touch(&self) {
-        // One task touches it at a time; a plain load/store is enough.
-        let n = self.activity.load(Ordering::Relaxed);
-        self.activity.store(n.wrapping_add(1), Ordering::Relaxed);
+        let now = self.clock.load(Ordering::Relaxed);
+        self.state.activity.store(now, Ordering::Relaxed);
     }
 }
 
