@@ -281,3 +281,35 @@ fn kill_mid_build_regression_leaves_no_build_dir_and_the_app_serving() {
         "the branch moved: {ls:#?}"
     );
 }
+
+/// Regression: the drain was a fixed 2 s, so a request longer than that
+/// which spanned a deploy was cut (502, "upstream failed during the
+/// request"). Now the old instance is stopped only once what is in flight
+/// to it has finished (up to 30 s), and the push still returns at live.
+#[test]
+fn long_request_cut_by_deploy_regression_finishes() {
+    let d = TestDaemon::start();
+    d.ssh(&d.admin, "apps:create longreq").ok();
+    d.ssh(&d.admin, "config:set longreq --no-restart VERSION=v1")
+        .ok();
+    let repo = fixture_repo(&d, "slow-boot-app", "longreq");
+    push(&d, &repo, "longreq").ok();
+
+    let port = d.http_port;
+    let slow = std::thread::spawn(move || curl(port, &host("longreq"), "/slow/8"));
+    std::thread::sleep(Duration::from_millis(500));
+    // A new release while the request is in flight on the old instance.
+    let started = std::time::Instant::now();
+    d.ssh(&d.admin, "config:set longreq VERSION=v2").ok();
+    let released_after = started.elapsed();
+    let (code, body) = slow.join().expect("slow request");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("slow done by web.1 of v1"), "{body}");
+    assert!(
+        released_after < Duration::from_secs(6),
+        "the release waited for the old instance's drain: {released_after:?}"
+    );
+    let (code, body) = d.curl(&host("longreq"), "/slow/0");
+    assert_eq!(code, 200);
+    assert!(body.contains("of v2"), "{body}");
+}

@@ -28,16 +28,17 @@ use super::plan::{self, Admission, Desired, DesiredRelease, Intent, Plan, Step};
 use super::Progress;
 use crate::logs::LogStore;
 use crate::names::AppName;
-use crate::proxy::{RouteTable, Routes};
+use crate::proxy::{AppRoute, RouteTable, Routes};
 use crate::runtime::{
     HealthCheck, Instance, InstanceEvent, InstanceId, InstanceState, ProcessSpec, Runtime,
     RuntimeError,
 };
 use crate::state::{self, formation, releases, releases::Release, Db};
 
-/// How long retired instances keep serving requests already on their way
-/// before they are asked to stop.
-pub const DRAIN: Duration = Duration::from_secs(2);
+/// The longest a drain waits for requests (and WebSockets, long polls)
+/// already on their way to retired instances before they are stopped. A
+/// drain ends as soon as nothing is in flight.
+pub const DRAIN: Duration = Duration::from_secs(30);
 /// SIGTERM → SIGKILL grace for instances being stopped.
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -73,6 +74,8 @@ impl ConvergeError {
 pub struct Tail {
     app: AppName,
     steps: Vec<Step>,
+    /// Endpoints the head retired: the tail's drain waits for them.
+    retired: Vec<std::net::SocketAddr>,
 }
 
 impl Tail {
@@ -253,6 +256,7 @@ impl Converger {
             known: observed.into_iter().map(|i| (i.id.clone(), i)).collect(),
             started: Vec::new(),
             passed: Vec::new(),
+            retired: Vec::new(),
         };
         let mut commit = commit;
         let mut result = Ok(());
@@ -300,6 +304,7 @@ impl Converger {
             Ok(()) => Ok(Tail {
                 app: app.clone(),
                 steps: tail,
+                retired: run.retired,
             }),
             Err(e) => {
                 // What this plan started and did not admit goes again.
@@ -318,7 +323,10 @@ impl Converger {
     /// Run what is left of a plan: retire, drain, stop. Failures are
     /// logged; the next reconcile picks up anything left.
     pub async fn finish(&self, tail: Tail) {
-        let mut run = Run::default();
+        let mut run = Run {
+            retired: tail.retired,
+            ..Run::default()
+        };
         let mut quiet = Progress::new(None);
         for step in tail.steps {
             if let Err(e) = self.step(&tail.app, step, &mut run, &mut quiet).await {
@@ -361,7 +369,8 @@ impl Converger {
                     .filter_map(|id| run.known.get(id))
                     .filter_map(admission)
                     .collect();
-                self.route(app, admit, &retire);
+                let gone = self.route(app, admit, &retire);
+                run.retired.extend(gone);
                 self.publish_logged().await;
             }
             Step::AdmitReady { release } => {
@@ -385,7 +394,10 @@ impl Converger {
                     .await
                     .map_err(|source| ConvergeError::Runtime { what, source })?;
             }
-            Step::Drain => tokio::time::sleep(DRAIN).await,
+            Step::Drain => {
+                let endpoints = std::mem::take(&mut run.retired);
+                self.drain(&endpoints, DRAIN).await;
+            }
             Step::Stop(ids) => {
                 // Never stop what is routed: out of the set first.
                 self.evict(app, &ids);
@@ -528,15 +540,25 @@ impl Converger {
         }
     }
 
-    fn route(&self, app: &AppName, admit: Vec<Admission>, retire: &[InstanceId]) {
+    /// Admit and retire in one change of the set; returns the endpoints
+    /// retired, for the drain that follows.
+    fn route(
+        &self,
+        app: &AppName,
+        admit: Vec<Admission>,
+        retire: &[InstanceId],
+    ) -> Vec<std::net::SocketAddr> {
         let mut all = self.admitted();
         let set = all.entry(app.clone()).or_default();
-        for id in retire {
-            set.remove(id);
-        }
+        let gone = retire
+            .iter()
+            .filter_map(|id| set.remove(id))
+            .map(|a| a.endpoint)
+            .collect();
         for a in admit {
             set.insert(a.id.clone(), a);
         }
+        gone
     }
 
     /// Forget everything admitted of an app (it is being destroyed).
@@ -586,17 +608,17 @@ impl Converger {
     ///
     /// Every app gets `APP.DOMAIN` and its custom domains; its endpoints are
     /// its admitted instances, and nothing else. An app with none answers
-    /// 503. Plain HTTP redirects to HTTPS for apps whose every host has a
-    /// valid certificate, unless the app turned that off.
+    /// 503. Plain HTTP redirects to HTTPS per host: a host with a valid
+    /// certificate redirects (unless the app turned redirects off),
+    /// whatever the app's other hosts have.
     pub async fn publish_routes(&self) -> Result<(), ConvergeError> {
-        let domain = self.domain.clone();
-        let (apps, domains, https) = self
+        let (apps, domains, certified) = self
             .db
             .call(move |c| {
                 Ok((
                     state::apps::list(c)?,
                     state::domains::all(c)?,
-                    state::certs::https_apps(c, &domain, state::now())?,
+                    state::certs::valid_cert_hosts(c, state::now())?,
                 ))
             })
             .await?;
@@ -615,12 +637,45 @@ impl Converger {
                         .filter(|(a, _)| *a == app.name)
                         .map(|(_, h)| h.to_string()),
                 );
-                let redirect_https = https.contains(&app.name);
-                builder = builder.app(app.name.clone(), hosts, endpoints, redirect_https);
+                let mut route = AppRoute::new(app.name.clone(), endpoints);
+                for host in hosts {
+                    let redirect = app.redirect_https && certified.contains(&host);
+                    route = route.host(host, redirect);
+                }
+                builder = builder.route(route);
             }
         }
         self.routes.replace(builder.build());
         Ok(())
+    }
+
+    /// Wait until nothing is in flight to `ids` (requests, WebSockets,
+    /// other upgraded connections), or `max` passes: a drain lasts as
+    /// long as the work it protects, never longer than the maximum.
+    async fn drain(&self, endpoints: &[std::net::SocketAddr], max: Duration) {
+        // A request routed an instant before the swap is counted within
+        // nanoseconds of its lookup; give it those before the first look.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let deadline = Instant::now() + max;
+        let mut waited = false;
+        loop {
+            let busy: usize = endpoints.iter().map(|a| self.routes.in_flight(*a)).sum();
+            if busy == 0 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::info!(
+                    in_flight = busy,
+                    "drain ended at its maximum; stopping anyway"
+                );
+                return;
+            }
+            if !waited {
+                tracing::debug!(in_flight = busy, "draining");
+                waited = true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -637,6 +692,8 @@ struct Run {
     started: Vec<InstanceId>,
     /// Passed their check in this run.
     passed: Vec<InstanceId>,
+    /// Endpoints retired since the last drain.
+    retired: Vec<std::net::SocketAddr>,
 }
 
 fn admission(i: &Instance) -> Option<Admission> {

@@ -287,6 +287,20 @@ pub fn https_apps(
         .collect())
 }
 
+/// Hosts that have a valid certificate now: a host on this list redirects
+/// plain HTTP to HTTPS (when its app's switch is on), whatever the app's
+/// other hosts have, as Caddy does per host.
+pub fn valid_cert_hosts(conn: &Connection, now: i64) -> Result<HashSet<String>, StateError> {
+    let mut stmt = conn.prepare(
+        "SELECT host FROM certificates
+         WHERE chain_pem IS NOT NULL AND not_before <= ?1 AND not_after > ?1",
+    )?;
+    let hosts = stmt
+        .query_map([now], |r| r.get::<_, String>(0))?
+        .collect::<Result<HashSet<_>, _>>()?;
+    Ok(hosts)
+}
+
 /// The per-app switch `apps.redirect_https`.
 pub fn redirect_enabled(conn: &Connection, app: &AppName) -> Result<bool, StateError> {
     conn.query_row(
