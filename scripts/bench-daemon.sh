@@ -42,7 +42,7 @@ TLS_HOST=bench.example.com # a custom domain: local names get no certificate
 
 cd "$(dirname "$0")/.."
 [ -f Cargo.toml ] || { echo "run from the Cygni repository" >&2; exit 1; }
-# shellcheck source=scripts/lib-bench-daemon.sh
+# shellcheck source=scripts/lib-bench-daemon.sh disable=SC1091
 . scripts/lib-bench-daemon.sh
 
 bench_tools
@@ -78,6 +78,7 @@ rm -f "$APPS_DIR/$APP.port"
 daemon_start
 wait_http "$HTTP_PORT" "$APP.localhost"
 for _ in $(seq 1 100); do [ -s "$APPS_DIR/$APP.port" ] && break; sleep 0.1; done
+# shellcheck disable=SC2004 # APP_PORT is an associative array: $APP is a key
 APP_PORT[$APP]=$(cat "$APPS_DIR/$APP.port")
 BACKEND_PID=$(pgrep -f -- "-c $APPS_DIR/$APP.${APP_PORT[$APP]}/nginx.conf" | head -1)
 [ -n "$BACKEND_PID" ] || die "cannot find the app's nginx"
@@ -187,7 +188,9 @@ run_one() { # scenario target round
     p99=$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")
     reqs=$(awk '/requests in/ { print $1 }' "$out")
     errors=$(awk '/Non-2xx|Socket errors/ { printf "%s ", $0 }' "$out")
-    [ -n "$rps" ] && [ -n "$reqs" ] || die "could not parse wrk output: $(cat "$out")"
+    if [ -z "$rps" ] || [ -z "$reqs" ]; then
+        die "could not parse wrk output: $(cat "$out")"
+    fi
     awk -v s="$s" -v t="$t" -v r="$r" -v rps="$rps" -v p99="$p99" -v reqs="$reqs" -v hz="$HZ" \
         -v pt=$((p1 - p0)) -v bt=$((b1 - b0)) -v err="$errors" -v f="$RESULTS" 'BEGIN {
         pus = pt / hz * 1e6 / reqs; bus = bt / hz * 1e6 / reqs

@@ -26,7 +26,7 @@ TLS_HOST=bench.example.com
 
 cd "$(dirname "$0")/.."
 [ -f Cargo.toml ] || { echo "run from the Cygni repository" >&2; exit 1; }
-# shellcheck source=scripts/lib-bench-daemon.sh
+# shellcheck source=scripts/lib-bench-daemon.sh disable=SC1091
 . scripts/lib-bench-daemon.sh
 
 bench_tools
