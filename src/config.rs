@@ -103,6 +103,7 @@ struct FileConfig {
     run_image: Option<String>,
     keep_releases: Option<usize>,
     reconcile_interval_secs: Option<u64>,
+    min_free_mb: Option<u64>,
 }
 
 /// Which runtime backend to use.
@@ -154,6 +155,9 @@ pub struct Config {
     /// How often what runs is compared with what should run (file key
     /// `reconcile_interval_secs`, 1 to 3600, default 10).
     pub reconcile_interval: Duration,
+    /// Free space (MiB) the data dir keeps: a push or build that would
+    /// start below it is refused (file key `min_free_mb`, default 512).
+    pub min_free_mb: u64,
 }
 
 impl Config {
@@ -291,6 +295,7 @@ impl Config {
         }
 
         Ok(Config {
+            min_free_mb: file.min_free_mb.unwrap_or(512),
             reconcile_interval,
             data_dir,
             ssh_listen,

@@ -283,6 +283,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     })?;
     platform.build_limits.run_image = config.run_image.clone();
     platform.keep_releases = config.keep_releases;
+    platform.min_free = config.min_free_mb.saturating_mul(1 << 20);
     platform.http_port = http_addr.port();
     let platform = Arc::new(platform);
     let ssh_listener =

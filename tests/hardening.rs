@@ -313,3 +313,32 @@ fn long_request_cut_by_deploy_regression_finishes() {
     assert_eq!(code, 200);
     assert!(body.contains("of v2"), "{body}");
 }
+
+/// Regression: no push was refused for lack of free disk. With a reserve
+/// larger than the disk, a push is refused with one line, and the app,
+/// its branch and its releases are as they were.
+#[test]
+fn disk_full_regression_push_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("cygni.toml");
+    // 1 PiB: more than any test machine has free.
+    std::fs::write(&cfg, "min_free_mb = 1073741824\n").expect("config");
+    let d = TestDaemon::start_with(&["--config", cfg.to_str().expect("utf-8")]);
+    let repo = fixture_repo(&d, "procfile-app", "full");
+    let out = push(&d, &repo, "full");
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr.contains("MiB free for apps") && out.stderr.contains("nothing was changed"),
+        "{out:#?}"
+    );
+    let ls = d
+        .git(&d.admin, &repo, &["ls-remote", &d.remote("full")])
+        .ok();
+    assert!(
+        !ls.stdout.contains("refs/heads/main"),
+        "the branch was stored: {ls:#?}"
+    );
+    let releases = d.ssh(&d.admin, "releases full --json").ok().stdout;
+    assert!(!releases.contains("\"live\""), "{releases}");
+    assert!(!d.data_dir.join("slugs/full/v1").exists());
+}

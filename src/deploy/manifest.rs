@@ -42,10 +42,14 @@ impl Manifest {
     pub fn parse(bytes: &[u8]) -> Result<Manifest, String> {
         let text = std::str::from_utf8(bytes).map_err(|_| "cygni.toml is not UTF-8".to_owned())?;
         let m: Manifest = toml::from_str(text).map_err(|e| {
-            format!(
-                "cygni.toml: {}",
-                e.message().lines().next().unwrap_or("invalid TOML")
-            )
+            let what = e.message().lines().next().unwrap_or("invalid TOML");
+            match e.span() {
+                Some(span) => {
+                    let (line, col) = line_col(text, span.start);
+                    format!("cygni.toml:{line}:{col}: {what}")
+                }
+                None => format!("cygni.toml: {what}"),
+            }
         })?;
         if let Some(path) = &m.healthcheck.path {
             let ok = path.starts_with('/')
@@ -73,6 +77,18 @@ impl Manifest {
     }
 }
 
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -97,6 +113,11 @@ mod tests {
                 .health_check(Duration::from_secs(60)),
             HealthCheck::tcp(Duration::from_secs(60))
         );
+        // Errors say where.
+        let e = Manifest::parse(b"[build]\nbuilder = \"x\"\ncolour = 1\n").unwrap_err();
+        assert!(e.starts_with("cygni.toml:3:1: "), "{e}");
+        let e = Manifest::parse(b"[healthcheck]\ntimeout = \"ten\"\n").unwrap_err();
+        assert!(e.starts_with("cygni.toml:2:11: "), "{e}");
         for bad in [
             &b"[healthcheck]\npath = \"up\"\n"[..],
             b"[healthcheck]\npath = \"/a b\"\n",

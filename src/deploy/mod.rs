@@ -140,6 +140,9 @@ pub struct Platform {
     pub keep_releases: usize,
     /// The one executor of changes of what runs, and the admitted set.
     pub converger: Arc<Converger>,
+    /// Bytes the data dir keeps free: pushes and builds below it are
+    /// refused before they write anything.
+    pub min_free: u64,
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -214,6 +217,7 @@ impl Platform {
             build_as,
             build_limits: BuildLimits::default(),
             keep_releases: KEEP_RELEASES,
+            min_free: 512 << 20,
             converger,
             locks: Default::default(),
         }
@@ -267,6 +271,31 @@ impl Platform {
             .join(format!("v{version}"))
     }
 
+    /// Refuse to start work that writes to the data dir when it has less
+    /// than [`Platform::min_free`] free: a full disk mid-build damages more
+    /// than a refused push.
+    fn check_free_space(&self, stage: Stage) -> Result<(), DeployError> {
+        let Some(free) = free_bytes(&self.paths.slugs) else {
+            return Ok(());
+        };
+        if free < self.min_free {
+            tracing::warn!(
+                free,
+                reserve = self.min_free,
+                "refusing work: disk nearly full"
+            );
+            return Err(fail(
+                stage,
+                format!(
+                    "the server has only {} MiB free for apps (it keeps {} MiB free); nothing was changed: free some disk space and push again",
+                    free >> 20,
+                    self.min_free >> 20
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Is `branch` the one whose pushes deploy?
     fn is_deploy_branch(setting: Option<&str>, branch: &str) -> bool {
         match setting {
@@ -302,6 +331,7 @@ impl Platform {
                 format!("{branch} moved while this push waited (another push landed first): fetch, merge and push again"),
             ));
         }
+        self.check_free_space(Stage::Export)?;
         let short = &sha[..sha.len().min(7)];
         let (a, s, d) = (app.clone(), sha.to_owned(), format!("Deploy {short}"));
         let mut release = self
@@ -456,6 +486,7 @@ impl Platform {
             .clone()
             .or_else(|| env.get("CYGNI_BUILDER").cloned());
 
+        self.check_free_space(Stage::Build)?;
         // Build, streaming the builder's output as it comes.
         let cache = self.paths.cache.join(app.as_str());
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(256);
@@ -764,6 +795,25 @@ fn converge_failure(e: ConvergeError) -> DeployError {
         ConvergeError::Runtime { .. } => fail(Stage::Start, e.to_string()),
         ConvergeError::State(_) => internal(Stage::Switch, e),
     }
+}
+
+/// Bytes available to unprivileged writers on the filesystem of `path`.
+fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is a valid out-pointer
+    // for one statvfs; it is read only when the call succeeded.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    // The field types differ between targets (u32 on some 32-bit ones).
+    #[allow(clippy::useless_conversion)]
+    let (avail, size) = (u64::from(st.f_bavail), u64::from(st.f_frsize));
+    Some(avail.saturating_mul(size))
 }
 
 fn release_command(release: &Release) -> Option<&str> {
