@@ -202,3 +202,87 @@ fn a_deployer_without_a_grant_gets_app_not_found_from_every_command() {
     let (code, body) = d.curl(&host("secret"), "/");
     assert_eq!(code, 200, "{body}");
 }
+
+/// The three roles over SSH, each against reads, secrets and changes of a
+/// granted app: admins do anything, developers (`deployer`) manage, viewers
+/// read with config values masked and change nothing.
+#[test]
+fn roles_admin_developer_viewer_over_ssh() {
+    let d = TestDaemon::start();
+    let repo = fixture_repo(&d, "procfile-app", "shared");
+    push(&d, &repo, "shared").ok();
+    d.ssh(&d.admin, "config:set shared TOKEN=s3cret").ok();
+    let dev = d.add_key("dev", "developer");
+    let viewer = d.add_key("viewer", "viewer");
+    for k in ["dev", "viewer"] {
+        d.ssh(&d.admin, &format!("keys:grant {k} shared")).ok();
+    }
+    let keys = d.ssh(&d.admin, "keys").ok().stdout;
+    assert!(
+        keys.contains("deployer") && keys.contains("viewer"),
+        "{keys}"
+    );
+
+    // (command, developer may, viewer may)
+    let table = [
+        ("ps shared", true, true),
+        ("releases shared", true, true),
+        ("logs shared -n 5", true, true),
+        ("apps:info shared", true, true),
+        ("domains shared", true, true),
+        ("config shared", true, true),
+        ("config shared --reveal", true, false),
+        ("config:get shared TOKEN", true, false),
+        ("config:set shared --no-restart OTHER=1", true, false),
+        ("domains:add shared roles.example.org", true, false),
+        ("ps:scale shared web=1", true, false),
+        ("apps:destroy shared --confirm shared", false, false),
+    ];
+    for (command, dev_may, viewer_may) in table {
+        for (who, key, may) in [
+            ("developer", &dev, dev_may),
+            ("viewer", &viewer, viewer_may),
+        ] {
+            let out = d.ssh(key, command);
+            if may {
+                assert_eq!(out.code, 0, "{who}: {command}: {out:#?}");
+            } else {
+                assert_ne!(out.code, 0, "{who} may not: {command}: {out:#?}");
+                assert!(
+                    out.stderr.starts_with("error: ")
+                        && out.stderr.trim().lines().count() == 1
+                        && !out.stderr.contains("app not found"),
+                    "{who}: {command}: {out:#?}"
+                );
+            }
+        }
+    }
+    // A viewer sees masked values only.
+    let masked = d.ssh(&viewer, "config shared --json").ok().stdout;
+    assert!(
+        !masked.contains("s3cret") && masked.contains("TOKEN"),
+        "{masked}"
+    );
+    // A viewer cannot push; the branch stays where it was.
+    let before = d
+        .git(&d.admin, &repo, &["ls-remote", &d.remote("shared")])
+        .ok()
+        .stdout;
+    edit(&repo.join("index.html"), "hello", "viewer was here");
+    commit_all(&repo, "from a viewer");
+    let out = d.git(&viewer, &repo, &["push", &d.remote("shared"), "main"]);
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr.contains("viewer keys can only read shared"),
+        "{out:#?}"
+    );
+    let after = d
+        .git(&d.admin, &repo, &["ls-remote", &d.remote("shared")])
+        .ok()
+        .stdout;
+    assert_eq!(before, after);
+    // The app is untouched.
+    let (code, body) = d.curl(&host("shared"), "/");
+    assert_eq!(code, 200);
+    assert!(!body.contains("viewer was here"));
+}

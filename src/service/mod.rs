@@ -39,6 +39,11 @@ impl Actor {
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }
+
+    /// Viewers see config values masked, whatever they ask for.
+    pub fn sees_secrets(&self) -> bool {
+        self.role != Role::Viewer
+    }
 }
 
 /// What an operation needs from the actor on one app.
@@ -116,9 +121,10 @@ impl Service {
     }
 
     /// The one authorization rule. Admins may do anything to any app; a
-    /// deployer may read and manage the apps granted to it. Anything else
-    /// is "app not found" first (so a deployer cannot learn which apps
-    /// exist), then "forbidden" for admin-only operations on a visible app.
+    /// developer (`deployer`) may read and manage the apps granted to it; a
+    /// viewer may only read its granted apps. Anything else is "app not
+    /// found" first (so nobody learns which apps exist), then "forbidden"
+    /// for what the role may not do on an app it sees.
     pub async fn app(
         &self,
         actor: &Actor,
@@ -148,12 +154,17 @@ impl Service {
             Some(a) if visible => a,
             _ => return Err(ServiceError::AppNotFound(app.clone())),
         };
-        if access == Access::Admin && role != Some(Role::Admin) {
-            return Err(ServiceError::Forbidden(format!(
+        match (access, role) {
+            (_, Some(Role::Admin)) | (Access::Read, _) | (Access::Manage, Some(Role::Deployer)) => {
+                Ok(record)
+            }
+            (Access::Manage, _) => Err(ServiceError::Forbidden(format!(
+                "viewer keys can only read {app}"
+            ))),
+            (Access::Admin, _) => Err(ServiceError::Forbidden(format!(
                 "only admin keys can do that to {app}"
-            )));
+            ))),
         }
-        Ok(record)
     }
 
     /// Operations that name no app and are for admins only.

@@ -152,8 +152,21 @@ fn first_word(command: &str) -> &str {
     command.split_whitespace().next().unwrap_or("")
 }
 
-/// Look an app up as `identity` may see it (the service layer's rule):
-/// anything it may not see is "app not found".
+/// An app `identity` may read (the service layer's rule): anything it may
+/// not see is "app not found".
+pub(crate) async fn readable_app(
+    ctx: &SshContext,
+    identity: &Identity,
+    app: &crate::names::AppName,
+) -> Result<state::apps::App, commands::CommandError> {
+    Ok(ctx
+        .service
+        .app(identity, app, crate::service::Access::Read)
+        .await?)
+}
+
+/// An app `identity` may change (the service layer's rule): anything it
+/// may not see is "app not found"; a viewer is refused.
 pub(crate) async fn visible_app(
     ctx: &SshContext,
     identity: &Identity,

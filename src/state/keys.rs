@@ -13,7 +13,10 @@ use crate::names::{AppName, KeyName};
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
+    /// Pushes to and manages its granted apps (`developer` is the same).
     Deployer,
+    /// Reads its granted apps; config values masked; changes nothing.
+    Viewer,
 }
 
 impl Role {
@@ -21,18 +24,23 @@ impl Role {
         match self {
             Role::Admin => "admin",
             Role::Deployer => "deployer",
+            Role::Viewer => "viewer",
         }
     }
 
-    /// For the command line: `admin` or `deployer`, as a one-line error.
+    /// For the command line: `admin`, `developer` (`deployer`) or
+    /// `viewer`, else a one-line error.
     pub fn from_arg(s: &str) -> Result<Role, String> {
-        Role::parse(s).ok_or_else(|| format!("{s:?} is not a role: use admin or deployer"))
+        Role::parse(s).ok_or_else(|| {
+            format!("{s:?} is not a role: use admin, developer (or deployer) or viewer")
+        })
     }
 
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "admin" => Some(Role::Admin),
-            "deployer" => Some(Role::Deployer),
+            "deployer" | "developer" => Some(Role::Deployer),
+            "viewer" => Some(Role::Viewer),
             _ => None,
         }
     }

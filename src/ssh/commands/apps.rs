@@ -2,7 +2,7 @@
 
 use super::{json, time, CommandError};
 use crate::names::AppName;
-use crate::ssh::{visible_app, Exec};
+use crate::ssh::{readable_app, Exec};
 use crate::state;
 
 pub(super) async fn list(exec: &mut Exec, as_json: bool) -> Result<(), CommandError> {
@@ -66,7 +66,7 @@ pub(super) async fn destroy(
 
 pub(super) async fn info(exec: &mut Exec, app: AppName, as_json: bool) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let record = visible_app(&ctx, &exec.identity, &app).await?;
+    let record = readable_app(&ctx, &exec.identity, &app).await?;
     let a = app.clone();
     let (live, domains, stored) = ctx
         .db

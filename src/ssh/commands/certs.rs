@@ -5,7 +5,7 @@
 
 use super::{json, require_admin, time, CommandError};
 use crate::names::AppName;
-use crate::ssh::{visible_app, Exec};
+use crate::ssh::{readable_app, visible_app, Exec};
 use crate::state::{self, certs::CertRecord};
 
 impl From<crate::acme::AcmeError> for CommandError {
@@ -41,7 +41,7 @@ pub(super) async fn list(
     let ctx = exec.ctx.clone();
     let app = match app {
         Some(a) => {
-            visible_app(&ctx, &exec.identity, &a).await?;
+            readable_app(&ctx, &exec.identity, &a).await?;
             Some(a)
         }
         None => {

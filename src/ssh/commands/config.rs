@@ -34,6 +34,11 @@ pub(super) async fn show(
     reveal: bool,
 ) -> Result<(), CommandError> {
     let (app, vars) = app_vars(exec, &app).await?;
+    if reveal && !exec.identity.sees_secrets() {
+        return Err(CommandError::Forbidden(format!(
+            "viewer keys see {app}'s config values masked"
+        )));
+    }
     let shown = |v: &String| {
         if reveal {
             v.clone()
@@ -71,6 +76,11 @@ pub(super) async fn get(
     as_json: bool,
 ) -> Result<(), CommandError> {
     let (app, vars) = app_vars(exec, &app).await?;
+    if !exec.identity.sees_secrets() {
+        return Err(CommandError::Forbidden(format!(
+            "viewer keys see {app}'s config values masked"
+        )));
+    }
     let Some(value) = vars.get(&key) else {
         return Err(CommandError::Invalid(format!(
             "{app} has no config var {key}"

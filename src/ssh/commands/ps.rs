@@ -8,7 +8,7 @@ use super::{json, with_progress, CommandError};
 use crate::deploy::Progress;
 use crate::names::{AppName, ProcessType};
 use crate::runtime::{Attach, InstanceState, PtySize};
-use crate::ssh::{visible_app, Exec};
+use crate::ssh::{readable_app, visible_app, Exec};
 use crate::state::{formation, releases};
 
 use crate::service::ps::MAX_SCALE;
@@ -39,7 +39,7 @@ fn state_name(s: &InstanceState) -> &'static str {
 
 pub(super) async fn list(exec: &mut Exec, app: AppName, as_json: bool) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let record = visible_app(&ctx, &exec.identity, &app).await?;
+    let record = readable_app(&ctx, &exec.identity, &app).await?;
     let a = app.clone();
     let (live, stored) = ctx
         .db

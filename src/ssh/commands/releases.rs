@@ -3,7 +3,7 @@
 use super::{json, parse_version, time, with_progress, CommandError};
 use crate::deploy::Progress;
 use crate::names::AppName;
-use crate::ssh::{visible_app, Exec};
+use crate::ssh::{readable_app, visible_app, Exec};
 use crate::state::{self, releases};
 
 pub(super) async fn list(
@@ -13,7 +13,7 @@ pub(super) async fn list(
     num: u32,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    visible_app(&ctx, &exec.identity, &app).await?;
+    readable_app(&ctx, &exec.identity, &app).await?;
     let a = app.clone();
     let list = ctx
         .db
@@ -62,7 +62,7 @@ pub(super) async fn logs(
     follow: bool,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    visible_app(&ctx, &exec.identity, &app).await?;
+    readable_app(&ctx, &exec.identity, &app).await?;
     let logs = ctx.platform.logs.clone();
     if let Some(v) = build {
         let version = parse_version(&v)?;
