@@ -275,18 +275,37 @@ async fn answer(
     let (tx, mut rx) = mpsc::channel::<String>(256);
     let decision = tokio::spawn(async move { handler.pre_receive(push, tx).await });
     // Forward output as it comes; the handler's sender drops when it returns.
+    // If the hook goes away (git or the pusher died), keep reading and drop
+    // the output: a deploy never waits on a pusher that is gone.
+    let mut hook_gone = false;
     while let Some(text) = rx.recv().await {
-        send(&mut write, &Frame::Out { d: text }).await?;
+        if hook_gone {
+            continue;
+        }
+        let d = progress_text(&text);
+        if send(&mut write, &Frame::Out { d }).await.is_err() {
+            hook_gone = true;
+            tracing::info!(
+                "the pre-receive hook went away; dropping push output until the deploy ends"
+            );
+        }
     }
     let verdict = match decision.await {
         Ok(v) => v,
         Err(e) => Err(format!("internal error: {e}")),
     };
+    if hook_gone {
+        tracing::info!(
+            ok = verdict.is_ok(),
+            "deploy of a push whose hook went away is over"
+        );
+        return Ok(());
+    }
     if let Err(reason) = &verdict {
         send(
             &mut write,
             &Frame::Out {
-                d: format!(" !     {reason}\n"),
+                d: progress_text(&format!(" !     {reason}\n")),
             },
         )
         .await?;
@@ -298,6 +317,12 @@ async fn answer(
         },
     )
     .await
+}
+
+/// Push output as the pusher's terminal may show it: control characters
+/// escaped, `\r` kept (git's client splits `remote:` lines on it).
+fn progress_text(text: &str) -> String {
+    crate::ssh::terminal::escape_str(text, crate::ssh::terminal::Cr::Keep).into_owned()
 }
 
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, frame: &Frame) -> Result<(), HookError> {

@@ -156,11 +156,13 @@ pub(super) async fn set(
 
     // Validate everything before storing anything.
     let mut set = BTreeMap::new();
-    for pair in &pairs {
+    for (i, pair) in pairs.iter().enumerate() {
+        // Never echo it: an argument without '=' may be a secret typed
+        // without its name. Counting the app as argument 1.
         let Some((name, value)) = pair.split_once('=') else {
             return Err(CommandError::Invalid(format!(
-                "expected KEY=VALUE, got an argument without '=' (for {})",
-                pair.chars().take(32).collect::<String>()
+                "argument {} is not KEY=VALUE (not shown: it may be a secret)",
+                i + 2
             )));
         };
         check_name(name)?;
