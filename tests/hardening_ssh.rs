@@ -225,7 +225,7 @@ async fn hold_one(src: std::net::Ipv4Addr, port: u16) -> Option<tokio::net::TcpS
 /// window. Now, past a threshold, an address's further connections are
 /// dropped at random (MaxStartups-style) and, when every slot is taken, a
 /// newcomer takes the oldest slot of the address holding the most: a real
-/// push gets through while the flood holds its slots.
+/// push gets through while the flood holds every slot and keeps retrying.
 #[test]
 fn login_lockout_regression_flood_from_many_addresses() {
     let d = TestDaemon::start();
@@ -252,6 +252,16 @@ fn login_lockout_regression_flood_from_many_addresses() {
                 }
             }
         }
+        // Then one each from more addresses, whose first connection is
+        // never dropped early, until every slot is taken.
+        for last in 1..=250u8 {
+            if held.len() >= 256 {
+                break;
+            }
+            if let Some(s) = hold_one(std::net::Ipv4Addr::new(127, 0, 1, last), port).await {
+                held.push(s);
+            }
+        }
         held
     });
     let flood = held.len();
@@ -259,7 +269,7 @@ fn login_lockout_regression_flood_from_many_addresses() {
         "flood holds {flood} unauthenticated connections after {:?}",
         flood_started.elapsed()
     );
-    assert!(flood >= 200, "the flood should hold most slots: {flood}");
+    assert_eq!(flood, 256, "the flood holds every pre-auth slot");
 
     // While the flood holds its slots (and keeps trying for more), a real
     // client pushes. The flood's own retries must not take the slot back.
@@ -299,12 +309,18 @@ fn login_lockout_regression_flood_from_many_addresses() {
         use tokio::io::AsyncReadExt;
         let mut open = 0;
         for mut s in held {
-            let mut buf = [0u8; 64];
-            match tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
-                // Nothing to read yet: the server is still waiting for us.
-                Err(_) => open += 1,
-                Ok(Ok(n)) if n > 0 => open += 1,
-                _ => {}
+            let mut buf = [0u8; 4096];
+            // Read what the server sent (banner, KEXINIT) up to silence
+            // (still waiting for us: open) or the end (dropped).
+            loop {
+                match tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
+                    Err(_) => {
+                        open += 1;
+                        break;
+                    }
+                    Ok(Ok(n)) if n > 0 => continue,
+                    _ => break,
+                }
             }
         }
         open

@@ -668,7 +668,11 @@ async fn pump(
                 waiting = false;
                 // No attach (the channel closed, or a shell was refused):
                 // keep draining, keep nothing.
-                if let Ok(a) = a {
+                let Ok(a) = a else {
+                    early.clear();
+                    continue;
+                };
+                {
                     if let Some(size) = early_size.take() {
                         a.resize.send_replace(size);
                     }
