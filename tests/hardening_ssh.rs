@@ -203,6 +203,40 @@ fn session_wedge_regression_env_flood_before_exec() {
     assert_eq!(world(&d, &repo, "calm"), before, "nothing changed");
 }
 
+/// Stdin sent to a command that never reads it (`logs -f`) filled the
+/// stdin queue, blocked the channel pump and with it the whole connection:
+/// no other channel was served, and a client that went away was never
+/// noticed. Such commands now drop their stdin.
+#[test]
+fn session_wedge_regression_stdin_nobody_reads() {
+    let d = TestDaemon::start();
+    let repo = deploy(&d, "procfile-app", "tail");
+    let before = world(&d, &repo, "tail");
+    let rt = runtime();
+    rt.block_on(async {
+        let (session, ok) = russh_login(d.ssh_port, &d.admin, "cygni").await;
+        assert!(ok, "admin login");
+        let follow = session.channel_open_session().await.expect("open channel");
+        follow.exec(true, "logs tail -f").await.expect("exec");
+        let junk = vec![b'x'; 16 * 1024];
+        let sent = tokio::time::timeout(Duration::from_secs(20), async {
+            for _ in 0..256 {
+                follow.data(&junk[..]).await.expect("send stdin");
+            }
+        })
+        .await;
+        assert!(sent.is_ok(), "4 MiB of stdin to `logs -f` was not taken");
+        let (status, out, _) =
+            tokio::time::timeout(Duration::from_secs(10), russh_exec(&session, "version"))
+                .await
+                .expect("another channel on the same connection answers");
+        assert_eq!(status, Some(0));
+        assert!(out.starts_with("cygni "), "{out:?}");
+    });
+    drop(rt);
+    assert_eq!(world(&d, &repo, "tail"), before, "nothing changed");
+}
+
 // ---------------------------------------------------------------------------
 // 2. Pre-auth slots under a flood from many addresses
 

@@ -192,6 +192,12 @@ pub(crate) async fn run_exec(mut exec: Exec, command: String) {
                 // `run` relays the one-off's own output, escape sequences
                 // and all: that is what a pty session needs.
                 exec.passthrough = first == Some("run");
+                // Commands that never read stdin drop it at once: a client
+                // that sends some would otherwise fill the queue, block the
+                // pump and with it the whole connection (`logs -f`).
+                if !matches!(first, Some("run" | "keys:add" | "config:set")) {
+                    exec.stdin.close();
+                }
                 let status = commands::run(&mut exec, words).await;
                 exec.exit_override
                     .take()
