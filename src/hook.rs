@@ -255,8 +255,7 @@ async fn answer(
         .read_line(&mut line)
         .await
         .map_err(|e| HookError::Protocol(e.to_string()))?;
-    let req: Request =
-        serde_json::from_str(&line).map_err(|e| HookError::Protocol(e.to_string()))?;
+    let req = decode_request(&line)?;
 
     let Some(session) = registry.lookup(&req.token) else {
         send(&mut write, &Frame::End { ok: false }).await?;
@@ -325,6 +324,34 @@ fn progress_text(text: &str) -> String {
     crate::ssh::terminal::escape_str(text, crate::ssh::terminal::Cr::Keep).into_owned()
 }
 
+/// The daemon's side: one request line from the hook.
+fn decode_request(line: &str) -> Result<Request, HookError> {
+    serde_json::from_str(line).map_err(|e| HookError::Protocol(e.to_string()))
+}
+
+/// The hook's side: one frame line from the daemon.
+fn decode_frame(line: &str) -> Result<Frame, HookError> {
+    serde_json::from_str(line).map_err(|e| HookError::Protocol(e.to_string()))
+}
+
+/// Both decoders on one line, for the fuzz target (`fuzz/`): neither may
+/// panic, and a request that decodes re-encodes to one that decodes alike.
+#[doc(hidden)]
+pub fn fuzz_decode(line: &str) {
+    if let Ok(req) = decode_request(line) {
+        let again = serde_json::to_string(&req).expect("a decoded request encodes");
+        let back = decode_request(&again).expect("an encoded request decodes");
+        assert_eq!(back.updates, req.updates);
+        assert_eq!(back.token, req.token);
+        for u in &req.updates {
+            let _ = (u.branch(), u.is_delete());
+        }
+    }
+    if let Ok(Frame::Out { d }) = decode_frame(line) {
+        let _ = progress_text(&d);
+    }
+}
+
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, frame: &Frame) -> Result<(), HookError> {
     let mut line = serde_json::to_vec(frame).map_err(|e| HookError::Protocol(e.to_string()))?;
     line.push(b'\n');
@@ -379,7 +406,7 @@ pub fn run_pre_receive() -> Result<i32, HookError> {
     let stdout = std::io::stdout();
     for line in std::io::BufReader::new(stream).lines() {
         let line = line.map_err(|e| HookError::Protocol(e.to_string()))?;
-        match serde_json::from_str::<Frame>(&line) {
+        match decode_frame(&line) {
             Ok(Frame::Out { d }) => {
                 let mut out = stdout.lock();
                 // git relays what we print as `remote:` lines; flush per
