@@ -255,8 +255,7 @@ async fn answer(
         .read_line(&mut line)
         .await
         .map_err(|e| HookError::Protocol(e.to_string()))?;
-    let req: Request =
-        serde_json::from_str(&line).map_err(|e| HookError::Protocol(e.to_string()))?;
+    let req = decode_request(&line)?;
 
     let Some(session) = registry.lookup(&req.token) else {
         send(&mut write, &Frame::End { ok: false }).await?;
@@ -275,18 +274,37 @@ async fn answer(
     let (tx, mut rx) = mpsc::channel::<String>(256);
     let decision = tokio::spawn(async move { handler.pre_receive(push, tx).await });
     // Forward output as it comes; the handler's sender drops when it returns.
+    // If the hook goes away (git or the pusher died), keep reading and drop
+    // the output: a deploy never waits on a pusher that is gone.
+    let mut hook_gone = false;
     while let Some(text) = rx.recv().await {
-        send(&mut write, &Frame::Out { d: text }).await?;
+        if hook_gone {
+            continue;
+        }
+        let d = progress_text(&text);
+        if send(&mut write, &Frame::Out { d }).await.is_err() {
+            hook_gone = true;
+            tracing::info!(
+                "the pre-receive hook went away; dropping push output until the deploy ends"
+            );
+        }
     }
     let verdict = match decision.await {
         Ok(v) => v,
         Err(e) => Err(format!("internal error: {e}")),
     };
+    if hook_gone {
+        tracing::info!(
+            ok = verdict.is_ok(),
+            "deploy of a push whose hook went away is over"
+        );
+        return Ok(());
+    }
     if let Err(reason) = &verdict {
         send(
             &mut write,
             &Frame::Out {
-                d: format!(" !     {reason}\n"),
+                d: progress_text(&format!(" !     {reason}\n")),
             },
         )
         .await?;
@@ -298,6 +316,40 @@ async fn answer(
         },
     )
     .await
+}
+
+/// Push output as the pusher's terminal may show it: control characters
+/// escaped, `\r` kept (git's client splits `remote:` lines on it).
+fn progress_text(text: &str) -> String {
+    crate::ssh::terminal::escape_str(text, crate::ssh::terminal::Cr::Keep).into_owned()
+}
+
+/// The daemon's side: one request line from the hook.
+fn decode_request(line: &str) -> Result<Request, HookError> {
+    serde_json::from_str(line).map_err(|e| HookError::Protocol(e.to_string()))
+}
+
+/// The hook's side: one frame line from the daemon.
+fn decode_frame(line: &str) -> Result<Frame, HookError> {
+    serde_json::from_str(line).map_err(|e| HookError::Protocol(e.to_string()))
+}
+
+/// Both decoders on one line, for the fuzz target (`fuzz/`): neither may
+/// panic, and a request that decodes re-encodes to one that decodes alike.
+#[doc(hidden)]
+pub fn fuzz_decode(line: &str) {
+    if let Ok(req) = decode_request(line) {
+        let again = serde_json::to_string(&req).expect("a decoded request encodes");
+        let back = decode_request(&again).expect("an encoded request decodes");
+        assert_eq!(back.updates, req.updates);
+        assert_eq!(back.token, req.token);
+        for u in &req.updates {
+            let _ = (u.branch(), u.is_delete());
+        }
+    }
+    if let Ok(Frame::Out { d }) = decode_frame(line) {
+        let _ = progress_text(&d);
+    }
 }
 
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, frame: &Frame) -> Result<(), HookError> {
@@ -354,7 +406,7 @@ pub fn run_pre_receive() -> Result<i32, HookError> {
     let stdout = std::io::stdout();
     for line in std::io::BufReader::new(stream).lines() {
         let line = line.map_err(|e| HookError::Protocol(e.to_string()))?;
-        match serde_json::from_str::<Frame>(&line) {
+        match decode_frame(&line) {
             Ok(Frame::Out { d }) => {
                 let mut out = stdout.lock();
                 // git relays what we print as `remote:` lines; flush per

@@ -8,10 +8,11 @@
 
 use std::process::Stdio;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use super::commands::CommandError;
+use super::terminal::{Cr, Escaper};
 use super::{visible_app, Exec};
 use crate::hook::PushSession;
 use crate::names::AppName;
@@ -140,40 +141,65 @@ async fn serve_inner(exec: &mut Exec, words: &[String]) -> Result<u32, CommandEr
         while client_in.recv().await.is_some() {}
     });
 
-    let out = &exec.out;
-    let copy_out = async {
-        let mut buf = vec![0u8; 32 * 1024];
-        loop {
-            match stdout.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out.data_bytes(buf[..n].to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    let copy_err = async {
-        let mut buf = vec![0u8; 8 * 1024];
-        loop {
-            match stderr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out.extended_data_bytes(1, buf[..n].to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    };
-    tokio::join!(copy_out, copy_err);
+    // git → client. When the client goes away, git's output is still read
+    // to its end and dropped: git, the hook and the build behind it must
+    // never block on a pipe nobody reads. The push then runs to its end
+    // (ARCHITECTURE.md, "A push").
+    let exec = &*exec;
+    tokio::join!(
+        relay(exec, &mut stdout, Stream::Protocol),
+        relay(exec, &mut stderr, Stream::Messages),
+    );
     let status = child
         .wait()
         .await
         .map_err(|e| CommandError::Internal(format!("waiting for git: {e}")))?;
     to_git.abort();
     Ok(status.code().map(|c| c as u32).unwrap_or(1))
+}
+
+/// What a git pipe carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    /// stdout: the pack protocol, byte for byte.
+    Protocol,
+    /// stderr: messages for a person, escaped like any other terminal text
+    /// (`\r` kept: git's progress uses it).
+    Messages,
+}
+
+/// Copy one of git's pipes to the client until git closes it. Once the
+/// client is gone, keep reading and drop what comes.
+async fn relay(exec: &Exec, from: &mut (impl AsyncRead + Unpin), stream: Stream) {
+    let mut buf = vec![0u8; 32 * 1024];
+    let mut escaper = (stream == Stream::Messages).then(|| Escaper::new(Cr::Keep));
+    let mut gone = false;
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if gone {
+            continue;
+        }
+        let delivered = match &mut escaper {
+            None => exec.stdout_raw(buf[..n].to_vec()).await,
+            Some(e) => {
+                let shown = e.push(&buf[..n]);
+                shown.is_empty() || exec.stderr_raw(shown).await
+            }
+        };
+        if !delivered {
+            gone = true;
+            tracing::info!(peer = %exec.peer, ?stream, "client gone; dropping git's output until it exits");
+        }
+    }
+    if let (Some(e), false) = (escaper, gone) {
+        let rest = e.finish();
+        if !rest.is_empty() {
+            exec.stderr_raw(rest).await;
+        }
+    }
 }
 
 #[cfg(test)]

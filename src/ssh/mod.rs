@@ -4,7 +4,8 @@
 //! - `git.rs`: the bridge between a channel and `git receive-pack` /
 //!   `git upload-pack`;
 //! - `commands.rs`: the admin command grammar and what each command does;
-//! - `keys.rs`: host key and user public keys.
+//! - `keys.rs`: host key and user public keys;
+//! - `terminal.rs`: control characters escaped in what reaches a terminal.
 //!
 //! An exec string is split into words (never given to a shell) and goes to
 //! exactly one of git or commands. Both report one exit status.
@@ -13,6 +14,7 @@ pub mod commands;
 pub mod git;
 pub mod keys;
 pub mod server;
+pub mod terminal;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -78,6 +80,8 @@ pub(crate) struct Exec {
     pub out: ChannelWriteHalf<Msg>,
     /// A command whose status is another process's (`run`) sets it here.
     pub exit_override: Option<u32>,
+    /// stdout is another program's own bytes (`run`), passed on raw.
+    pub passthrough: bool,
 }
 
 /// A pseudo-terminal as the client asked for it.
@@ -89,13 +93,51 @@ pub struct PtyRequest {
 }
 
 impl Exec {
+    /// Text for the client's terminal: control characters are escaped
+    /// ([`terminal`]), so nothing an app, a config value or an error holds
+    /// can drive the reader's terminal. `--json` output passes unchanged.
     pub async fn stdout(&self, bytes: impl Into<Bytes>) {
-        // A client that went away is not an error worth reporting.
-        let _ = self.out.data_bytes(bytes.into()).await;
+        let bytes = bytes.into();
+        if self.passthrough {
+            self.write(None, bytes).await;
+        } else {
+            self.write(None, shown(bytes)).await;
+        }
     }
 
+    /// [`Exec::stdout`] for stderr.
     pub async fn stderr(&self, bytes: impl Into<Bytes>) {
-        let _ = self.out.extended_data_bytes(1, bytes.into()).await;
+        self.write(Some(1), shown(bytes.into())).await;
+    }
+
+    /// Exact bytes, for output whose bytes are the point (a one-off's own
+    /// output, git's protocol). Nothing a person reads should come here.
+    pub async fn stdout_raw(&self, bytes: impl Into<Bytes>) -> bool {
+        self.write(None, bytes.into()).await
+    }
+
+    /// [`Exec::stdout_raw`] for stderr.
+    pub async fn stderr_raw(&self, bytes: impl Into<Bytes>) -> bool {
+        self.write(Some(1), bytes.into()).await
+    }
+
+    /// Write to the channel; false once the client is gone. Never waits on
+    /// a client that went away: russh's write waits for window space that
+    /// a dead peer never grants, so every write races `closed`.
+    async fn write(&self, ext: Option<u32>, bytes: Bytes) -> bool {
+        if self.closed.is_cancelled() {
+            return false;
+        }
+        let send = async {
+            match ext {
+                None => self.out.data_bytes(bytes).await,
+                Some(code) => self.out.extended_data_bytes(code, bytes).await,
+            }
+        };
+        tokio::select! {
+            r = send => r.is_ok(),
+            _ = self.closed.cancelled() => false,
+        }
     }
 
     /// Read stdin to its end, refusing more than `limit` bytes.
@@ -110,6 +152,14 @@ impl Exec {
             buf.extend_from_slice(&chunk);
         }
         Ok(buf)
+    }
+}
+
+/// `bytes` as the terminal may show them.
+fn shown(bytes: Bytes) -> Bytes {
+    match terminal::escape(&bytes, terminal::Cr::OnlyInCrLf) {
+        std::borrow::Cow::Borrowed(_) => bytes,
+        std::borrow::Cow::Owned(escaped) => Bytes::from(escaped),
     }
 }
 
@@ -130,7 +180,16 @@ pub(crate) async fn run_exec(mut exec: Exec, command: String) {
                     .await;
                 1
             }
-            _ => {
+            first => {
+                // `run` relays the one-off's own output, escape sequences
+                // and all: that is what a pty session needs.
+                exec.passthrough = first == Some("run");
+                // Commands that never read stdin drop it at once: a client
+                // that sends some would otherwise fill the queue, block the
+                // pump and with it the whole connection (`logs -f`).
+                if !matches!(first, Some("run" | "keys:add" | "config:set")) {
+                    exec.stdin.close();
+                }
                 let status = commands::run(&mut exec, words).await;
                 exec.exit_override
                     .take()

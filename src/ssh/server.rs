@@ -3,9 +3,10 @@
 //! [`super::commands`]; everything else is refused.
 //!
 //! ```text
-//! accept ──► limiter (per IP + global, unauthenticated only)
-//!   └─► russh session ──auth_publickey (signature verified)──► Identity
-//!          └─ channel ──exec──► words ──► git-receive-pack | git-upload-pack | admin command
+//! accept ──► limiter (unauthenticated only: per IP cap, early drop, fair eviction)
+//!   └─► russh session ──auth_publickey (user `cygni`, signature verified)──► Identity
+//!          └─ channel ──open──► pump (drains the channel from the first message)
+//!                └─exec──► words ──► git-receive-pack | git-upload-pack | admin command
 //! ```
 //!
 //! Identity is decided only in `auth_publickey`, after russh has verified
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, ChannelMsg, MethodKind, MethodSet};
+use russh::{Channel, ChannelId, ChannelMsg, ChannelWriteHalf, MethodKind, MethodSet};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -29,52 +30,142 @@ use crate::state;
 
 /// How long a client has, from TCP connect, to authenticate.
 const LOGIN_DEADLINE: Duration = Duration::from_secs(30);
-/// Unauthenticated connections allowed at once from one address, and in all.
-/// A flood from one address cannot use up the slots everyone else needs, and
-/// each slot frees itself at the login deadline.
+/// Unauthenticated connections allowed at once from one address. A flood
+/// from one address cannot use up the slots everyone else needs, and each
+/// slot frees itself at the login deadline.
 const MAX_UNAUTH_PER_IP: usize = 16;
+/// Unauthenticated connections in all, and where early drop starts: like
+/// OpenSSH's `MaxStartups 64:30:256`, past `EARLY_DROP_START` a connection
+/// is refused with a probability rising from 30 % to 100 % at
+/// `MAX_UNAUTH_TOTAL`. An address's first pending connection is never
+/// dropped early, and when every slot is taken it takes the oldest slot of
+/// the address that holds the most (if that address holds at least two
+/// more): a flood from many addresses slows everyone a little but locks
+/// no newcomer out.
 const MAX_UNAUTH_TOTAL: usize = 256;
+const EARLY_DROP_START: usize = 64;
+const EARLY_DROP_RATE: f64 = 0.3;
 /// Bytes of stdin buffered for a command before the client is slowed down.
 const STDIN_QUEUE: usize = 64;
+/// `env` requests honoured per channel; past this they are refused, and
+/// nothing of them is kept. Only GIT_PROTOCOL is ever used.
+const MAX_ENV_REQUESTS: usize = 16;
+/// Bytes of channel data kept from before the exec (a client may send stdin
+/// right behind its exec request); more is dropped.
+const MAX_EARLY_STDIN: usize = 64 * 1024;
+/// The one user name, as documented: `ssh cygni@HOST`.
+const SSH_USER: &str = "cygni";
 
 #[derive(Default)]
 struct Limiter {
-    inner: Mutex<(HashMap<IpAddr, usize>, usize)>,
+    inner: Mutex<Pending>,
 }
 
+/// The unauthenticated connections, by address, oldest first.
+#[derive(Default)]
+struct Pending {
+    by_ip: HashMap<IpAddr, Vec<(u64, CancellationToken)>>,
+    total: usize,
+    next_id: u64,
+}
+
+/// One unauthenticated connection's place. `evicted` fires when a
+/// newcomer took it; the connection then ends.
 struct Slot {
     limiter: Arc<Limiter>,
     ip: IpAddr,
+    id: u64,
+    evicted: CancellationToken,
+}
+
+/// Why a connection was not let in.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    PerAddress,
+    EarlyDrop,
+    Full,
 }
 
 impl Limiter {
-    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (per_ip, total) = &mut *g;
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= MAX_UNAUTH_PER_IP || *total >= MAX_UNAUTH_TOTAL {
-            return None;
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `roll` is a uniform random number in [0, 1), the early-drop dice.
+    fn acquire(self: &Arc<Self>, ip: IpAddr, roll: f64) -> Result<Slot, Refusal> {
+        let mut g = self.lock();
+        let mine = g.by_ip.get(&ip).map_or(0, Vec::len);
+        if mine >= MAX_UNAUTH_PER_IP {
+            return Err(Refusal::PerAddress);
         }
-        *n += 1;
-        *total += 1;
-        Some(Slot {
+        if mine > 0 && roll < early_drop_probability(g.total) {
+            return Err(Refusal::EarlyDrop);
+        }
+        if g.total >= MAX_UNAUTH_TOTAL {
+            // Take the oldest slot of the heaviest address, if it holds at
+            // least two more than this one: never a slot from a peer.
+            let heaviest = g
+                .by_ip
+                .iter()
+                .max_by_key(|(_, v)| v.len())
+                .map(|(ip, v)| (*ip, v.len()));
+            match heaviest {
+                Some((victim, n)) if n > mine + 1 => {
+                    let list = g.by_ip.get_mut(&victim).expect("just found");
+                    let (_, token) = list.remove(0);
+                    if list.is_empty() {
+                        g.by_ip.remove(&victim);
+                    }
+                    g.total -= 1;
+                    token.cancel();
+                    tracing::info!(%ip, %victim, "pre-auth slots full; took the oldest slot of the heaviest address");
+                }
+                _ => return Err(Refusal::Full),
+            }
+        }
+        let id = g.next_id;
+        g.next_id += 1;
+        let evicted = CancellationToken::new();
+        g.by_ip.entry(ip).or_default().push((id, evicted.clone()));
+        g.total += 1;
+        Ok(Slot {
             limiter: self.clone(),
             ip,
+            id,
+            evicted,
         })
     }
 }
 
+/// OpenSSH's MaxStartups curve: 0 below the start, then from the rate up
+/// to 1 at the cap.
+fn early_drop_probability(total: usize) -> f64 {
+    if total < EARLY_DROP_START {
+        return 0.0;
+    }
+    if total >= MAX_UNAUTH_TOTAL {
+        return 1.0;
+    }
+    let span = (MAX_UNAUTH_TOTAL - EARLY_DROP_START) as f64;
+    let over = (total - EARLY_DROP_START) as f64;
+    EARLY_DROP_RATE + (1.0 - EARLY_DROP_RATE) * over / span
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut g = self.limiter.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (per_ip, total) = &mut *g;
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
-            }
+        let mut g = self.limiter.lock();
+        let Some(list) = g.by_ip.get_mut(&self.ip) else {
+            return;
+        };
+        // An evicted slot was already taken out.
+        let Some(pos) = list.iter().position(|(id, _)| *id == self.id) else {
+            return;
+        };
+        list.remove(pos);
+        if list.is_empty() {
+            g.by_ip.remove(&self.ip);
         }
-        *total -= 1;
+        g.total -= 1;
     }
 }
 
@@ -98,6 +189,13 @@ pub fn russh_config(host_key: russh::keys::PrivateKey) -> russh::server::Config 
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 4,
         nodelay: true,
+        // No compression: zlib before authentication is attack surface for
+        // anyone, and compressing what sessions carry invites CRIME-style
+        // oracles; pushes are already compressed packs.
+        preferred: russh::Preferred {
+            compression: std::borrow::Cow::Borrowed(&[russh::compression::NONE]),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -123,10 +221,14 @@ pub async fn serve(
                 }
             },
         };
-        let Some(slot) = limiter.acquire(peer.ip()) else {
-            tracing::warn!(%peer, "too many unauthenticated ssh connections; dropped");
-            drop(stream);
-            continue;
+        let roll = rand::Rng::gen::<f64>(&mut rand::thread_rng());
+        let slot = match limiter.acquire(peer.ip(), roll) {
+            Ok(slot) => slot,
+            Err(why) => {
+                tracing::warn!(%peer, ?why, "too many unauthenticated ssh connections; dropped");
+                drop(stream);
+                continue;
+            }
         };
         let ctx = ctx.clone();
         let config = config.clone();
@@ -154,10 +256,11 @@ async fn connection(
         authed: Some(authed_tx),
         channels: HashMap::new(),
     };
-    let session =
-        match tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler))
-            .await
-        {
+    let evicted = slot.evicted.clone();
+    let handshake =
+        tokio::time::timeout_at(deadline, russh::server::run_stream(config, stream, handler));
+    let session = tokio::select! {
+        r = handshake => match r {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "ssh handshake failed");
@@ -167,7 +270,12 @@ async fn connection(
                 tracing::debug!(%peer, "ssh login deadline passed during handshake");
                 return;
             }
-        };
+        },
+        _ = evicted.cancelled() => {
+            tracing::debug!(%peer, "pre-auth slot taken by a newcomer during the handshake");
+            return;
+        }
+    };
     let handle = session.handle();
     tokio::pin!(session);
 
@@ -180,6 +288,13 @@ async fn connection(
             tracing::info!(%peer, "ssh login deadline passed");
             let _ = handle
                 .disconnect(russh::Disconnect::ByApplication, "login timeout".into(), String::new())
+                .await;
+            return;
+        }
+        _ = evicted.cancelled() => {
+            tracing::info!(%peer, "pre-auth slot taken by a newcomer");
+            let _ = handle
+                .disconnect(russh::Disconnect::TooManyConnections, "too many unauthenticated connections".into(), String::new())
                 .await;
             return;
         }
@@ -208,10 +323,26 @@ fn log_end(peer: SocketAddr, r: Result<(), russh::Error>) {
     }
 }
 
+/// A session channel until its exec. Its messages are read from the
+/// moment it opens (see [`pump`]): russh queues every request and data
+/// packet on the channel as well as calling the handler, and a queue
+/// nobody reads stalls the whole connection.
 struct ChannelSlot {
-    channel: Option<Channel<Msg>>,
+    /// Taken by the exec (or the shell refusal).
+    write: Option<ChannelWriteHalf<Msg>>,
+    /// Hands the pump where stdin and window changes go, at exec.
+    attach: Option<oneshot::Sender<Attach>>,
+    /// Cancelled when the client closes the channel or goes away.
+    closed: CancellationToken,
     git_protocol: Option<String>,
     pty: Option<super::PtyRequest>,
+    env_requests: usize,
+}
+
+/// Where the pump sends what a command reads.
+struct Attach {
+    stdin: mpsc::Sender<Bytes>,
+    resize: tokio::sync::watch::Sender<(u16, u16)>,
 }
 
 /// One client connection's state, owned by russh's session task.
@@ -237,20 +368,28 @@ impl Handler for Connection {
 
     async fn auth_publickey_offered(
         &mut self,
-        _user: &str,
+        user: &str,
         _offer: russh::server::PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
-        // Let any key proceed to the signature: whether a key is known is
-        // decided only once its owner has proven it, in auth_publickey.
+        // Any key for `cygni` proceeds to the signature: whether a key is
+        // known is decided only once its owner has proven it, in
+        // auth_publickey. Other user names get no further, whatever the key.
+        if user != SSH_USER {
+            return Ok(Auth::reject());
+        }
         Ok(Auth::Accept)
     }
 
     async fn auth_publickey(
         &mut self,
-        _user: &str,
+        user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let fingerprint = keys::fingerprint(key.public_key);
+        if user != SSH_USER {
+            tracing::info!(peer = %self.peer, user = %user.escape_debug(), "ssh login refused: the user name must be `cygni`");
+            return Ok(Auth::reject());
+        }
         let fp = fingerprint.clone();
         let found = self
             .ctx
@@ -297,12 +436,20 @@ impl Handler for Connection {
                 .await;
             return Ok(());
         }
+        let id = channel.id();
+        let (read, write) = channel.split();
+        let (attach_tx, attach_rx) = oneshot::channel();
+        let closed = CancellationToken::new();
+        tokio::spawn(pump(read, attach_rx, closed.clone()));
         self.channels.insert(
-            channel.id(),
+            id,
             ChannelSlot {
-                channel: Some(channel),
+                write: Some(write),
+                attach: Some(attach_tx),
+                closed,
                 git_protocol: None,
                 pty: None,
+                env_requests: 0,
             },
         );
         reply.accept().await;
@@ -327,10 +474,17 @@ impl Handler for Connection {
     ) -> Result<(), Self::Error> {
         // Every other variable is ignored: nothing from the client reaches a
         // process environment but a checked GIT_PROTOCOL.
+        // Past a handful, env requests are refused outright: a client
+        // gains nothing by sending more, and none of them is kept.
         match self.channels.get_mut(&channel) {
-            Some(slot) if name == "GIT_PROTOCOL" && valid_git_protocol(value) => {
-                slot.git_protocol = Some(value.to_owned());
-                session.channel_success(channel)
+            Some(slot) if slot.env_requests < MAX_ENV_REQUESTS => {
+                slot.env_requests += 1;
+                if name == "GIT_PROTOCOL" && valid_git_protocol(value) {
+                    slot.git_protocol = Some(value.to_owned());
+                    session.channel_success(channel)
+                } else {
+                    session.channel_failure(channel)
+                }
             }
             _ => session.channel_failure(channel),
         }
@@ -375,14 +529,9 @@ impl Handler for Connection {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         // An interactive login gets a hint rather than a silent refusal.
-        if let Some(ch) = self
-            .channels
-            .get_mut(&channel)
-            .and_then(|s| s.channel.take())
-        {
+        if let Some(write) = self.channels.get_mut(&channel).and_then(|s| s.write.take()) {
             session.channel_success(channel)?;
             tokio::spawn(async move {
-                let (_read, write) = ch.split();
                 let msg = "Cygni has no shell. Try: ssh -p PORT cygni@HOST help\r\n";
                 let _ = write.extended_data_bytes(1, Bytes::from(msg)).await;
                 let _ = write.exit_status(1).await;
@@ -454,24 +603,28 @@ impl Handler for Connection {
         let Some(slot) = self.channels.get_mut(&channel) else {
             return session.channel_failure(channel);
         };
-        let Some(ch) = slot.channel.take() else {
+        let (Some(write), Some(attach)) = (slot.write.take(), slot.attach.take()) else {
             // One exec per channel.
             return session.channel_failure(channel);
         };
         let git_protocol = slot.git_protocol.clone();
         let pty = slot.pty.clone();
+        let closed = slot.closed.clone();
+        // Attach before replying: the pump must know where stdin goes
+        // before russh queues the data a client sends behind its exec.
+        let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+        let size = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
+        let (resize_tx, resize_rx) = tokio::sync::watch::channel(size);
+        let _ = attach.send(Attach {
+            stdin: stdin_tx,
+            resize: resize_tx,
+        });
         session.channel_success(channel)?;
 
         let command = String::from_utf8_lossy(data).into_owned();
         let ctx = self.ctx.clone();
         let peer = self.peer;
         tokio::spawn(async move {
-            let (read, write) = ch.split();
-            let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
-            let closed = tokio_util::sync::CancellationToken::new();
-            let size = pty.as_ref().map(|p| (p.cols, p.rows)).unwrap_or((80, 24));
-            let (resize_tx, resize_rx) = tokio::sync::watch::channel(size);
-            tokio::spawn(pump_stdin(read, stdin_tx, resize_tx, closed.clone()));
             let exec = super::Exec {
                 ctx,
                 identity,
@@ -483,6 +636,7 @@ impl Handler for Connection {
                 resize: resize_rx,
                 out: write,
                 exit_override: None,
+                passthrough: false,
             };
             super::run_exec(exec, command).await;
         });
@@ -490,29 +644,72 @@ impl Handler for Connection {
     }
 }
 
-/// Read the channel until it closes, passing stdin bytes on while someone
-/// wants them. Reading never stops early: russh stalls the whole connection
-/// when a channel's queue is not drained.
-async fn pump_stdin(
+/// Read a channel from its opening until it closes. Before the exec,
+/// requests are dropped (the handler has seen them) and data is kept up to
+/// a bound; from the exec on, stdin goes to the command while it wants it
+/// and window changes to its pty. Reading never stops early: russh stalls
+/// the whole connection when a channel's queue is not drained.
+async fn pump(
     mut read: russh::ChannelReadHalf,
-    tx: mpsc::Sender<Bytes>,
-    resize: tokio::sync::watch::Sender<(u16, u16)>,
-    closed: tokio_util::sync::CancellationToken,
+    mut attach: oneshot::Receiver<Attach>,
+    closed: CancellationToken,
 ) {
     // However the loop ends, the channel is gone for good.
     let _closed = closed.drop_guard();
-    let mut tx = Some(tx);
-    while let Some(msg) = read.wait().await {
+    let mut waiting = true;
+    let mut stdin: Option<mpsc::Sender<Bytes>> = None;
+    let mut resize: Option<tokio::sync::watch::Sender<(u16, u16)>> = None;
+    let (mut early, mut early_len, mut early_eof) = (Vec::new(), 0usize, false);
+    let mut early_size = None;
+    loop {
+        let msg = tokio::select! {
+            biased;
+            a = &mut attach, if waiting => {
+                waiting = false;
+                // No attach (the channel closed, or a shell was refused):
+                // keep draining, keep nothing.
+                let Ok(a) = a else {
+                    early.clear();
+                    continue;
+                };
+                {
+                    if let Some(size) = early_size.take() {
+                        a.resize.send_replace(size);
+                    }
+                    let mut tx = Some(a.stdin);
+                    for chunk in std::mem::take(&mut early) {
+                        if let Some(sender) = &tx {
+                            if sender.send(chunk).await.is_err() {
+                                tx = None;
+                            }
+                        }
+                    }
+                    stdin = if early_eof { None } else { tx };
+                    resize = Some(a.resize);
+                }
+                continue;
+            }
+            m = read.wait() => match m {
+                Some(m) => m,
+                None => break,
+            },
+        };
         match msg {
             ChannelMsg::Data { data } => {
-                if let Some(sender) = &tx {
+                if let Some(sender) = &stdin {
                     if sender.send(data).await.is_err() {
-                        tx = None;
+                        stdin = None;
                     }
+                } else if waiting && early_len + data.len() <= MAX_EARLY_STDIN {
+                    early_len += data.len();
+                    early.push(data);
                 }
             }
             // Dropping the sender tells the reader stdin has ended.
-            ChannelMsg::Eof => tx = None,
+            ChannelMsg::Eof => {
+                stdin = None;
+                early_eof = true;
+            }
             ChannelMsg::Close => break,
             // The client's terminal changed size (`ssh -t` forwards SIGWINCH).
             ChannelMsg::WindowChange {
@@ -524,7 +721,12 @@ async fn pump_stdin(
                     col_width.clamp(1, 1000) as u16,
                     row_height.clamp(1, 1000) as u16,
                 );
-                resize.send_replace(size);
+                match &resize {
+                    Some(r) => {
+                        r.send_replace(size);
+                    }
+                    None => early_size = Some(size),
+                }
             }
             _ => {}
         }
@@ -544,17 +746,87 @@ mod tests {
         }
     }
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
+
     #[test]
     fn limiter_caps_per_ip_and_frees() {
         let l = Arc::new(Limiter::default());
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        // Under the early-drop start, no dice: the worst roll gets in.
         let slots: Vec<_> = (0..MAX_UNAUTH_PER_IP)
-            .map(|_| l.acquire(ip).expect("under the cap"))
+            .map(|_| l.acquire(ip(1), 0.0).expect("under the cap"))
             .collect();
-        assert!(l.acquire(ip).is_none(), "cap reached");
-        let other: IpAddr = "127.0.0.2".parse().unwrap();
-        assert!(l.acquire(other).is_some(), "other addresses still get in");
+        assert_eq!(l.acquire(ip(1), 0.99).err(), Some(Refusal::PerAddress));
+        assert!(
+            l.acquire(ip(2), 0.0).is_ok(),
+            "other addresses still get in"
+        );
         drop(slots);
-        assert!(l.acquire(ip).is_some(), "slots free on drop");
+        assert!(l.acquire(ip(1), 0.0).is_ok(), "slots free on drop");
+        assert_eq!(l.lock().total, 0, "every slot dropped");
+    }
+
+    #[test]
+    fn early_drop_rises_from_the_start_to_the_cap() {
+        assert_eq!(early_drop_probability(EARLY_DROP_START - 1), 0.0);
+        assert_eq!(early_drop_probability(EARLY_DROP_START), EARLY_DROP_RATE);
+        assert_eq!(early_drop_probability(MAX_UNAUTH_TOTAL), 1.0);
+        let l = Arc::new(Limiter::default());
+        let mut held = Vec::new();
+        for last in 1..=(EARLY_DROP_START / 4) as u8 {
+            for _ in 0..4 {
+                held.push(l.acquire(ip(last), 0.0).expect("under the start"));
+            }
+        }
+        // Past the start, an address's second connection rolls the dice...
+        assert_eq!(l.acquire(ip(1), 0.0).err(), Some(Refusal::EarlyDrop));
+        assert!(l.acquire(ip(1), 0.99).is_ok());
+        // ...but a newcomer's first never does.
+        assert!(l.acquire(ip(200), 0.0).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_gives_a_newcomer_the_heaviest_address_s_oldest_slot() {
+        let l = Arc::new(Limiter::default());
+        let mut held = Vec::new();
+        for last in 2..18u8 {
+            for _ in 0..MAX_UNAUTH_PER_IP {
+                held.push(l.acquire(ip(last), 0.999_999).expect("lucky rolls"));
+            }
+        }
+        assert_eq!(l.lock().total, MAX_UNAUTH_TOTAL);
+        // The flood cannot grow, even from a fresh address of its own...
+        let newcomer = l.acquire(ip(1), 0.0).expect("a newcomer gets in");
+        assert_eq!(l.lock().total, MAX_UNAUTH_TOTAL);
+        let evicted: Vec<usize> = (0..held.len())
+            .filter(|&i| held[i].evicted.is_cancelled())
+            .collect();
+        assert_eq!(evicted.len(), 1, "exactly one slot was taken");
+        assert_eq!(evicted[0] % MAX_UNAUTH_PER_IP, 0, "its address's oldest");
+        let victim = held[evicted[0]].ip;
+        let other = if victim == ip(2) { ip(3) } else { ip(2) };
+        // ...nor take the newcomer's slot back.
+        assert_eq!(l.acquire(other, 0.999_999).err(), Some(Refusal::PerAddress));
+        assert_eq!(l.acquire(victim, 0.999_999).err(), Some(Refusal::EarlyDrop));
+        // Dropping an evicted slot does not count it twice.
+        drop(held);
+        assert_eq!(l.lock().total, 1);
+        drop(newcomer);
+        assert_eq!(l.lock().total, 0);
+        assert!(l.lock().by_ip.is_empty());
+    }
+
+    #[test]
+    fn a_table_full_of_single_connections_takes_no_one_s_slot() {
+        let l = Arc::new(Limiter::default());
+        let held: Vec<_> = (0..MAX_UNAUTH_TOTAL)
+            .map(|i| {
+                l.acquire(IpAddr::from([10, 0, (i / 250) as u8, (i % 250) as u8]), 0.0)
+                    .expect("first connections are never dropped early")
+            })
+            .collect();
+        assert_eq!(l.acquire(ip(1), 0.0).err(), Some(Refusal::Full));
+        assert!(held.iter().all(|s| !s.evicted.is_cancelled()));
     }
 }

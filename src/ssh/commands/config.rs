@@ -112,11 +112,12 @@ pub(super) async fn set(
     // Validate everything before storing anything.
     let mut set = BTreeMap::new();
     for (i, pair) in pairs.iter().enumerate() {
+        // Never echo it: an argument without '=' may be a secret typed
+        // without its name. Counting the app as argument 1.
         let Some((name, value)) = pair.split_once('=') else {
-            // Never echoed: it may be a secret typed without its name.
             return Err(CommandError::Invalid(format!(
-                "argument {} is not KEY=VALUE",
-                i + 1
+                "argument {} is not KEY=VALUE (not shown: it may be a secret)",
+                i + 2
             )));
         };
         check_name(name)?;
