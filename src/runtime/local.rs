@@ -313,7 +313,32 @@ fn slug_dir(artifact: &Artifact) -> Result<&Path, RuntimeError> {
 /// A free loopback port, found by binding port 0. Another process could
 /// take it before the app binds it; the app would then crash and be
 /// retried, visibly, in its log.
-fn free_port() -> std::io::Result<SocketAddr> {
+/// A loopback port for a new `web` instance.
+///
+/// Ports come from below the kernel's ephemeral range (where outgoing
+/// connections take their local ports), so a client socket cannot grab
+/// the port between this check and the app's own bind: asking the kernel
+/// for port 0 handed out exactly the ports clients use, and a busy host
+/// lost that race. Ports of instances this runtime runs are skipped.
+fn free_port(taken: &std::collections::HashSet<u16>) -> std::io::Result<SocketAddr> {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.saturating_sub(1));
+    if high > low + 1000 {
+        let span = u32::from(high - low);
+        let start = rand::random::<u32>() % span;
+        for i in 0..span.min(2000) {
+            let port = low + u16::try_from((start + i * 7919) % span).unwrap_or(0);
+            if taken.contains(&port) {
+                continue;
+            }
+            if let Ok(l) = TcpListener::bind((Ipv4Addr::LOCALHOST, port)) {
+                return l.local_addr();
+            }
+        }
+    }
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
     listener.local_addr()
 }
@@ -346,7 +371,11 @@ impl Runtime for LocalRuntime {
 
         let slug = slug_dir(&spec.artifact)?;
         let endpoint = if spec.process.is_web() {
-            Some(free_port().map_err(|source| RuntimeError::Port {
+            let taken: std::collections::HashSet<u16> = lock(&self.instances)
+                .values()
+                .filter_map(|e| e.shared.endpoint.map(|a| a.port()))
+                .collect();
+            Some(free_port(&taken).map_err(|source| RuntimeError::Port {
                 id: id.to_string(),
                 source,
             })?)

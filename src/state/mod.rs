@@ -178,6 +178,20 @@ const MIGRATIONS: &[&str] = &[
     // restarts, scale-ups and config releases check what the deploy did.
     "ALTER TABLE releases ADD COLUMN health TEXT;
     ALTER TABLE releases ADD COLUMN limits TEXT;",
+    // 6: the viewer role. SQLite cannot change a CHECK in place: the table
+    // is rebuilt (migrations run with foreign keys off, then checked).
+    "CREATE TABLE keys_new (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        fingerprint TEXT NOT NULL UNIQUE,
+        public_key TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'deployer', 'viewer')),
+        created_at INTEGER NOT NULL
+    );
+    INSERT INTO keys_new (id, name, fingerprint, public_key, role, created_at)
+        SELECT id, name, fingerprint, public_key, role, created_at FROM keys;
+    DROP TABLE keys;
+    ALTER TABLE keys_new RENAME TO keys;",
 ];
 
 /// A handle to the database, cheap to clone.
@@ -267,16 +281,39 @@ fn migrate(conn: &mut Connection) -> Result<(), StateError> {
             known: MIGRATIONS.len(),
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
-        let version = i + 1;
-        let tx = write_tx(conn)?;
-        tx.execute_batch(sql)
-            .and_then(|()| tx.pragma_update(None, "user_version", version as i64))
-            .map_err(|source| StateError::Migrate { version, source })?;
-        tx.commit()
-            .map_err(|source| StateError::Migrate { version, source })?;
+    if current == MIGRATIONS.len() {
+        return Ok(());
     }
-    Ok(())
+    // Table rebuilds (migration 6) must not cascade deletes: foreign keys
+    // are off while migrating (a no-op inside a transaction, so here), and
+    // every reference is checked before each migration commits.
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let result = (|| {
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current) {
+            let version = i + 1;
+            let tx = write_tx(conn)?;
+            tx.execute_batch(sql)
+                .and_then(|()| {
+                    let dangling: i64 =
+                        tx.query_row("SELECT COUNT(*) FROM pragma_foreign_key_check", [], |r| {
+                            r.get(0)
+                        })?;
+                    if dangling > 0 {
+                        return Err(rusqlite::Error::SqliteFailure(
+                            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+                            Some(format!("{dangling} dangling references")),
+                        ));
+                    }
+                    tx.pragma_update(None, "user_version", version as i64)
+                })
+                .map_err(|source| StateError::Migrate { version, source })?;
+            tx.commit()
+                .map_err(|source| StateError::Migrate { version, source })?;
+        }
+        Ok(())
+    })();
+    conn.pragma_update(None, "foreign_keys", true)?;
+    result
 }
 
 /// The row id of an app, or NotFound.
@@ -325,6 +362,44 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let perm = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(perm & 0o777, 0o600, "the database is private");
+    }
+
+    /// Migration 6 rebuilds `keys`: keys and their grants survive it.
+    #[test]
+    fn the_keys_rebuild_keeps_keys_and_grants() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        for sql in &MIGRATIONS[..5] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 5).unwrap();
+        conn.execute_batch(
+            "INSERT INTO apps (id, name, created_at) VALUES (1, 'shop', 0);
+             INSERT INTO keys (id, name, fingerprint, public_key, role, created_at)
+                 VALUES (7, 'dev', 'SHA256:x', 'ssh-ed25519 AAAA', 'deployer', 0);
+             INSERT INTO grants (key_id, app_id) VALUES (7, 1);",
+        )
+        .unwrap();
+        drop(conn);
+        let db = Db::open(&path).unwrap();
+        let (grants, role): (i64, String) = db
+            .call_blocking(|c| {
+                c.execute(
+                    "INSERT INTO keys (name, fingerprint, public_key, role, created_at)
+                     VALUES ('v', 'SHA256:y', 'ssh-ed25519 BBBB', 'viewer', 0)",
+                    [],
+                )?;
+                Ok((
+                    c.query_row("SELECT COUNT(*) FROM grants WHERE key_id = 7", [], |r| {
+                        r.get(0)
+                    })?,
+                    c.query_row("SELECT role FROM keys WHERE id = 7", [], |r| r.get(0))?,
+                ))
+            })
+            .unwrap();
+        assert_eq!((grants, role.as_str()), (1, "deployer"));
     }
 
     #[test]
