@@ -232,7 +232,19 @@ fn slug_dir(output: &BuildOutput) -> &Path {
     }
 }
 
+/// A free loopback port from below the ephemeral range, as the local
+/// runtime picks them: port 0 hands out ports outgoing connections also
+/// take, and one of those took the port before the app bound it.
 fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 12_000 + (std::process::id() % 8_000) as u16;
+    for _ in 0..2_000 {
+        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 8_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
