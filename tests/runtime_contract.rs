@@ -37,6 +37,52 @@ fn spec(app: &str, process: &str, index: u32, artifact: &Artifact, command: &str
     }
 }
 
+/// A local runtime with a slug directory apps (maybe `nobody`) can reach.
+fn local_runtime() -> (tempfile::TempDir, std::path::PathBuf, LocalRuntime) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let slug = tmp.path().join("slug");
+    std::fs::create_dir(&slug).expect("slug");
+    std::fs::set_permissions(&slug, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let logs = Arc::new(LogStore::open(&tmp.path().join("logs")).expect("logs"));
+    let rt = LocalRuntime::new(
+        LocalConfig {
+            run_as: RunAs::resolve_default(),
+            ..LocalConfig::default()
+        },
+        logs,
+    );
+    (tmp, slug, rt)
+}
+
+/// A docker runtime on the engine, with the local test images built; None
+/// (after saying SKIPPED, or failing under CI=true) without an engine.
+async fn docker_runtime() -> Option<(tempfile::TempDir, DockerRuntime)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-test-setup.sh");
+    let out = Command::new(&script)
+        .output()
+        .expect("run docker-test-setup.sh");
+    match out.status.code() {
+        Some(0) => {}
+        Some(3) => {
+            common::skip_or_fail("docker engine not available");
+            return None;
+        }
+        _ => panic!(
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let logs = Arc::new(LogStore::open(&tmp.path().join("logs")).expect("logs"));
+    let owner = tmp.path().display().to_string();
+    let rt = DockerRuntime::connect(DockerConfig { owner }, logs)
+        .await
+        .expect("connect to the engine");
+    Some((tmp, rt))
+}
+
 /// The contract, for any backend. `web` and `worker` are the commands
 /// each backend's artifact can run.
 async fn contract(rt: &dyn Runtime, artifact: Artifact, web: &str, worker: &str) {
@@ -132,19 +178,7 @@ async fn the_fake_keeps_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_runtime_keeps_the_contract() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let slug = tmp.path().join("slug");
-    std::fs::create_dir(&slug).expect("slug");
-    std::fs::set_permissions(&slug, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let logs = Arc::new(LogStore::open(&tmp.path().join("logs")).expect("logs"));
-    let rt = LocalRuntime::new(
-        LocalConfig {
-            run_as: RunAs::resolve_default(),
-            ..LocalConfig::default()
-        },
-        logs,
-    );
+    let (_tmp, slug, rt) = local_runtime();
     contract(
         &rt,
         Artifact::Slug { dir: slug },
@@ -157,28 +191,9 @@ async fn the_local_runtime_keeps_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docker_runtime_keeps_the_contract() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-test-setup.sh");
-    let out = Command::new(&script)
-        .output()
-        .expect("run docker-test-setup.sh");
-    match out.status.code() {
-        Some(0) => {}
-        Some(3) => {
-            common::skip_or_fail("docker engine not available");
-            return;
-        }
-        _ => panic!(
-            "{}: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let logs = Arc::new(LogStore::open(&tmp.path().join("logs")).expect("logs"));
-    let owner = tmp.path().display().to_string();
-    let rt = DockerRuntime::connect(DockerConfig { owner }, logs)
-        .await
-        .expect("connect to the engine");
+    let Some((_tmp, rt)) = docker_runtime().await else {
+        return;
+    };
     contract(
         &rt,
         Artifact::Image {
@@ -223,19 +238,7 @@ async fn exit_is_reported(rt: &dyn Runtime, spec: InstanceSpec, kill: impl FnOnc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_exits_are_reported_at_once() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let slug = tmp.path().join("slug");
-    std::fs::create_dir(&slug).expect("slug");
-    std::fs::set_permissions(&slug, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let logs = Arc::new(LogStore::open(&tmp.path().join("logs")).expect("logs"));
-    let rt = LocalRuntime::new(
-        LocalConfig {
-            run_as: RunAs::resolve_default(),
-            ..LocalConfig::default()
-        },
-        logs,
-    );
+    let (_tmp, slug, rt) = local_runtime();
     let s = spec(
         "exits",
         "worker",
@@ -259,28 +262,9 @@ async fn local_exits_are_reported_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_exits_are_reported_at_once() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-test-setup.sh");
-    let out = Command::new(&script)
-        .output()
-        .expect("run docker-test-setup.sh");
-    match out.status.code() {
-        Some(0) => {}
-        Some(3) => {
-            common::skip_or_fail("docker engine not available");
-            return;
-        }
-        _ => panic!(
-            "{}: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    }
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let logs = Arc::new(LogStore::open(&tmp.path().join("logs")).expect("logs"));
-    let owner = tmp.path().display().to_string();
-    let rt = DockerRuntime::connect(DockerConfig { owner }, logs)
-        .await
-        .expect("connect to the engine");
+    let Some((_tmp, rt)) = docker_runtime().await else {
+        return;
+    };
     let image = Artifact::Image {
         reference: "cygni-base:test".into(),
     };

@@ -398,14 +398,8 @@ async fn watch_exits_forever(
             let Some(attrs) = event.actor.and_then(|a| a.attributes) else {
                 continue;
             };
-            let id = (|| {
-                let app = AppName::parse(attrs.get(LABEL_APP)?).ok()?;
-                let release: u32 = attrs.get(LABEL_RELEASE)?.parse().ok()?;
-                let process = ProcessType::parse(attrs.get(LABEL_PROCESS)?).ok()?;
-                let index: u32 = attrs.get(LABEL_INDEX)?.parse().ok()?;
-                Some(InstanceId::new(&app, release, &process, index))
-            })();
-            if let Some(id) = id {
+            if let Some((app, release, process, index)) = instance_labels(&attrs) {
+                let id = InstanceId::new(&app, release, &process, index);
                 // No subscriber yet is fine: reconcile compares
                 // incarnations anyway.
                 let _ = events.send(super::InstanceEvent::Exited(id));
@@ -500,12 +494,19 @@ fn parse_time(text: Option<&str>) -> Option<SystemTime> {
 
 /// The instance a container is, from its labels; None for a container that
 /// is not a well-formed Cygni instance.
+/// App, release, process type and index from a container's labels; None
+/// for a container that is not a well-formed Cygni instance.
+fn instance_labels(labels: &HashMap<String, String>) -> Option<(AppName, u32, ProcessType, u32)> {
+    Some((
+        AppName::parse(labels.get(LABEL_APP)?).ok()?,
+        labels.get(LABEL_RELEASE)?.parse().ok()?,
+        ProcessType::parse(labels.get(LABEL_PROCESS)?).ok()?,
+        labels.get(LABEL_INDEX)?.parse().ok()?,
+    ))
+}
+
 fn instance_of(c: &ContainerInspectResponse) -> Option<Instance> {
-    let labels = labels(c);
-    let app = AppName::parse(labels.get(LABEL_APP)?).ok()?;
-    let release: u32 = labels.get(LABEL_RELEASE)?.parse().ok()?;
-    let process = ProcessType::parse(labels.get(LABEL_PROCESS)?).ok()?;
-    let index: u32 = labels.get(LABEL_INDEX)?.parse().ok()?;
+    let (app, release, process, index) = instance_labels(&labels(c))?;
     let state = c.state.as_ref();
     let started_at =
         parse_time(state.and_then(|s| s.started_at.as_deref())).unwrap_or(SystemTime::UNIX_EPOCH);
