@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// A PEM file of extra roots to trust for the ACME directory (Pebble, internal CAs).
     #[arg(long, env = "CYGNI_ACME_CA", value_name = "FILE")]
     pub acme_ca: Option<PathBuf>,
+    /// The HTTP API and git over HTTP on a plain listener, for local use.
+    /// Default 127.0.0.1:7070; `off` disables it.
+    #[arg(long, env = "CYGNI_API_LISTEN", value_name = "ADDR")]
+    pub api_listen: Option<String>,
 }
 
 /// The config file: the same keys as the flags, all optional.
@@ -104,6 +108,8 @@ struct FileConfig {
     keep_releases: Option<usize>,
     reconcile_interval_secs: Option<u64>,
     min_free_mb: Option<u64>,
+    api_listen: Option<String>,
+    audit_retention_days: Option<u32>,
 }
 
 /// Which runtime backend to use.
@@ -158,6 +164,14 @@ pub struct Config {
     /// Free space (MiB) the data dir keeps: a push or build that would
     /// start below it is refused (file key `min_free_mb`, default 512).
     pub min_free_mb: u64,
+    /// The API's loopback listener (`api_listen`; `None` when `off`).
+    pub api_listen: Option<SocketAddr>,
+    /// `api_listen` was not set: a port in use turns the listener off
+    /// with a warning instead of stopping the start.
+    pub api_listen_is_default: bool,
+    /// Audit entries older than this many days are pruned (file key
+    /// `audit_retention_days`, 1 to 36500, default 90).
+    pub audit_retention_days: u32,
 }
 
 impl Config {
@@ -294,7 +308,25 @@ impl Config {
             ));
         }
 
+        let api_listen_arg = args.api_listen.as_deref().or(file.api_listen.as_deref());
+        let api_listen_is_default = api_listen_arg.is_none();
+        let api_listen = match api_listen_arg {
+            Some("off") => None,
+            other => Some(listen_addr(
+                "api_listen",
+                other.or(Some("127.0.0.1:7070")),
+                7070,
+            )?),
+        };
+        let audit_retention_days = file.audit_retention_days.unwrap_or(90);
+        if !(1..=36_500).contains(&audit_retention_days) {
+            return Err(invalid("audit_retention_days", "must be 1 to 36500 days"));
+        }
+
         Ok(Config {
+            api_listen,
+            api_listen_is_default,
+            audit_retention_days,
             min_free_mb: file.min_free_mb.unwrap_or(512),
             reconcile_interval,
             data_dir,
