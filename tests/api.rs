@@ -833,3 +833,147 @@ fn a_flood_from_one_token_gets_429_with_retry_after() {
         "the budget refills"
     );
 }
+
+/// A source tarball deploys through the same pipeline as a push; a bad
+/// one fails the build and leaves the app serving.
+#[test]
+fn a_source_tarball_deploys_like_a_push() {
+    let d = TestDaemon::start();
+    let t = token(&d, "ci --role admin");
+    d.ssh(&d.admin, "apps:create web3").ok();
+    // A GitHub-style archive: one top-level directory.
+    let parent = d.dir.path().join("tarball");
+    copy_dir(&fixture("procfile-app"), &parent.join("web3-main"));
+    let tgz = d.dir.path().join("source.tar.gz");
+    run_ok(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&tgz)
+            .arg("-C")
+            .arg(&parent)
+            .arg("web3-main"),
+    );
+    let upload = |file: &std::path::Path| {
+        let out = Command::new("curl")
+            .args(["-s", "-m", "60", "-X", "POST", "-H"])
+            .arg(format!("Authorization: Bearer {t}"))
+            .args(["-H", "Content-Type: application/gzip", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(format!(
+                "http://127.0.0.1:{}/api/v1/apps/web3/builds",
+                d.api_port
+            ))
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["status"], "pending", "{v}");
+        v["id"].as_str().unwrap().to_owned()
+    };
+    let finished = |id: &str| {
+        wait_for("the build to finish", Duration::from_secs(180), || {
+            let (_, b) = api_json(&d, &t, "GET", &format!("/apps/web3/builds/{id}"), None);
+            (b["status"] != "pending").then_some(b)
+        })
+    };
+    let b = finished(&upload(&tgz));
+    assert_eq!(b["status"], "succeeded", "{b}");
+    assert_eq!(b["release"], 1, "{b}");
+    let output: Vec<&str> = b["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert!(
+        output
+            .iter()
+            .any(|l| l.starts_with("-----> Received web3 (main ")),
+        "{output:?}"
+    );
+    assert!(
+        output.iter().any(|l| l.contains("Released v1")),
+        "{output:?}"
+    );
+    let (status, body) = d.curl("web3.localhost", "/Procfile");
+    assert_eq!(status, 200, "{body}");
+    // The upload is a commit on main, like a push.
+    let info = d.ssh(&d.admin, "apps:info web3 --json").ok();
+    let info: Value = serde_json::from_str(&info.stdout).unwrap();
+    assert_eq!(info["branches"][0]["name"], "main", "{info}");
+
+    // Not a tarball: the build fails with the reason; v1 still serves.
+    let junk = d.dir.path().join("junk.tar.gz");
+    std::fs::write(&junk, b"this is not gzip").unwrap();
+    let b = finished(&upload(&junk));
+    assert_eq!(b["status"], "failed", "{b}");
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a readable .tar.gz"),
+        "{b}"
+    );
+    assert_eq!(d.curl("web3.localhost", "/Procfile").0, 200);
+    let (_, releases) = api_json(&d, &t, "GET", "/apps/web3/releases", None);
+    assert_eq!(releases.as_array().unwrap().len(), 1);
+    // An empty body, and a viewer, are refused before anything runs.
+    let (status, _, _) = api(&d, Some(&t), "POST", "/apps/web3/builds", None);
+    assert_eq!(status, 422);
+    let viewer = token(&d, "v --role viewer --app web3");
+    let (status, _, _) = api(
+        &d,
+        Some(&viewer),
+        "POST",
+        "/apps/web3/builds",
+        Some(&json!("x")),
+    );
+    assert_eq!(status, 403);
+}
+
+/// The OpenAPI document against the running daemon: schemathesis finds
+/// no 5xx and no response outside the schema.
+#[test]
+fn schemathesis_finds_no_server_error_and_no_schema_break() {
+    let st = Command::new("schemathesis").arg("--version").output();
+    if !st.is_ok_and(|o| o.status.success()) {
+        skip_or_fail("schemathesis is not installed (pip install schemathesis)");
+        return;
+    }
+    let d = TestDaemon::start();
+    let t = token(&d, "fuzz --role admin");
+    d.ssh(&d.admin, "apps:create demo").ok();
+    let base = format!("http://127.0.0.1:{}/api/v1", d.api_port);
+    let out = Command::new("timeout")
+        .arg("600")
+        .arg("schemathesis")
+        .arg("run")
+        .arg(format!("{base}/openapi.json"))
+        .args(["-u", &base, "-H"])
+        .arg(format!("Authorization: Bearer {t}"))
+        .args(["--rate-limit", "15/s", "-n", "5", "--generation-deterministic"])
+        .args([
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance",
+        ])
+        // Revoking the run's own token or key would end the run early;
+        // uploads are binary bodies schemathesis cannot generate.
+        .args(["--exclude-operation-id", "revokeToken"])
+        .args(["--exclude-operation-id", "removeKey"])
+        .args(["--exclude-operation-id", "createBuild"])
+        .current_dir(d.dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("passed"), "{text}");
+    assert!(
+        !d.log().contains("panicked"),
+        "the daemon panicked:\n{}",
+        d.log()
+    );
+}

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds, for 429.
     pub retry_after: Option<u64>,
+    /// The methods a 405's resource takes.
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             id,
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -39,12 +42,19 @@ impl ApiError {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_params", message)
     }
 
+    /// The router fills in `allow` from the path (`v1::allow_for`).
     pub fn method_not_allowed() -> ApiError {
         ApiError::new(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "this method is not allowed here",
         )
+    }
+
+    pub fn with_allow(mut self, allow: &'static str) -> ApiError {
+        self.message = format!("this resource takes {allow}");
+        self.allow = Some(allow);
+        self
     }
 
     pub fn internal(message: impl Into<String>) -> ApiError {
@@ -75,6 +85,10 @@ impl ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
         }
+        if let Some(allow) = self.allow {
+            resp.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -89,7 +103,9 @@ impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         let message = e.to_string();
         match e {
-            ServiceError::AppNotFound(_) => ApiError::not_found(message),
+            ServiceError::AppNotFound(_) | ServiceError::NotFound(_) => {
+                ApiError::not_found(message)
+            }
             ServiceError::Forbidden(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
             }

@@ -12,7 +12,7 @@
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::{header, Method, Request, Response, StatusCode};
+use hyper::{header, Method, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::body;
@@ -111,7 +111,13 @@ async fn serve_inner(api: &Api, call: Call, path: &str) -> Result<Response<Contr
         (&Method::POST, "git-upload-pack") => (Pack::Upload, false),
         (&Method::POST, "git-receive-pack") => (Pack::Receive, false),
         (_, "info/refs" | "git-upload-pack" | "git-receive-pack") => {
-            return Err(ApiError::method_not_allowed())
+            return Err(
+                ApiError::method_not_allowed().with_allow(if rest == "info/refs" {
+                    "GET"
+                } else {
+                    "POST"
+                }),
+            )
         }
         _ => return Err(ApiError::not_found("repository not found")),
     };
@@ -285,19 +291,4 @@ async fn feed_gzip(body: Incoming, stdin: &mut tokio::process::ChildStdin) -> st
         .take(MAX_GZIP_BODY)
         .read_to_end(&mut out)?;
     stdin.write_all(&out).await
-}
-
-/// `POST /api/v1/apps/{app}/builds`: not built yet.
-pub(super) async fn build_from_tarball(
-    api: &Api,
-    actor: &Actor,
-    app: &AppName,
-    _req: Request<Incoming>,
-) -> Result<Response<ControlBody>, ApiError> {
-    api.service.app(actor, app, Access::Manage).await?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "deploys from an uploaded tarball are not built yet: push with git (SSH or HTTPS)",
-    ))
 }

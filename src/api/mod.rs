@@ -14,6 +14,7 @@
 //! worker's: deploys it starts outlive the request's connection.
 
 mod body;
+mod builds;
 mod error;
 mod git_http;
 mod limit;
@@ -56,8 +57,11 @@ pub struct Api {
     plain_http_ok: bool,
     git: GitHttpEnv,
     limits: limit::Limits,
+    builds: builds::Builds,
     runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
+    /// The `Arc` this lives in, for tasks that outlive a request.
+    me: std::sync::Weak<Api>,
 }
 
 /// One request as the handlers see it.
@@ -74,15 +78,25 @@ impl Api {
         git: GitHttpEnv,
         shutdown: CancellationToken,
     ) -> Arc<Api> {
-        Arc::new(Api {
+        Arc::new_cyclic(|me| Api {
+            me: me.clone(),
             service,
             host,
             plain_http_ok,
             git,
             limits: limit::Limits::default(),
+            builds: builds::Builds::default(),
             runtime: tokio::runtime::Handle::current(),
             shutdown,
         })
+    }
+
+    /// Requests are served only through the `Arc` made in `new`, so this
+    /// fails only while the daemon is going away.
+    pub(crate) fn self_arc(&self) -> Result<Arc<Api>, ApiError> {
+        self.me
+            .upgrade()
+            .ok_or_else(|| ApiError::internal("the daemon is stopping"))
     }
 
     pub fn host(&self) -> &str {

@@ -27,6 +27,32 @@ const MAX_JSON: usize = 1024 * 1024;
 type Reply = Result<Response<ControlBody>, ApiError>;
 
 pub(super) async fn route(api: &Api, call: Call, path: &str) -> Reply {
+    let result = dispatch(api, call, path).await;
+    match result {
+        Err(e) if e.status == StatusCode::METHOD_NOT_ALLOWED && e.allow.is_none() => {
+            let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+            Err(e.with_allow(allow_for(&segments)))
+        }
+        other => other,
+    }
+}
+
+/// The methods each resource takes, for 405's `Allow`.
+fn allow_for(segments: &[&str]) -> &'static str {
+    match segments {
+        ["apps"] | ["keys"] | ["tokens"] => "GET, POST",
+        ["apps", _] => "GET, DELETE",
+        ["apps", _, "config-vars" | "formation" | "certs"] => "GET, PATCH",
+        ["apps", _, "domains"] | ["apps", _, "releases"] => "GET, POST",
+        ["apps", _, "dynos"] => "GET, DELETE",
+        ["apps", _, "domains" | "dynos", _] | ["keys", _] | ["tokens", _] => "DELETE",
+        ["apps", _, "actions", _] | ["apps", _, "certs", "renew"] | ["apps", _, "builds"] => "POST",
+        ["keys", _, "apps", _] => "PUT, DELETE",
+        _ => "GET",
+    }
+}
+
+async fn dispatch(api: &Api, call: Call, path: &str) -> Reply {
     let actor = api
         .actor(call.req.headers(), call.peer, Source::Api)
         .await?;
@@ -225,14 +251,13 @@ async fn app_route(
             let hosts = svc.renew_certs(actor, app).await?;
             Ok(reply(StatusCode::ACCEPTED, &json!({"hosts": hosts})))
         }
-        (["builds"], Method::POST) => {
-            super::git_http::build_from_tarball(api, actor, app, req).await
-        }
+        (["builds"], Method::POST) => super::builds::create(api, actor, app, req).await,
+        (["builds", id], Method::GET) => super::builds::get(api, actor, app, id).await,
         (
             []
             | ["config-vars" | "domains" | "formation" | "dynos" | "releases" | "logs" | "certs"
             | "builds"]
-            | ["domains" | "dynos" | "releases", _]
+            | ["domains" | "dynos" | "releases" | "builds", _]
             | ["certs", "renew"]
             | ["releases", _, "build-log"]
             | ["actions", "stop" | "start"],

@@ -68,6 +68,9 @@ pub enum ServiceError {
     /// A bad request the actor can fix; the message says how.
     #[error("{0}")]
     Invalid(String),
+    /// Something named that is not there (a release, a token, a key).
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Name(#[from] crate::names::InvalidName),
     #[error(transparent)]
@@ -83,7 +86,9 @@ impl From<state::StateError> for ServiceError {
             state::StateError::Exists(what) => {
                 ServiceError::Invalid(format!("{what} already exists"))
             }
-            state::StateError::NotFound(what) => ServiceError::Invalid(format!("{what} not found")),
+            state::StateError::NotFound(what) => {
+                ServiceError::NotFound(format!("{what} not found"))
+            }
             other if other.is_busy() => {
                 tracing::warn!(error = %other, "database busy");
                 ServiceError::Invalid(state::BUSY_MESSAGE.to_owned())

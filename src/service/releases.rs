@@ -44,7 +44,7 @@ impl Service {
         self.db
             .call(move |c| state::releases::get(c, &a, version))
             .await?
-            .ok_or_else(|| ServiceError::Invalid(format!("{app} has no release v{version}")))
+            .ok_or_else(|| ServiceError::NotFound(format!("{app} has no release v{version}")))
     }
 
     /// Certificates of one app's current hosts, or (admins) of every app.

@@ -444,7 +444,7 @@ impl From<crate::service::ServiceError> for CommandError {
         match e {
             S::AppNotFound(app) => CommandError::AppNotFound(app.to_string()),
             S::Forbidden(m) => CommandError::Forbidden(m),
-            S::Invalid(m) => CommandError::Invalid(m),
+            S::Invalid(m) | S::NotFound(m) => CommandError::Invalid(m),
             S::Name(n) => CommandError::Name(n),
             S::Deploy(d) => CommandError::Invalid(d.to_string()),
             S::Internal(m) => CommandError::Internal(m),
