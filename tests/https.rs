@@ -344,6 +344,20 @@ fn http01_issue_serve_redirect_renew_and_ca_down() {
     let (exit, code, _, version) = curl_https(d.https_port, &host, &pebble.root(), &["--http1.1"]);
     assert_eq!((exit, code, version.as_str()), (0, 200, "1.1"));
 
+    // The control host (the API, git over HTTPS) gets its own certificate;
+    // its plain HTTP redirects, since the domain is not local.
+    let control = format!("cygni.{DOMAIN}");
+    wait_for(
+        "a certificate for the control host",
+        Duration::from_secs(60),
+        || {
+            let (exit, code, body, _) = curl_https(d.https_port, &control, &pebble.root(), &[]);
+            (exit == 0 && code == 404 && body.contains("/api/v1/")).then_some(())
+        },
+    );
+    let (code, _) = d.curl(&control, "/api/v1/openapi.json");
+    assert_eq!(code, 301, "plain HTTP on a public control host redirects");
+
     // Plain HTTP now redirects; ACME challenges never do.
     wait_for("the HTTPS redirect", Duration::from_secs(20), || {
         (d.curl(&host, "/x?y=1").0 == 308).then_some(())
@@ -507,7 +521,12 @@ fn tls_alpn01_and_handshake_refusals() {
     let all: Vec<serde_json::Value> =
         serde_json::from_str(&d.ssh(&d.admin, "certs --json").ok().stdout).unwrap();
     let hosts: Vec<&str> = all.iter().filter_map(|c| c["host"].as_str()).collect();
-    assert_eq!(hosts, vec![host.as_str()], "only the app's own host");
+    let control = format!("cygni.{DOMAIN}");
+    assert_eq!(
+        hosts,
+        vec![host.as_str(), control.as_str()],
+        "only the app's own host, and the control host"
+    );
     assert!(!d.log().contains(&format!("host={unknown}")), "{}", d.log());
 }
 

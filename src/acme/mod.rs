@@ -16,8 +16,8 @@
 //!                 err ──► record_failure: attempts + 1, next try 1 min · 2^n (≤ 24 h)
 //! ```
 //!
-//! Which hosts get certificates: `APP.DOMAIN` for every app and every
-//! custom domain, unless the name is local (see [`is_local_host`]). Nothing
+//! Which hosts get certificates: `APP.DOMAIN` for every app, every
+//! custom domain and the control host `cygni.DOMAIN`, unless the name is local (see [`is_local_host`]). Nothing
 //! is ever ordered for a name a client asks for: the TLS resolver only
 //! reads the store.
 //!
@@ -212,7 +212,7 @@ impl Acme {
             .wanted()
             .await?
             .into_iter()
-            .filter(|(_, a)| a == app)
+            .filter(|(_, a)| a.as_ref() == Some(app))
             .map(|(h, _)| h)
             .collect())
     }
@@ -233,22 +233,24 @@ impl Acme {
         Ok(hosts)
     }
 
-    /// Every (host, app) that should have a certificate.
-    async fn wanted(&self) -> Result<Vec<(String, AppName)>, AcmeError> {
+    /// Every (host, app) that should have a certificate; the control host
+    /// (`cygni.DOMAIN`: the API, git over HTTPS) belongs to no app.
+    async fn wanted(&self) -> Result<Vec<(String, Option<AppName>)>, AcmeError> {
         let (apps, domains) = self
             .inner
             .db
             .call(|c| Ok((state::apps::list(c)?, state::domains::all(c)?)))
             .await?;
         let domain = &self.inner.config.domain;
-        let mut wanted: Vec<(String, AppName)> = apps
+        let mut wanted: Vec<(String, Option<AppName>)> = apps
             .into_iter()
-            .map(|a| (format!("{}.{domain}", a.name), a.name))
+            .map(|a| (format!("{}.{domain}", a.name), Some(a.name)))
             .chain(
                 domains
                     .into_iter()
-                    .map(|(app, host)| (host.to_string(), app)),
+                    .map(|(app, host)| (host.to_string(), Some(app))),
             )
+            .chain(std::iter::once((format!("cygni.{domain}"), None)))
             .filter(|(h, _)| is_orderable(h))
             .collect();
         wanted.sort();
@@ -266,7 +268,7 @@ impl Acme {
         Ok(())
     }
 
-    fn install(&self, wanted: &[(String, AppName)], records: &[CertRecord]) {
+    fn install(&self, wanted: &[(String, Option<AppName>)], records: &[CertRecord]) {
         let now = state::now();
         let by_host: HashMap<&str, &CertRecord> =
             records.iter().map(|r| (r.host.as_str(), r)).collect();
@@ -404,7 +406,7 @@ impl Acme {
                     let (a, i) = (app.clone(), issued.clone());
                     self.inner
                         .db
-                        .call(move |c| state::certs::store_issued(c, &a, &i))
+                        .call(move |c| state::certs::store_issued(c, a.as_ref(), &i))
                         .await?;
                     // Hot swap: the next handshake for this host gets it.
                     self.inner.store.insert(host, ck);
@@ -421,7 +423,7 @@ impl Acme {
                         .inner
                         .db
                         .call(move |c| {
-                            state::certs::record_failure(c, &a, &h, &text, |n| {
+                            state::certs::record_failure(c, a.as_ref(), &h, &text, |n| {
                                 state::now() + backoff(n)
                             })
                         })

@@ -141,11 +141,12 @@ fn app_id(conn: &Connection, app: &AppName) -> Result<i64, StateError> {
 /// in one transaction. The previous certificate is replaced.
 pub fn store_issued(
     conn: &mut Connection,
-    app: &AppName,
+    app: Option<&AppName>,
     issued: &Issued,
 ) -> Result<(), StateError> {
     let tx = write_tx(conn)?;
-    let app_id = app_id(&tx, app)?;
+    // `None`: the control host, which belongs to no app.
+    let app_id = app.map(|a| app_id(&tx, a)).transpose()?;
     tx.execute(
         "INSERT INTO certificates (host, app_id, chain_pem, key_pem, serial, issuer, not_before,
              not_after, challenge, renew_at, ari_checked_at, force_renew, attempts,
@@ -182,13 +183,13 @@ pub fn store_issued(
 /// Returns the attempt count after this failure. Any certificate stays.
 pub fn record_failure(
     conn: &mut Connection,
-    app: &AppName,
+    app: Option<&AppName>,
     host: &str,
     error: &str,
     next_attempt_at: impl Fn(u32) -> i64,
 ) -> Result<u32, StateError> {
     let tx = write_tx(conn)?;
-    let app_id = app_id(&tx, app)?;
+    let app_id = app.map(|a| app_id(&tx, a)).transpose()?;
     let attempts: i64 = tx
         .query_row(
             "SELECT attempts FROM certificates WHERE host = ?1",
@@ -375,22 +376,26 @@ mod tests {
         let app = AppName::parse("web").unwrap();
         db.call_blocking(|c| {
             apps::create(c, &app)?;
-            let n = record_failure(c, &app, "web.example.com", "CA down", |n| 100 + n as i64)?;
+            let n = record_failure(c, Some(&app), "web.example.com", "CA down", |n| {
+                100 + n as i64
+            })?;
             assert_eq!(n, 1);
-            let n = record_failure(c, &app, "web.example.com", "CA down", |n| 100 + n as i64)?;
+            let n = record_failure(c, Some(&app), "web.example.com", "CA down", |n| {
+                100 + n as i64
+            })?;
             assert_eq!(n, 2);
             let r = get(c, "web.example.com")?.unwrap();
             assert_eq!(r.next_attempt_at, Some(102));
             assert_eq!(r.last_error.as_deref(), Some("CA down"));
             assert!(!r.is_valid_at(now()));
 
-            store_issued(c, &app, &issued("web.example.com", "01"))?;
+            store_issued(c, Some(&app), &issued("web.example.com", "01"))?;
             let r = get(c, "web.example.com")?.unwrap();
             assert_eq!((r.attempts, r.last_error.as_deref()), (0, None));
             assert!(r.is_valid_at(now()));
 
             // A failure later keeps the certificate.
-            record_failure(c, &app, "web.example.com", "again", |_| 0)?;
+            record_failure(c, Some(&app), "web.example.com", "again", |_| 0)?;
             let r = get(c, "web.example.com")?.unwrap();
             assert!(r.is_valid_at(now()) && r.attempts == 1);
 
@@ -409,7 +414,7 @@ mod tests {
         db.call_blocking(|c| {
             apps::create(c, &app)?;
             assert!(https_apps(c, "example.com", now())?.is_empty());
-            store_issued(c, &app, &issued("web.example.com", "01"))?;
+            store_issued(c, Some(&app), &issued("web.example.com", "01"))?;
             assert!(https_apps(c, "example.com", now())?.contains(&app));
             c.execute(
                 "INSERT INTO domains (app_id, host, created_at)
@@ -417,7 +422,7 @@ mod tests {
                 [],
             )?;
             assert!(https_apps(c, "example.com", now())?.is_empty());
-            store_issued(c, &app, &issued("www.shop.org", "02"))?;
+            store_issued(c, Some(&app), &issued("www.shop.org", "02"))?;
             assert!(https_apps(c, "example.com", now())?.contains(&app));
             set_redirect(c, &app, false)?;
             assert!(!redirect_enabled(c, &app)?);
