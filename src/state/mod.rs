@@ -192,6 +192,8 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, name, fingerprint, public_key, role, created_at FROM keys;
     DROP TABLE keys;
     ALTER TABLE keys_new RENAME TO keys;",
+    // The registry: the manifest digest of a release's published image.
+    "ALTER TABLE releases ADD COLUMN image_digest TEXT;",
 ];
 
 /// A handle to the database, cheap to clone.
