@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// A PEM file of extra roots to trust for the ACME directory (Pebble, internal CAs).
     #[arg(long, env = "CYGNI_ACME_CA", value_name = "FILE")]
     pub acme_ca: Option<PathBuf>,
+    /// Serve the images Cygni builds (pull-only OCI registry) on ADDR.
+    /// Off by default.
+    #[arg(long, env = "CYGNI_REGISTRY_LISTEN", value_name = "ADDR")]
+    pub registry_listen: Option<String>,
 }
 
 /// The config file: the same keys as the flags, all optional.
@@ -104,6 +108,7 @@ struct FileConfig {
     keep_releases: Option<usize>,
     reconcile_interval_secs: Option<u64>,
     min_free_mb: Option<u64>,
+    registry_listen: Option<String>,
 }
 
 /// Which runtime backend to use.
@@ -158,6 +163,9 @@ pub struct Config {
     /// Free space (MiB) the data dir keeps: a push or build that would
     /// start below it is refused (file key `min_free_mb`, default 512).
     pub min_free_mb: u64,
+    /// Where the image registry listens (`--registry-listen`, file key
+    /// `registry_listen`); `None`: no registry, and images are not published.
+    pub registry_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -294,7 +302,15 @@ impl Config {
             ));
         }
 
+        let registry_listen = args
+            .registry_listen
+            .as_deref()
+            .or(file.registry_listen.as_deref())
+            .map(|v| listen_addr("registry_listen", Some(v), 0))
+            .transpose()?;
+
         Ok(Config {
+            registry_listen,
             min_free_mb: file.min_free_mb.unwrap_or(512),
             reconcile_interval,
             data_dir,
@@ -482,6 +498,16 @@ mod tests {
         // Flags win over the file.
         a.domain = Some("flag.test".into());
         assert_eq!(Config::resolve(&a).unwrap().domain, "flag.test");
+
+        // The registry is off unless asked for; `:0` and the file key work.
+        assert_eq!(c.registry_listen, None);
+        std::fs::write(&path, "registry_listen = \"127.0.0.1:0\"\n").unwrap();
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.registry_listen, Some("127.0.0.1:0".parse().unwrap()));
+        a.registry_listen = Some("five thousand".into());
+        let err = Config::resolve(&a).unwrap_err().to_string();
+        assert!(err.starts_with("config: registry_listen:"), "{err}");
+        a.registry_listen = None;
 
         std::fs::write(&path, "colour = \"blue\"\n").unwrap();
         a.domain = None;

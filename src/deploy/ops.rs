@@ -71,6 +71,7 @@ impl Platform {
             .map_err(|e| internal(Stage::Release, e))?;
         release.builder = base.builder.clone();
         release.artifact = base.artifact.clone();
+        release.image_digest = base.image_digest.clone();
         release.processes = base.processes.clone();
         release.check = base.check.clone();
         release.limits = crate::limits::Limits::from_vars(&env)

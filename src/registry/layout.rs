@@ -194,7 +194,11 @@ impl Layout {
         let blobs = root.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(io("create", &blobs))?;
         let tmp = root.join("tmp");
-        match std::fs::remove_dir_all(&tmp) {
+        let cleared = match std::fs::symlink_metadata(&tmp) {
+            Ok(m) if !m.is_dir() => std::fs::remove_file(&tmp),
+            _ => std::fs::remove_dir_all(&tmp),
+        };
+        match cleared {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(io("empty", &tmp)(e));
             }
@@ -343,9 +347,10 @@ impl Layout {
         self.replace_index(file)
     }
 
-    /// Keeps only `keep` among `app`'s tags, then removes every blob no
-    /// tag still reaches. Returns how many blobs went.
-    pub fn retain(&self, app: &AppName, keep: &[String]) -> Result<usize, RegistryError> {
+    /// Keeps only those of `app`'s tags that point at a manifest in
+    /// `keep`, then removes every blob no tag still reaches. Returns how
+    /// many blobs went.
+    pub fn retain(&self, app: &AppName, keep: &[Digest]) -> Result<usize, RegistryError> {
         let _gc = self.gate.write().unwrap_or_else(|p| p.into_inner());
         let _w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let prefix = format!("{app}:");
@@ -354,11 +359,8 @@ impl Layout {
             .file
             .iter()
             .filter(|d| match d.annotations.get(REF_NAME) {
-                Some(name) => match name.strip_prefix(&prefix) {
-                    Some(tag) => keep.iter().any(|k| k == tag),
-                    None => true,
-                },
-                None => true,
+                Some(name) if name.starts_with(&prefix) => keep.contains(&d.digest),
+                _ => true,
             })
             .cloned()
             .collect();
@@ -615,9 +617,12 @@ mod tests {
         // v2's old image (3 blobs) is no longer reachable: it goes; what
         // blog still uses stays.
         assert_eq!(
-            layout.retain(&shop, &["v1".into(), "v2".into()]).unwrap(),
+            layout
+                .retain(&shop, std::slice::from_ref(&shared.digest))
+                .unwrap(),
             3
         );
+        assert_eq!(layout.index().app(&shop).unwrap().tags.len(), 2);
         assert!(!layout.has_blob(&own.digest));
         assert!(layout.has_blob(&shared.digest));
         // Destroying shop keeps blog's image whole.

@@ -194,12 +194,12 @@ impl Registry {
         Ok(descriptor.map_err(engine_error)?.digest)
     }
 
-    /// Keeps only `keep` (tags, `vN`) of `app`, and removes blobs no tag
-    /// reaches any more.
+    /// Keeps only the tags of `app` that point at a manifest in `keep`,
+    /// and removes blobs no tag reaches any more.
     pub async fn retain(
         self: &Arc<Self>,
         app: &AppName,
-        keep: Vec<String>,
+        keep: Vec<Digest>,
     ) -> Result<usize, RegistryError> {
         let (registry, app) = (self.clone(), app.clone());
         tokio::task::spawn_blocking(move || registry.layout.retain(&app, &keep))

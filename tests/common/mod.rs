@@ -90,6 +90,8 @@ pub struct TestDaemon {
     pub ssh_port: u16,
     pub http_port: u16,
     pub https_port: u16,
+    /// The registry's port with `--registry-listen`, else 0.
+    pub registry_port: u16,
     pub host_fingerprint: String,
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -113,6 +115,7 @@ impl TestDaemon {
             ssh_port: 0,
             http_port: 0,
             https_port: 0,
+            registry_port: 0,
             host_fingerprint: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -159,7 +162,9 @@ impl TestDaemon {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut ssh, mut http, mut https, mut fp) = (None, None, None, None);
-        while ssh.is_none() || http.is_none() || https.is_none() {
+        let (mut registry, mut printed_all) = (None, false);
+        // `push:` is the last line of the banner.
+        while ssh.is_none() || http.is_none() || https.is_none() || !printed_all {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -181,11 +186,17 @@ impl TestDaemon {
             } else if let Some(rest) = line.trim().strip_prefix("https:") {
                 let addr = rest.split_whitespace().next().unwrap_or_default();
                 https = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            } else if let Some(rest) = line.trim().strip_prefix("registry:") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                registry = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            } else if line.trim().starts_with("push:") {
+                printed_all = true;
             }
         }
         self.ssh_port = ssh.expect("ssh port");
         self.http_port = http.expect("http port");
         self.https_port = https.expect("https port");
+        self.registry_port = registry.unwrap_or(0);
         self.host_fingerprint = fp.unwrap_or_default();
         self.child = Some(child);
     }
