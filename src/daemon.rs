@@ -307,6 +307,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         None => None,
     };
     platform.registry = registry.as_ref().map(|(_, r)| r.clone());
+    if registry.is_some() && platform.runtime.artifact_kind() == runtime::ArtifactKind::Slug {
+        tracing::warn!("the registry serves image builds, and this runtime builds none (slugs)");
+    }
     platform.build_limits.run_image = config.run_image.clone();
     platform.keep_releases = config.keep_releases;
     platform.min_free = config.min_free_mb.saturating_mul(1 << 20);

@@ -96,11 +96,29 @@ impl Drop for Cleanup {
     }
 }
 
-/// A daemon on the docker runtime with the registry on.
-fn registry_daemon() -> TestDaemon {
-    let d = TestDaemon::start_with(&["--runtime", "docker", "--registry-listen", "127.0.0.1:0"]);
+/// A daemon on the docker runtime with the registry on, and `config` as
+/// its config file (in the dir returned, to keep while the daemon runs).
+fn registry_daemon_with(config: &str) -> (TestDaemon, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cygni.toml");
+    std::fs::write(&file, config).unwrap();
+    let d = TestDaemon::start_with(&[
+        "--runtime",
+        "docker",
+        "--registry-listen",
+        "127.0.0.1:0",
+        "--config",
+        file.to_str().unwrap(),
+    ]);
     assert_ne!(d.registry_port, 0, "no registry line printed:\n{}", d.log());
-    d
+    (d, dir)
+}
+
+/// How many blobs the store holds.
+fn blob_count(d: &TestDaemon) -> usize {
+    std::fs::read_dir(d.data_dir.join("registry/blobs/sha256"))
+        .map(|r| r.count())
+        .unwrap_or(0)
 }
 
 /// `cygni:PASSWORD`, as the operator reads it from the data dir.
@@ -259,7 +277,7 @@ fn published_images_are_pulled_by_real_clients_with_the_credential_only() {
     }
     let app = "regweb";
     let _cleanup = Cleanup::new(app);
-    let d = registry_daemon();
+    let (d, _config) = registry_daemon_with("");
     let port = d.registry_port;
     let cred = credential(&d);
     let repo = fixture_repo(&d, "dockerfile-app", app);
@@ -553,7 +571,7 @@ fn a_publish_failure_fails_the_deploy_and_the_running_release_keeps_serving() {
     }
     let app = "regfail";
     let _cleanup = Cleanup::new(app);
-    let d = registry_daemon();
+    let (d, _config) = registry_daemon_with("");
     let repo = fixture_repo(&d, "dockerfile-app", app);
     push(&d, &repo, app).ok();
     let good = head_sha(&repo);
@@ -594,11 +612,100 @@ fn a_publish_failure_fails_the_deploy_and_the_running_release_keeps_serving() {
     std::fs::create_dir(&tmp).unwrap();
     push(&d, &repo, app).ok();
     let digests = release_digests(&d, app);
-    assert!(
-        digests[&3].as_deref().is_some_and(|d| d != v1),
-        "{digests:?}"
-    );
+    let v3 = digests[&3].clone().expect("v3 published");
+    assert_ne!(v3, v1);
     let (code, body) = d.curl(&host(app), "/");
     assert_eq!(code, 200);
     assert!(body.contains("hello from v2"), "{body}");
+
+    // A crash leaves a half-written file in tmp/: the next start removes
+    // it, keeps the credential and serves the same digests.
+    let cred = credential(&d);
+    std::fs::write(d.data_dir.join("registry/tmp/w-half"), "half a blob").unwrap();
+    let mut d = d;
+    d.crash_and_restart();
+    assert_eq!(credential(&d), cred);
+    assert!(!d.data_dir.join("registry/tmp/w-half").exists());
+    for (tag, digest) in [("v1", &v1), ("v3", &v3)] {
+        let r = reg_curl(
+            &d,
+            &["-u", &cred, "-I"],
+            &format!("/v2/{app}/manifests/{tag}"),
+        );
+        assert_eq!(r.status, 200, "{tag}");
+        assert_eq!(&r.headers["docker-content-digest"], digest);
+    }
+    // The failed v2 never got a tag.
+    let r = reg_curl(&d, &["-u", &cred], &format!("/v2/{app}/manifests/v2"));
+    assert_eq!(r.code(), "MANIFEST_UNKNOWN");
+}
+
+#[test]
+fn images_of_pruned_releases_and_destroyed_apps_are_collected() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "reggc";
+    let _cleanup = Cleanup::new(app);
+    let (d, _config) = registry_daemon_with("keep_releases = 1\n");
+    let cred = credential(&d);
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+    push(&d, &repo, app).ok();
+    let v1 = release_digests(&d, app)[&1].clone().expect("v1 published");
+    let after_v1 = blob_count(&d);
+    edit(
+        &repo.join("index.html"),
+        "hello from dockerfile-app",
+        "hello again",
+    );
+    commit_all(&repo, "v2");
+    push(&d, &repo, app).ok();
+    let v2 = release_digests(&d, app)[&2].clone().expect("v2 published");
+
+    // keep_releases = 1: v1's image goes, but the base layer v2 shares stays.
+    let gone = reg_curl(&d, &["-u", &cred], &format!("/v2/{app}/manifests/{v1}"));
+    assert_eq!(
+        (gone.status, gone.code()),
+        (404, "MANIFEST_UNKNOWN".to_owned())
+    );
+    let kept = reg_curl(&d, &["-u", &cred], &format!("/v2/{app}/manifests/v2"));
+    assert_eq!(kept.headers["docker-content-digest"], v2);
+    let manifest: serde_json::Value = serde_json::from_slice(&kept.body).unwrap();
+    for blob in manifest["layers"].as_array().unwrap() {
+        let digest = blob["digest"].as_str().unwrap();
+        let r = reg_curl(
+            &d,
+            &["-u", &cred, "-I"],
+            &format!("/v2/{app}/blobs/{digest}"),
+        );
+        assert_eq!(r.status, 200, "{digest}");
+    }
+    assert_eq!(
+        blob_count(&d),
+        after_v1,
+        "v1's manifest, config and layer went; v2's came"
+    );
+
+    d.ssh(&d.admin, &format!("apps:destroy {app} --confirm {app}"))
+        .ok();
+    let r = reg_curl(&d, &["-u", &cred], &format!("/v2/{app}/manifests/v2"));
+    assert_eq!((r.status, r.code()), (404, "NAME_UNKNOWN".to_owned()));
+    assert_eq!(blob_count(&d), 0);
+}
+
+#[test]
+fn without_the_flag_there_is_no_registry_and_nothing_is_published() {
+    if !engine_ready() {
+        return;
+    }
+    let app = "regoff";
+    let _cleanup = Cleanup::new(app);
+    let d = TestDaemon::start_with(&["--runtime", "docker"]);
+    assert_eq!(d.registry_port, 0);
+    let repo = fixture_repo(&d, "dockerfile-app", app);
+    let out = push(&d, &repo, app).ok();
+    assert!(!out.stderr.contains("Publishing"), "{out:#?}");
+    assert_eq!(release_digests(&d, app)[&1], None);
+    assert!(!d.data_dir.join("registry").exists());
+    assert!(!d.data_dir.join("registry-credential").exists());
 }

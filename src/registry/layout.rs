@@ -193,6 +193,12 @@ impl Layout {
     pub fn open(root: &Path) -> Result<Layout, RegistryError> {
         let blobs = root.join("blobs").join("sha256");
         std::fs::create_dir_all(&blobs).map_err(io("create", &blobs))?;
+        // Images hold the apps' code: as private as the engine keeps them.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))
+                .map_err(io("restrict", root))?;
+        }
         let tmp = root.join("tmp");
         let cleared = match std::fs::symlink_metadata(&tmp) {
             Ok(m) if !m.is_dir() => std::fs::remove_file(&tmp),
@@ -568,6 +574,9 @@ mod tests {
         let m = store_image(&layout, b"layer one");
         layout.tag(&app("shop"), "v1", m.clone()).unwrap();
 
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
         let marker: serde_json::Value =
             serde_json::from_slice(&std::fs::read(root.join("oci-layout")).unwrap()).unwrap();
         assert_eq!(marker["imageLayoutVersion"], "1.0.0");
