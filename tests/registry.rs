@@ -694,13 +694,17 @@ fn images_of_pruned_releases_and_destroyed_apps_are_collected() {
 }
 
 #[test]
-fn without_the_flag_there_is_no_registry_and_nothing_is_published() {
+fn without_the_flag_nothing_is_published_and_turning_it_on_publishes_the_next_release() {
     if !engine_ready() {
         return;
     }
     let app = "regoff";
     let _cleanup = Cleanup::new(app);
-    let d = TestDaemon::start_with(&["--runtime", "docker"]);
+    let config = tempfile::tempdir().unwrap();
+    let file = config.path().join("cygni.toml");
+    std::fs::write(&file, "").unwrap();
+    let mut d =
+        TestDaemon::start_with(&["--runtime", "docker", "--config", file.to_str().unwrap()]);
     assert_eq!(d.registry_port, 0);
     let repo = fixture_repo(&d, "dockerfile-app", app);
     let out = push(&d, &repo, app).ok();
@@ -708,4 +712,27 @@ fn without_the_flag_there_is_no_registry_and_nothing_is_published() {
     assert_eq!(release_digests(&d, app)[&1], None);
     assert!(!d.data_dir.join("registry").exists());
     assert!(!d.data_dir.join("registry-credential").exists());
+
+    // On through the config file: a config release publishes v1's build,
+    // since a cluster could not pull v1 by digest.
+    std::fs::write(&file, "registry_listen = \"127.0.0.1:0\"\n").unwrap();
+    d.restart();
+    assert_ne!(d.registry_port, 0, "{}", d.log());
+    let out = d
+        .ssh(&d.admin, &format!("config:set {app} GREETING=hi"))
+        .ok();
+    assert!(
+        out.stderr.contains("Publishing cygni/regoff:v1")
+            || out.stdout.contains("Publishing cygni/regoff:v1"),
+        "{out:#?}"
+    );
+    let v2 = release_digests(&d, app)[&2].clone().expect("v2 published");
+    let cred = credential(&d);
+    let r = reg_curl(&d, &["-u", &cred, "-I"], &format!("/v2/{app}/manifests/v2"));
+    assert_eq!(
+        (r.status, r.headers["docker-content-digest"].as_str()),
+        (200, v2.as_str())
+    );
+    let (code, _) = d.curl(&host(app), "/");
+    assert_eq!(code, 200);
 }

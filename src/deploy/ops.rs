@@ -77,6 +77,24 @@ impl Platform {
         release.limits = crate::limits::Limits::from_vars(&env)
             .map_err(|e| fail(Stage::Release, e.to_string()))?;
         release.env = env;
+        // A build from before the registry was on is published now: every
+        // image release then has a digest a cluster can pull.
+        if let (None, Some(artifact)) = (&release.image_digest, &release.artifact) {
+            match self
+                .publish(&release.app, release.version, artifact, progress)
+                .await
+            {
+                Ok(digest) => release.image_digest = digest,
+                Err(e) => {
+                    let (id, stage, msg) = (release.id, e.stage.as_str(), e.message.clone());
+                    let _ = self
+                        .db
+                        .call(move |c| releases::fail(c, id, stage, &msg))
+                        .await;
+                    return Err(e);
+                }
+            }
+        }
         let snapshot = release.clone();
         self.db
             .call(move |c| releases::set_snapshot(c, &snapshot))

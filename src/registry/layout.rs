@@ -421,35 +421,50 @@ impl Layout {
     }
 
     /// The lookups for `file`: tags per app, and the blobs each app's
-    /// manifests reach (read from the stored manifests).
+    /// manifests reach (read from the stored manifests). An entry that
+    /// names no `APP:TAG`, or whose manifest is gone or unreadable (a
+    /// store damaged by hand), is dropped with a warning: one bad image
+    /// never stops the daemon or hides the others.
     fn derive(&self, file: Vec<Descriptor>) -> Result<Index, RegistryError> {
         let mut apps: HashMap<AppName, AppImages> = HashMap::new();
-        for d in &file {
+        let mut kept = Vec::with_capacity(file.len());
+        for d in file {
             let Some((app, tag)) = d
                 .annotations
                 .get(REF_NAME)
                 .and_then(|n| n.split_once(':'))
-                .and_then(|(a, t)| Some((AppName::parse(a).ok()?, t)))
+                .and_then(|(a, t)| Some((AppName::parse(a).ok()?, t.to_owned())))
             else {
+                tracing::warn!(digest = %d.digest, "registry: an index entry without APP:TAG is dropped");
                 continue;
             };
             let images = apps.entry(app).or_default();
-            images.tags.insert(tag.to_owned(), d.clone());
-            if images.manifests.contains_key(&d.digest) {
-                continue;
+            if !images.manifests.contains_key(&d.digest) {
+                let manifest = self.read_manifest(&d.digest).and_then(|bytes| {
+                    serde_json::from_slice::<ImageManifest>(&bytes).map_err(|e| {
+                        RegistryError::Corrupt {
+                            what: format!("manifest {}: {e}", d.digest),
+                        }
+                    })
+                });
+                let manifest = match manifest {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(%tag, error = %e, "registry: a tag whose manifest is unusable is dropped");
+                        continue;
+                    }
+                };
+                images.blobs.insert(manifest.config.digest.clone());
+                images
+                    .blobs
+                    .extend(manifest.layers.iter().map(|l| l.digest.clone()));
+                images.manifests.insert(d.digest.clone(), d.clone());
             }
-            let bytes = self.read_manifest(&d.digest)?;
-            let manifest: ImageManifest =
-                serde_json::from_slice(&bytes).map_err(|e| RegistryError::Corrupt {
-                    what: format!("manifest {}: {e}", d.digest),
-                })?;
-            images.blobs.insert(manifest.config.digest.clone());
-            images
-                .blobs
-                .extend(manifest.layers.iter().map(|l| l.digest.clone()));
-            images.manifests.insert(d.digest.clone(), d.clone());
+            images.tags.insert(tag, d.clone());
+            kept.push(d);
         }
-        Ok(Index { file, apps })
+        apps.retain(|_, images| !images.tags.is_empty());
+        Ok(Index { file: kept, apps })
     }
 }
 
@@ -603,6 +618,23 @@ mod tests {
         let shop = index.app(&app("shop")).unwrap();
         assert_eq!(shop.tags["v1"].digest, m.digest);
         assert_eq!(shop.blobs.len(), 2);
+    }
+
+    #[test]
+    fn a_tag_whose_manifest_is_gone_is_dropped_and_the_others_still_serve() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open(dir.path()).unwrap();
+        let (a, b) = (store_image(&layout, b"a"), store_image(&layout, b"b"));
+        layout.tag(&app("shop"), "v1", a.clone()).unwrap();
+        layout.tag(&app("blog"), "v1", b.clone()).unwrap();
+        std::fs::remove_file(layout.blob_path(&a.digest)).unwrap();
+        drop(layout);
+        let layout = Layout::open(dir.path()).unwrap();
+        assert!(layout.index().app(&app("shop")).is_none());
+        assert_eq!(
+            layout.index().app(&app("blog")).unwrap().tags["v1"].digest,
+            b.digest
+        );
     }
 
     #[test]
