@@ -160,7 +160,7 @@ impl Registry {
                 let item = match tokio::time::timeout_at(deadline, stream.next()).await {
                     Ok(Some(Ok(chunk))) if chunk.is_empty() => continue,
                     Ok(Some(Ok(chunk))) => Ok(chunk),
-                    Ok(Some(Err(e))) => Err(std::io::Error::other(EngineStreamError(e))),
+                    Ok(Some(Err(e))) => Err(std::io::Error::other(e)),
                     // The end: an empty chunk says so (a channel that just
                     // closes is a cut stream).
                     Ok(None) => Ok(Bytes::new()),
@@ -209,12 +209,6 @@ impl Registry {
             })?
     }
 }
-
-/// An engine error carried through the archive reader, to be told apart
-/// from a malformed archive.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct EngineStreamError(bollard::errors::Error);
 
 /// A failed read of the export that the engine caused says so.
 fn engine_error(e: RegistryError) -> RegistryError {

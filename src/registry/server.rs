@@ -41,7 +41,9 @@ type Body = UnsyncBoxBody<Bytes, std::io::Error>;
 const MAX_CONNECTIONS: usize = 256;
 /// A request's head must arrive within this (idle keep-alive included).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Request heads (line and headers) larger than this are refused.
+/// Request heads (line and headers) larger than this are refused with
+/// 431 (hyper checks between reads, so one large read may get up to twice
+/// this through).
 const MAX_HEAD: usize = 64 << 10;
 /// Data sent but not acknowledged for this long ends the connection: a
 /// client that stops reading a blob does not hold it for ever.
@@ -84,6 +86,7 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
                 .max_buf_size(MAX_HEAD)
+                .max_header_size(MAX_HEAD)
                 .serve_connection(TokioIo::new(stream), service);
             let mut conn = std::pin::pin!(conn);
             tokio::select! {
