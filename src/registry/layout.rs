@@ -294,7 +294,7 @@ impl Layout {
             path: path.to_owned(),
             source: e.error,
         })?;
-        Ok(())
+        sync_parent(path)
     }
 
     /// Stores `bytes` as a blob and returns its digest.
@@ -331,7 +331,8 @@ impl Layout {
         File::open(staged)
             .and_then(|f| f.sync_all())
             .map_err(io("sync", staged))?;
-        std::fs::rename(staged, &target).map_err(io("rename into", &target))
+        std::fs::rename(staged, &target).map_err(io("rename into", &target))?;
+        sync_parent(&target)
     }
 
     /// Points tag `app:tag` at `manifest` (which must be stored), replacing
@@ -466,6 +467,17 @@ impl Layout {
         apps.retain(|_, images| !images.tags.is_empty());
         Ok(Index { file: kept, apps })
     }
+}
+
+/// Makes a rename into `path`'s directory durable (a power cut after it
+/// would otherwise be free to forget it).
+fn sync_parent(path: &Path) -> Result<(), RegistryError> {
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("sync", dir))
 }
 
 /// Reads a JSON file of at most [`MAX_JSON`] bytes.
