@@ -531,6 +531,42 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 #[cfg(test)]
+/// Stores a one-layer image whose layer is `layer`; returns the
+/// manifest's descriptor.
+pub(crate) fn store_test_image(layout: &Layout, layer: &[u8]) -> Descriptor {
+    let layer_d = layout.put_blob(layer).unwrap();
+    let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{layer_d}"]}}}}"#);
+    let config_d = layout.put_blob(config.as_bytes()).unwrap();
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(OCI_MANIFEST.into()),
+        config: Descriptor {
+            media_type: OCI_CONFIG.into(),
+            digest: config_d,
+            size: config.len() as u64,
+            platform: None,
+            annotations: BTreeMap::new(),
+        },
+        layers: vec![Descriptor {
+            media_type: OCI_LAYER_TAR.into(),
+            digest: layer_d,
+            size: layer.len() as u64,
+            platform: None,
+            annotations: BTreeMap::new(),
+        }],
+    };
+    let bytes = serde_json::to_vec(&manifest).unwrap();
+    let digest = layout.put_blob(&bytes).unwrap();
+    Descriptor {
+        media_type: OCI_MANIFEST.into(),
+        digest,
+        size: bytes.len() as u64,
+        platform: None,
+        annotations: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -538,39 +574,8 @@ mod tests {
         AppName::parse(name).unwrap()
     }
 
-    /// Stores a one-layer image whose layer is `layer`; returns the
-    /// manifest's descriptor.
     fn store_image(layout: &Layout, layer: &[u8]) -> Descriptor {
-        let layer_d = layout.put_blob(layer).unwrap();
-        let config = format!(r#"{{"rootfs":{{"type":"layers","diff_ids":["{layer_d}"]}}}}"#);
-        let config_d = layout.put_blob(config.as_bytes()).unwrap();
-        let manifest = ImageManifest {
-            schema_version: 2,
-            media_type: Some(OCI_MANIFEST.into()),
-            config: Descriptor {
-                media_type: OCI_CONFIG.into(),
-                digest: config_d,
-                size: config.len() as u64,
-                platform: None,
-                annotations: BTreeMap::new(),
-            },
-            layers: vec![Descriptor {
-                media_type: OCI_LAYER_TAR.into(),
-                digest: layer_d,
-                size: layer.len() as u64,
-                platform: None,
-                annotations: BTreeMap::new(),
-            }],
-        };
-        let bytes = serde_json::to_vec(&manifest).unwrap();
-        let digest = layout.put_blob(&bytes).unwrap();
-        Descriptor {
-            media_type: OCI_MANIFEST.into(),
-            digest,
-            size: bytes.len() as u64,
-            platform: None,
-            annotations: BTreeMap::new(),
-        }
+        store_test_image(layout, layer)
     }
 
     #[test]

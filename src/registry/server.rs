@@ -411,6 +411,113 @@ fn parse_range(value: &str, len: u64) -> Range {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// One request on a fresh connection: (status, head, body).
+    async fn request(port: u16, head: &str) -> (u16, String, Vec<u8>) {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await.unwrap();
+        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+        let status = head[9..12].parse().unwrap();
+        (status, head, raw[split + 4..].to_vec())
+    }
+
+    fn get(method: &str, path: &str, auth: Option<&str>, extra: &str) -> String {
+        use base64::Engine;
+        let auth = auth
+            .map(|a| {
+                format!(
+                    "Authorization: Basic {}\r\n",
+                    base64::engine::general_purpose::STANDARD.encode(a)
+                )
+            })
+            .unwrap_or_default();
+        format!("{method} {path} HTTP/1.1\r\nHost: r\r\n{auth}{extra}Connection: close\r\n\r\n")
+    }
+
+    /// The endpoint on its own (no engine): a stored image, real sockets.
+    #[tokio::test]
+    async fn the_endpoint_serves_pulls_and_refuses_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::open(dir.path(), "127.0.0.1:0".into()).unwrap());
+        let layer: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let m = super::super::layout::store_test_image(registry.layout(), &layer);
+        let app = AppName::parse("shop").unwrap();
+        registry.layout().tag(&app, "v1", m.clone()).unwrap();
+        let cred = std::fs::read_to_string(dir.path().join(super::super::CREDENTIAL_FILE)).unwrap();
+        let cred_text = cred.trim();
+        let cred = Some(cred_text);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shutdown = CancellationToken::new();
+        let server = tokio::spawn(serve(listener, registry.clone(), shutdown.clone()));
+        let layer_d = Digest::of(&layer);
+
+        let (st, head, body) = request(port, &get("GET", "/v2/", cred, "")).await;
+        assert_eq!((st, body.as_slice()), (200, &b"{}"[..]));
+        assert!(
+            head.contains("docker-distribution-api-version: registry/2.0"),
+            "{head}"
+        );
+        let (st, head, body) = request(port, &get("GET", "/v2/shop/manifests/v1", cred, "")).await;
+        assert_eq!(st, 200);
+        assert_eq!(Digest::of(&body), m.digest);
+        assert!(
+            head.contains(&format!("docker-content-digest: {}", m.digest)),
+            "{head}"
+        );
+        let path = format!("/v2/shop/blobs/{layer_d}");
+        let (st, head, body) = request(port, &get("GET", &path, cred, "")).await;
+        assert_eq!((st, body.len()), (200, layer.len()));
+        assert_eq!(body, layer);
+        assert!(head.contains("content-length: 100000"), "{head}");
+        let (st, head, body) = request(port, &get("GET", &path, cred, "Range: bytes=-5\r\n")).await;
+        assert_eq!((st, body.as_slice()), (206, &layer[99_995..]));
+        assert!(
+            head.contains("content-range: bytes 99995-99999/100000"),
+            "{head}"
+        );
+        let (st, _, body) = request(port, &get("HEAD", &path, cred, "")).await;
+        assert_eq!((st, body.len()), (200, 0));
+
+        // Refusals, with the OCI codes.
+        let code = |body: &[u8]| {
+            let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+            v["errors"][0]["code"].as_str().unwrap().to_owned()
+        };
+        let wrong = format!("{cred_text}x");
+        for auth in [None, Some("cygni:nope"), Some(wrong.as_str())] {
+            let (st, head, body) = request(port, &get("GET", &path, auth, "")).await;
+            assert_eq!((st, code(&body)), (401, "UNAUTHORIZED".into()));
+            assert!(
+                head.contains("www-authenticate: basic realm=\"cygni\""),
+                "{head}"
+            );
+        }
+        for method in ["POST", "PUT", "PATCH", "DELETE"] {
+            let (st, _, body) =
+                request(port, &get(method, "/v2/shop/blobs/uploads/", cred, "")).await;
+            assert_eq!((st, code(&body)), (405, "UNSUPPORTED".into()), "{method}");
+        }
+        let other = format!("/v2/shop/blobs/{}", Digest::of(b"not stored"));
+        for (path, wanted) in [
+            ("/v2/shop/manifests/v2", "MANIFEST_UNKNOWN"),
+            (other.as_str(), "BLOB_UNKNOWN"),
+            ("/v2/blog/manifests/v1", "NAME_UNKNOWN"),
+            ("/v2/../../etc/passwd", "NAME_UNKNOWN"),
+        ] {
+            let (st, _, body) = request(port, &get("GET", path, cred, "")).await;
+            assert_eq!((st, code(&body)), (404, wanted.into()), "{path}");
+        }
+        shutdown.cancel();
+        server.await.unwrap().unwrap();
+    }
 
     #[test]
     fn ranges() {
