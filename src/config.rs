@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// Default 127.0.0.1:7070; `off` disables it.
     #[arg(long, env = "CYGNI_API_LISTEN", value_name = "ADDR")]
     pub api_listen: Option<String>,
+    /// Serve the images Cygni builds (pull-only OCI registry) on ADDR.
+    /// Off by default.
+    #[arg(long, env = "CYGNI_REGISTRY_LISTEN", value_name = "ADDR")]
+    pub registry_listen: Option<String>,
 }
 
 /// The config file: the same keys as the flags, all optional.
@@ -110,6 +114,7 @@ struct FileConfig {
     min_free_mb: Option<u64>,
     api_listen: Option<String>,
     audit_retention_days: Option<u32>,
+    registry_listen: Option<String>,
 }
 
 /// Which runtime backend to use.
@@ -172,6 +177,9 @@ pub struct Config {
     /// Audit entries older than this many days are pruned (file key
     /// `audit_retention_days`, 1 to 36500, default 90).
     pub audit_retention_days: u32,
+    /// Where the image registry listens (`--registry-listen`, file key
+    /// `registry_listen`); `None`: no registry, and images are not published.
+    pub registry_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -323,10 +331,18 @@ impl Config {
             return Err(invalid("audit_retention_days", "must be 1 to 36500 days"));
         }
 
+        let registry_listen = args
+            .registry_listen
+            .as_deref()
+            .or(file.registry_listen.as_deref())
+            .map(|v| listen_addr("registry_listen", Some(v), 0))
+            .transpose()?;
+
         Ok(Config {
             api_listen,
             api_listen_is_default,
             audit_retention_days,
+            registry_listen,
             min_free_mb: file.min_free_mb.unwrap_or(512),
             reconcile_interval,
             data_dir,
@@ -514,6 +530,16 @@ mod tests {
         // Flags win over the file.
         a.domain = Some("flag.test".into());
         assert_eq!(Config::resolve(&a).unwrap().domain, "flag.test");
+
+        // The registry is off unless asked for; `:0` and the file key work.
+        assert_eq!(c.registry_listen, None);
+        std::fs::write(&path, "registry_listen = \"127.0.0.1:0\"\n").unwrap();
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.registry_listen, Some("127.0.0.1:0".parse().unwrap()));
+        a.registry_listen = Some("five thousand".into());
+        let err = Config::resolve(&a).unwrap_err().to_string();
+        assert!(err.starts_with("config: registry_listen:"), "{err}");
+        a.registry_listen = None;
 
         std::fs::write(&path, "colour = \"blue\"\n").unwrap();
         a.domain = None;

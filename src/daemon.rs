@@ -6,6 +6,7 @@
 //!                    ──► bind SSH, HTTP, HTTPS, hook socket (all before serving)
 //!                    ──► spawn under one CancellationToken:
 //!                          ssh::serve · hook::serve · proxy (HTTP, HTTPS) ·
+//!                          registry (with --registry-listen) ·
 //!                          reconcile loop · ACME renewer
 //! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
 //!                  ──► the local runtime stops its instances (docker
@@ -77,6 +78,8 @@ pub enum DaemonError {
     Tls(#[from] proxy::tls::TlsError),
     #[error(transparent)]
     Acme(#[from] crate::acme::AcmeError),
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -266,6 +269,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let http_std = bind_tcp("http", config.http_listen)?;
     let https_std = bind_tcp("https", config.https_listen)?;
     let hook_listener = hook::bind(&data)?;
+    let registry_std = config
+        .registry_listen
+        .map(|addr| bind_tcp("registry", addr))
+        .transpose()?;
     let ssh_addr = ssh_std.local_addr().map_err(|source| DaemonError::Bind {
         what: "ssh",
         addr: config.ssh_listen,
@@ -281,6 +288,28 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         addr: config.https_listen,
         source,
     })?;
+    let registry = match &registry_std {
+        Some(l) => {
+            let addr = l.local_addr().map_err(|source| DaemonError::Bind {
+                what: "registry",
+                addr: config.registry_listen.unwrap_or(http_addr),
+                source,
+            })?;
+            // References name an address a puller can dial.
+            let host = if addr.ip().is_unspecified() {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), addr.port())
+            } else {
+                addr
+            };
+            let registry = crate::registry::Registry::open(&data, host.to_string())?;
+            Some((addr, Arc::new(registry)))
+        }
+        None => None,
+    };
+    platform.registry = registry.as_ref().map(|(_, r)| r.clone());
+    if registry.is_some() && platform.runtime.artifact_kind() == runtime::ArtifactKind::Slug {
+        tracing::warn!("the registry serves image builds, and this runtime builds none (slugs)");
+    }
     platform.build_limits.run_image = config.run_image.clone();
     platform.keep_releases = config.keep_releases;
     platform.min_free = config.min_free_mb.saturating_mul(1 << 20);
@@ -381,6 +410,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             println!("  api:   {addr} (and {control_host} on the proxy)");
         }
     }
+    if let Some((addr, _)) = &registry {
+        println!(
+            "  registry: {addr} (pull-only; credential in {})",
+            data.join(crate::registry::CREDENTIAL_FILE).display()
+        );
+    }
     println!("  data:  {}", data.display());
     println!("  runtime: {runtime_text}");
     println!(
@@ -456,6 +491,16 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             tracing::error!(error = %e, "the HTTPS proxy stopped");
         }
     });
+    if let (Some(listener), Some((_, registry))) = (registry_std, registry) {
+        let registry_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            if let Err(e) =
+                crate::registry::server::serve(listener, registry, registry_shutdown).await
+            {
+                tracing::error!(error = %e, "the registry stopped");
+            }
+        });
+    }
     // A new certificate can turn an app's HTTPS redirect on.
     let republish = {
         let platform = platform.clone();

@@ -26,6 +26,7 @@ pub mod logs;
 pub mod names;
 pub mod procfile;
 pub mod proxy;
+pub mod registry;
 pub mod runtime;
 pub mod service;
 pub mod ssh;

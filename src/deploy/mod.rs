@@ -55,6 +55,8 @@ use plan::{Desired, Intent};
 pub enum Stage {
     Export,
     Build,
+    /// Storing the built image in Cygni's registry (when it is on).
+    Publish,
     Release,
     Start,
     Check,
@@ -66,6 +68,7 @@ impl Stage {
         match self {
             Stage::Export => "export",
             Stage::Build => "build",
+            Stage::Publish => "publish",
             Stage::Release => "release",
             Stage::Start => "start",
             Stage::Check => "health check",
@@ -143,6 +146,9 @@ pub struct Platform {
     /// Bytes the data dir keeps free: pushes and builds below it are
     /// refused before they write anything.
     pub min_free: u64,
+    /// Cygni's image registry: when set, every image build is published
+    /// to it and the release records the manifest digest.
+    pub registry: Option<Arc<crate::registry::Registry>>,
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -218,6 +224,7 @@ impl Platform {
             build_limits: BuildLimits::default(),
             keep_releases: KEEP_RELEASES,
             min_free: 512 << 20,
+            registry: None,
             converger,
             locks: Default::default(),
         }
@@ -565,6 +572,9 @@ impl Platform {
         // that (or by hand) fails here, before anything starts.
         release.limits = crate::limits::Limits::from_vars(&env)
             .map_err(|e| fail(Stage::Build, e.to_string()))?;
+        release.image_digest = self
+            .publish(&app, release.version, &built.artifact, progress)
+            .await?;
         release.builder = Some(built.builder.clone());
         release.artifact = Some(built.artifact.clone());
         release.env = env;
@@ -576,6 +586,48 @@ impl Platform {
             .await
             .map_err(|e| internal(Stage::Build, e))?;
         Ok(())
+    }
+
+    /// Publishes an image build to the registry (when it is on); returns
+    /// the manifest digest. A failure fails the deploy: a cluster could not
+    /// pull what it would be told to run.
+    async fn publish(
+        &self,
+        app: &AppName,
+        version: u32,
+        artifact: &Artifact,
+        progress: &mut Progress,
+    ) -> Result<Option<String>, DeployError> {
+        let (Some(registry), Artifact::Image { reference }) = (&self.registry, artifact) else {
+            return Ok(None);
+        };
+        progress
+            .step(format!(
+                "Publishing {reference} to the registry as {app}:v{version}"
+            ))
+            .await;
+        self.check_free_space(Stage::Publish)?;
+        let started = Instant::now();
+        match registry.publish(app, version, reference).await {
+            Ok(digest) => {
+                progress
+                    .info(format!(
+                        "{} ({:.1}s)",
+                        registry.reference(app, &digest),
+                        started.elapsed().as_secs_f64()
+                    ))
+                    .await;
+                Ok(Some(digest.to_string()))
+            }
+            Err(e) => {
+                tracing::error!(%app, version, error = %e, "publishing an image");
+                // The cause is the server's (paths, the engine): logged.
+                Err(fail(
+                    Stage::Publish,
+                    "cannot store the image in Cygni's registry (the server log says why)",
+                ))
+            }
+        }
     }
 
     /// Stages from `release:` to live, shared by deploys, config changes and
@@ -713,6 +765,16 @@ impl Platform {
         if let Err(e) = self.runtime.retain_artifacts(app, &kept).await {
             tracing::warn!(%app, error = %e, "pruning old release artifacts failed");
         }
+        // The registry keeps the images of the same releases (a config
+        // release or rollback shares its build's image, and tag).
+        let images: Vec<crate::registry::Digest> = recent
+            .iter()
+            .filter(|r| r.status != Status::Failed)
+            .take(self.keep_releases)
+            .chain(recent.iter().filter(|r| r.status == Status::Live))
+            .filter_map(|r| crate::registry::Digest::parse(r.image_digest.as_deref()?))
+            .collect();
+        self.retain_registry(app, images).await;
         let keep: Vec<PathBuf> = kept
             .iter()
             .filter_map(|a| match a {
@@ -757,6 +819,7 @@ impl Platform {
         if let Err(e) = self.runtime.retain_artifacts(app, &[]).await {
             tracing::warn!(%app, error = %e, "removing a destroyed app's artifacts");
         }
+        self.retain_registry(app, Vec::new()).await;
         let a = app.clone();
         self.db
             .call(move |c| state::apps::delete(c, &a))
@@ -784,6 +847,22 @@ impl Platform {
             tracing::warn!(error = %e, "removing logs of a destroyed app");
         }
         Ok(())
+    }
+}
+
+impl Platform {
+    /// Drops the app's registry tags but those of the images in `keep`,
+    /// and the blobs no tag reaches any more. A failure costs disk, never
+    /// a release: logged.
+    async fn retain_registry(&self, app: &AppName, keep: Vec<crate::registry::Digest>) {
+        let Some(registry) = &self.registry else {
+            return;
+        };
+        match registry.retain(app, keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(%app, blobs = n, "removed unused registry blobs"),
+            Err(e) => tracing::warn!(%app, error = %e, "pruning the registry failed"),
+        }
     }
 }
 

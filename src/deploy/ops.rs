@@ -71,11 +71,30 @@ impl Platform {
             .map_err(|e| internal(Stage::Release, e))?;
         release.builder = base.builder.clone();
         release.artifact = base.artifact.clone();
+        release.image_digest = base.image_digest.clone();
         release.processes = base.processes.clone();
         release.check = base.check.clone();
         release.limits = crate::limits::Limits::from_vars(&env)
             .map_err(|e| fail(Stage::Release, e.to_string()))?;
         release.env = env;
+        // A build from before the registry was on is published now: every
+        // image release then has a digest a cluster can pull.
+        if let (None, Some(artifact)) = (&release.image_digest, &release.artifact) {
+            match self
+                .publish(&release.app, release.version, artifact, progress)
+                .await
+            {
+                Ok(digest) => release.image_digest = digest,
+                Err(e) => {
+                    let (id, stage, msg) = (release.id, e.stage.as_str(), e.message.clone());
+                    let _ = self
+                        .db
+                        .call(move |c| releases::fail(c, id, stage, &msg))
+                        .await;
+                    return Err(e);
+                }
+            }
+        }
         let snapshot = release.clone();
         self.db
             .call(move |c| releases::set_snapshot(c, &snapshot))

@@ -228,6 +228,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_at ON audit(at);
     CREATE INDEX audit_app ON audit(app, at);",
+    // 8: the registry: the manifest digest of a release's published image.
+    "ALTER TABLE releases ADD COLUMN image_digest TEXT;",
 ];
 
 /// A handle to the database, cheap to clone.

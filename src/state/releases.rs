@@ -83,6 +83,9 @@ pub struct Release {
     /// Typed from `CYGNI_MEMORY` / `CYGNI_CPUS` when they were set.
     #[serde(skip)]
     pub limits: Limits,
+    /// The manifest digest of the release's image in Cygni's registry
+    /// (`sha256:…`), when the registry is on and the image was published.
+    pub image_digest: Option<String>,
     pub status: Status,
     pub failed_stage: Option<String>,
     pub error: Option<String>,
@@ -100,7 +103,7 @@ pub struct NewRelease<'a> {
 
 const COLUMNS: &str = "releases.id, apps.name, version, sha, description, builder, artifact, env, \
                        processes, status, failed_stage, error, releases.created_at, finished_at, \
-                       health, limits";
+                       health, limits, image_digest";
 
 fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
     let conv = |i, e: Box<dyn std::error::Error + Send + Sync>| {
@@ -136,6 +139,7 @@ fn row_to_release(r: &rusqlite::Row<'_>) -> rusqlite::Result<Release> {
             .transpose()
             .map_err(|e| conv(15, Box::new(e)))?
             .unwrap_or_default(),
+        image_digest: r.get(16)?,
         failed_stage: r.get(10)?,
         error: r.get(11)?,
         created_at: r.get(12)?,
@@ -179,6 +183,7 @@ pub fn create(conn: &mut Connection, new: NewRelease<'_>) -> Result<Release, Sta
         processes: BTreeMap::new(),
         check: None,
         limits: Limits::default(),
+        image_digest: None,
         status: new.status,
         failed_stage: None,
         error: None,
@@ -209,7 +214,7 @@ pub fn set_snapshot(conn: &mut Connection, release: &Release) -> Result<(), Stat
     let tx = write_tx(conn)?;
     tx.execute(
         "UPDATE releases SET builder = ?2, artifact = ?3, env = ?4, processes = ?5,
-         health = ?6, limits = ?7 WHERE id = ?1",
+         health = ?6, limits = ?7, image_digest = ?8 WHERE id = ?1",
         params![
             release.id,
             release.builder,
@@ -217,7 +222,8 @@ pub fn set_snapshot(conn: &mut Connection, release: &Release) -> Result<(), Stat
             env,
             processes,
             health,
-            limits
+            limits,
+            release.image_digest
         ],
     )?;
     tx.commit()?;
@@ -362,6 +368,7 @@ mod tests {
             r1.processes
                 .insert(ProcessType::web(), "python app.py".into());
             r1.artifact = Some(Artifact::Slug { dir: "/x".into() });
+            r1.image_digest = Some("sha256:abc".into());
             set_snapshot(c, &r1)?;
             make_live(c, r1.id)?;
             let r2 = create(
@@ -379,6 +386,7 @@ mod tests {
             assert_eq!(live_now.version, 1);
             assert_eq!(live_now.env["K"], "v");
             assert_eq!(live_now.artifact, r1.artifact);
+            assert_eq!(live_now.image_digest.as_deref(), Some("sha256:abc"));
             let r3 = create(
                 c,
                 NewRelease {

@@ -92,6 +92,8 @@ pub struct TestDaemon {
     pub https_port: u16,
     /// The API's loopback listener (`--api-listen`).
     pub api_port: u16,
+    /// The registry's port with `--registry-listen`, else 0.
+    pub registry_port: u16,
     pub host_fingerprint: String,
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -116,6 +118,7 @@ impl TestDaemon {
             http_port: 0,
             https_port: 0,
             api_port: 0,
+            registry_port: 0,
             host_fingerprint: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -168,8 +171,9 @@ impl TestDaemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut ssh, mut http, mut https, mut fp) = (None, None, None, None);
         let mut api: Option<u16> = None;
-        let want_api = !self.extra_args.iter().any(|a| a == "--api-listen");
-        while ssh.is_none() || http.is_none() || https.is_none() || (want_api && api.is_none()) {
+        let (mut registry, mut printed_all) = (None, false);
+        // `push:` is the last line of the banner.
+        while ssh.is_none() || http.is_none() || https.is_none() || !printed_all {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -194,12 +198,18 @@ impl TestDaemon {
             } else if let Some(rest) = line.trim().strip_prefix("api:") {
                 let addr = rest.split_whitespace().next().unwrap_or_default();
                 api = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            } else if let Some(rest) = line.trim().strip_prefix("registry:") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                registry = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            } else if line.trim().starts_with("push:") {
+                printed_all = true;
             }
         }
         self.ssh_port = ssh.expect("ssh port");
         self.http_port = http.expect("http port");
         self.https_port = https.expect("https port");
         self.api_port = api.unwrap_or(0);
+        self.registry_port = registry.unwrap_or(0);
         self.host_fingerprint = fp.unwrap_or_default();
         self.child = Some(child);
     }

@@ -91,6 +91,13 @@ pub(super) async fn info(exec: &mut Exec, app: AppName, as_json: bool) -> Result
     let cert_hosts = ctx.acme.hosts_of(&app).await?;
     certs.retain(|r| cert_hosts.contains(&r.host));
     let now = state::now();
+    // The live image as a cluster pulls it from Cygni's registry.
+    let image = live.as_ref().and_then(|r| {
+        ctx.platform
+            .registry
+            .as_ref()
+            .and_then(|reg| reg.release_reference(r))
+    });
     let info = serde_json::json!({
         "name": record.name,
         "url": ctx.app_url(&app),
@@ -100,6 +107,8 @@ pub(super) async fn info(exec: &mut Exec, app: AppName, as_json: bool) -> Result
         "live_release": live.as_ref().map(|r| r.version),
         "live_sha": live.as_ref().and_then(|r| r.sha.clone()),
         "builder": live.as_ref().and_then(|r| r.builder.clone()),
+        "image_digest": live.as_ref().and_then(|r| r.image_digest.clone()),
+        "image": image,
         "runtime": runtime,
         "formation": formation,
         "instances_running": running,
@@ -147,6 +156,9 @@ pub(super) async fn info(exec: &mut Exec, app: AppName, as_json: bool) -> Result
                 .and_then(|r| r.builder.clone())
                 .unwrap_or_else(|| "-".into()),
         );
+        if let Some(image) = &image {
+            row("image:", image.clone());
+        }
         row("runtime:", runtime.into());
         row(
             "formation:",
