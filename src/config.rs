@@ -104,6 +104,7 @@ struct FileConfig {
     keep_releases: Option<usize>,
     reconcile_interval_secs: Option<u64>,
     min_free_mb: Option<u64>,
+    storage_host_paths: Option<Vec<PathBuf>>,
 }
 
 /// Which runtime backend to use.
@@ -158,6 +159,10 @@ pub struct Config {
     /// Free space (MiB) the data dir keeps: a push or build that would
     /// start below it is refused (file key `min_free_mb`, default 512).
     pub min_free_mb: u64,
+    /// Host directories admins may mount into apps with `storage:mount
+    /// --host-path` (file key `storage_host_paths`, absolute existing
+    /// directories; default none).
+    pub storage_host_paths: Vec<PathBuf>,
 }
 
 impl Config {
@@ -294,7 +299,27 @@ impl Config {
             ));
         }
 
+        let mut storage_host_paths = Vec::new();
+        for dir in file.storage_host_paths.unwrap_or_default() {
+            // Canonical, so that a mount's check against it is on real paths.
+            match dir.canonicalize() {
+                Ok(real) if dir.is_absolute() && real.is_dir() && real != Path::new("/") => {
+                    storage_host_paths.push(real)
+                }
+                _ => {
+                    return Err(invalid(
+                        "storage_host_paths",
+                        format!(
+                            "{} is not an absolute path to an existing directory other than /",
+                            dir.display()
+                        ),
+                    ))
+                }
+            }
+        }
+
         Ok(Config {
+            storage_host_paths,
             min_free_mb: file.min_free_mb.unwrap_or(512),
             reconcile_interval,
             data_dir,

@@ -254,6 +254,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             slugs: data.join("slugs"),
             cache: data.join("cache"),
             buildpacks: config.buildpacks_dir.clone(),
+            storage: data.join("storage"),
         },
         config.domain.clone(),
         config.boot_timeout,
@@ -284,6 +285,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     platform.build_limits.run_image = config.run_image.clone();
     platform.keep_releases = config.keep_releases;
     platform.min_free = config.min_free_mb.saturating_mul(1 << 20);
+    platform.storage_host_paths = config.storage_host_paths.clone();
     platform.http_port = http_addr.port();
     let platform = Arc::new(platform);
     let ssh_listener =

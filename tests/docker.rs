@@ -365,6 +365,7 @@ fn web_spec(app: &AppName, index: u32) -> InstanceSpec {
         env: BTreeMap::from([("GREETING".to_owned(), "dkscale".to_owned())]),
         artifact: base_image(),
         limits: Default::default(),
+        mounts: Vec::new(),
     }
 }
 
@@ -447,6 +448,7 @@ async fn one_off_containers_stream_output_return_the_code_and_are_removed() {
         env: BTreeMap::from([("GREETING".to_owned(), "hi".to_owned())]),
         artifact: base_image(),
         timeout: Duration::from_secs(timeout),
+        mounts: Vec::new(),
     };
     let one_offs = || docker(&["ps", "-aq", "--filter", "label=cygni.app=dkonce"]);
 

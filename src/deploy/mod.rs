@@ -109,6 +109,9 @@ pub struct Paths {
     /// `DATA/cache/APP`: buildpack caches, kept between builds.
     pub cache: PathBuf,
     pub buildpacks: PathBuf,
+    /// `DATA/storage/APP/NAME`: apps' persistent storage (`storage:mount`),
+    /// which outlives every release and goes only with `apps:destroy`.
+    pub storage: PathBuf,
 }
 
 /// How long the `release:` command may run.
@@ -143,6 +146,9 @@ pub struct Platform {
     /// Bytes the data dir keeps free: pushes and builds below it are
     /// refused before they write anything.
     pub min_free: u64,
+    /// Host directories under which admins may mount storage with
+    /// `--host-path` (config key `storage_host_paths`; empty: none).
+    pub storage_host_paths: Vec<PathBuf>,
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -196,14 +202,17 @@ impl Platform {
         boot_timeout: Duration,
         build_as: Option<(u32, u32)>,
     ) -> Platform {
-        let converger = Arc::new(Converger::new(
-            db.clone(),
-            runtime.clone(),
-            routes.clone(),
-            logs.clone(),
-            domain.clone(),
-            boot_timeout,
-        ));
+        let converger = Arc::new(
+            Converger::new(
+                db.clone(),
+                runtime.clone(),
+                routes.clone(),
+                logs.clone(),
+                domain.clone(),
+                boot_timeout,
+            )
+            .with_storage_root(paths.storage.clone()),
+        );
         Platform {
             db,
             repos,
@@ -218,6 +227,7 @@ impl Platform {
             build_limits: BuildLimits::default(),
             keep_releases: KEEP_RELEASES,
             min_free: 512 << 20,
+            storage_host_paths: Vec::new(),
             converger,
             locks: Default::default(),
         }
@@ -595,6 +605,11 @@ impl Platform {
             .clone()
             .ok_or_else(|| fail(Stage::Release, "this release has nothing to run"))?;
         self.set_status(release.id, Status::Releasing).await;
+        let mounts = self
+            .converger
+            .current_mounts(app)
+            .await
+            .map_err(|e| internal(Stage::Release, e))?;
 
         if let (true, Some(cmd)) = (run_release_phase, release_command(release)) {
             progress
@@ -608,6 +623,7 @@ impl Platform {
                 env: release.env.clone(),
                 artifact: artifact.clone(),
                 timeout: RELEASE_TIMEOUT,
+                mounts: mounts.clone(),
             };
             let code = {
                 let fut = self.runtime.run_once(spec, tx);
@@ -646,7 +662,7 @@ impl Platform {
             .call(move |c| formation::get(c, &a))
             .await
             .map_err(|e| internal(Stage::Start, e))?;
-        let Some(target) = self.converger.desired_release(release, &stored) else {
+        let Some(target) = self.converger.desired_release(release, &stored, &mounts) else {
             return Err(fail(Stage::Release, "this release has nothing to run"));
         };
         let summary: Vec<String> = target
@@ -735,7 +751,9 @@ impl Platform {
 
 impl Platform {
     /// Remove everything that belongs to an app: instances, routes,
-    /// releases, config, formation, repo, slugs, cache and logs.
+    /// releases, config, formation, repo, slugs, cache, logs and its
+    /// storage directories (an admin's host directories are not Cygni's
+    /// and stay).
     pub async fn destroy_app(&self, app: &AppName) -> Result<(), DeployError> {
         let mut quiet = Progress::new(None);
         let _guard = self.lock_app(app, &mut quiet).await;
@@ -772,6 +790,7 @@ impl Platform {
         for dir in [
             self.paths.slugs.join(app.as_str()),
             self.paths.cache.join(app.as_str()),
+            self.paths.storage.join(app.as_str()),
         ] {
             match tokio::fs::remove_dir_all(&dir).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

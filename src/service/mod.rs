@@ -19,6 +19,7 @@ pub mod config;
 pub mod domains;
 pub mod keys;
 pub mod ps;
+pub mod storage;
 
 use std::sync::Arc;
 

@@ -16,6 +16,7 @@ pub mod domains;
 pub mod formation;
 pub mod keys;
 pub mod releases;
+pub mod storage;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -192,6 +193,17 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, name, fingerprint, public_key, role, created_at FROM keys;
     DROP TABLE keys;
     ALTER TABLE keys_new RENAME TO keys;",
+    // 7 (storage): an app's persistent storage mounts (see state/storage.rs).
+    "CREATE TABLE storage_mounts (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        host_path TEXT,
+        created_at INTEGER NOT NULL,
+        UNIQUE (app_id, name),
+        UNIQUE (app_id, path)
+    );",
 ];
 
 /// A handle to the database, cheap to clone.
