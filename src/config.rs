@@ -105,6 +105,8 @@ struct FileConfig {
     reconcile_interval_secs: Option<u64>,
     min_free_mb: Option<u64>,
     storage_host_paths: Option<Vec<PathBuf>>,
+    stack_base_image: Option<String>,
+    stack_offline: Option<bool>,
 }
 
 /// Which runtime backend to use.
@@ -148,8 +150,15 @@ pub struct Config {
     pub boot_timeout: Duration,
     /// Where the shipped buildpacks are (config file key `buildpacks_dir`).
     pub buildpacks_dir: PathBuf,
-    /// The image buildpack slugs run on under docker (file key `run_image`).
-    pub run_image: String,
+    /// The image buildpack slugs run on under docker instead of the
+    /// stack's run image (file key `run_image`; default: the stack's).
+    pub run_image: Option<String>,
+    /// What the stack's build and run images start from (file key
+    /// `stack_base_image`, default `debian:bookworm-slim`).
+    pub stack_base_image: String,
+    /// Build the stack images with no network, from a complete local base
+    /// (file key `stack_offline`, default false).
+    pub stack_offline: bool,
     /// Recent good releases whose slug or image is kept for rollback (file
     /// key `keep_releases`).
     pub keep_releases: usize,
@@ -277,13 +286,24 @@ impl Config {
             None => default_buildpacks_dir(),
         };
 
-        let run_image = file
-            .run_image
-            .unwrap_or_else(|| crate::build::DEFAULT_RUN_IMAGE.to_owned());
-        if !crate::build::image::is_image_reference(&run_image) {
+        let run_image = file.run_image;
+        if let Some(image) = &run_image {
+            if !crate::build::image::is_image_reference(image) {
+                return Err(invalid(
+                    "run_image",
+                    format!("{image:?} is not an image reference (e.g. debian:bookworm-slim)"),
+                ));
+            }
+        }
+        let stack_base_image = file
+            .stack_base_image
+            .unwrap_or_else(|| crate::build::stack::DEFAULT_BASE_IMAGE.to_owned());
+        if !crate::build::image::is_image_reference(&stack_base_image) {
             return Err(invalid(
-                "run_image",
-                format!("{run_image:?} is not an image reference (e.g. debian:bookworm-slim)"),
+                "stack_base_image",
+                format!(
+                    "{stack_base_image:?} is not an image reference (e.g. debian:bookworm-slim)"
+                ),
             ));
         }
         let keep_releases = file.keep_releases.unwrap_or(crate::deploy::KEEP_RELEASES);
@@ -335,6 +355,8 @@ impl Config {
             boot_timeout,
             buildpacks_dir,
             run_image,
+            stack_base_image,
+            stack_offline: file.stack_offline.unwrap_or(false),
             keep_releases,
         })
     }

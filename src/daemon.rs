@@ -283,6 +283,8 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         source,
     })?;
     platform.build_limits.run_image = config.run_image.clone();
+    platform.build_limits.stack_base_image = config.stack_base_image.clone();
+    platform.build_limits.stack_offline = config.stack_offline;
     platform.keep_releases = config.keep_releases;
     platform.min_free = config.min_free_mb.saturating_mul(1 << 20);
     platform.storage_host_paths = config.storage_host_paths.clone();

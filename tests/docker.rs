@@ -104,7 +104,9 @@ fn docker_daemon(config: &str) -> (TestDaemon, tempfile::TempDir) {
     (d, dir)
 }
 
-const CONFIG: &str = "run_image = \"cygni-run:test\"\n";
+/// Buildpack apps compile in the stack built from the local Debian base
+/// (no network), and run on `cygni-run:test`.
+const CONFIG: &str = "run_image = \"cygni-run:test\"\nstack_base_image = \"cygni-stack-base:test\"\nstack_offline = true\n";
 
 /// (container id, StartedAt, RestartCount) of a container, by name.
 fn identity(name: &str) -> (String, String, String) {

@@ -90,7 +90,17 @@ pub(crate) async fn run(
             }
         })?;
 
-    say(ctx.output, "-----> Discovering process types").await;
+    say_types(ctx.output, buildpack.display, &processes).await;
+    Ok(processes)
+}
+
+/// Says which default process types the buildpack gave.
+pub(crate) async fn say_types(
+    output: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    display: &str,
+    processes: &BTreeMap<ProcessType, String>,
+) {
+    say(output, "-----> Discovering process types").await;
     let types = if processes.is_empty() {
         "(none: the Procfile says what to run)".to_owned()
     } else {
@@ -101,14 +111,10 @@ pub(crate) async fn run(
             .join(", ")
     };
     say(
-        ctx.output,
-        format!(
-            "       Default types for buildpack {} -> {types}",
-            buildpack.display
-        ),
+        output,
+        format!("       Default types for buildpack {display} -> {types}"),
     )
     .await;
-    Ok(processes)
 }
 
 /// Turns how a step ended into an error naming the buildpack and the step.
@@ -136,7 +142,7 @@ fn check(
 /// value. The dir is private (0700, files 0600), owned by the build user,
 /// and removed when the returned handle drops. Names were checked by the
 /// caller, so each is a plain file name.
-fn write_env_dir(
+pub(crate) fn write_env_dir(
     env: &BTreeMap<String, String>,
     run_as: Option<(u32, u32)>,
 ) -> Result<tempfile::TempDir, BuildError> {

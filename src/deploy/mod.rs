@@ -505,12 +505,35 @@ impl Platform {
             ArtifactKind::Slug => Target::Slug,
             ArtifactKind::Image => Target::Image,
         };
+        // Image builds see config vars only when cygni.toml lists them; a
+        // host build (local) gets them all in ENV_DIR, as on Heroku.
+        let build_env = match target {
+            Target::Slug => env.clone(),
+            Target::Image => {
+                let asked: std::collections::BTreeMap<String, String> = manifest
+                    .build
+                    .config_vars
+                    .iter()
+                    .filter_map(|k| env.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect();
+                if !asked.is_empty() {
+                    let names: Vec<&str> = asked.keys().map(String::as_str).collect();
+                    progress
+                        .step(format!(
+                            "Passing config vars {} to the image build (cygni.toml build.config_vars)",
+                            names.join(", ")
+                        ))
+                        .await;
+                }
+                asked
+            }
+        };
         let request = BuildRequest {
             app: &app,
             release: release.version,
             source_dir: &slug,
             cache_dir: &cache,
-            env: &env,
+            env: &build_env,
             buildpacks_dir: &self.paths.buildpacks,
             pinned: pinned.as_deref(),
             target,
