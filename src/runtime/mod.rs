@@ -200,7 +200,18 @@ pub fn prepare_mount(mount: &Mount, owner: Option<(u32, u32)>) -> Result<(), Run
         let meta = std::fs::metadata(dir)?;
         if (meta.uid(), meta.gid()) != (uid, gid) {
             // Only the top: what the app wrote inside is already its own.
-            std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+            match std::os::unix::fs::chown(dir, Some(uid), Some(gid)) {
+                // A daemon that is not root cannot give it away; the app
+                // still starts, and may find it read-only.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    tracing::warn!(
+                        storage = %mount.name,
+                        uid,
+                        "cannot give the storage directory to the app's user (cygni is not root)"
+                    );
+                }
+                other => other?,
+            }
         }
     }
     Ok(())
