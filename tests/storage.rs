@@ -51,7 +51,9 @@ fn storage_json(d: &TestDaemon, app: &str) -> String {
 #[test]
 fn bad_storage_commands_are_refused_and_change_nothing() {
     let d = TestDaemon::start();
-    d.ssh(&d.admin, "apps:create shop").ok();
+    let repo = fixture_repo(&d, "procfile-app", "shop");
+    push(&d, &repo, "shop").ok();
+    let releases = d.ssh(&d.admin, "releases shop --json").ok().stdout;
     let out = d.ssh(&d.admin, "storage:mount shop data:/data").ok();
     assert!(
         out.stdout.contains("$CYGNI_STORAGE_DATA") && out.stdout.contains("next deploy or restart"),
@@ -159,7 +161,19 @@ fn bad_storage_commands_are_refused_and_change_nothing() {
             "{line} touched the files"
         );
     }
-    // A viewer reads, masked of nothing but host paths.
+    // The running release, the repo and the app's state are as they were.
+    let (code, body) = d.curl(&host("shop"), "/");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("hello from procfile-app"), "{body}");
+    assert_eq!(
+        d.ssh(&d.admin, "releases shop --json").ok().stdout,
+        releases
+    );
+    let ls = d
+        .git(&d.admin, &repo, &["ls-remote", &d.remote("shop")])
+        .ok();
+    assert!(ls.stdout.contains(&head_sha(&repo)), "{ls:#?}");
+    // A viewer reads; host paths are for admins' eyes only.
     d.ssh(&viewer, "storage shop").ok();
 
     // Unmounting keeps the files; mounting again finds them.
@@ -225,6 +239,12 @@ fn admin_host_paths_only_under_the_allowed_directories() {
     .ok();
     let listed: serde_json::Value = serde_json::from_str(&storage_json(&d, "shop")).unwrap();
     assert_eq!(listed[0]["source"], "host");
+    assert_eq!(listed[0]["host_path"], media.as_str());
+    // A developer sees the mount, not where it is on the host.
+    let seen = d.ssh(&dev, "storage shop --json").ok().stdout;
+    let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen[0]["source"], "host");
+    assert!(seen[0].get("host_path").is_none(), "{seen}");
     // Destroying the app unmounts an admin's directory; it never removes it.
     d.ssh(&d.admin, "apps:destroy shop --confirm shop").ok();
     assert!(allowed.join("media").is_dir());
