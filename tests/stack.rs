@@ -282,6 +282,20 @@ fn readme_apps_deploy_on_the_stack_built_from_a_local_base_and_compile_in_a_cont
             .is_empty()
             .then_some(())
     });
+
+    // A compile that fails in the container rejects the push and leaves
+    // the running release serving.
+    let good = head_sha(&repo);
+    replace_with_fixture(&repo, "fail-build");
+    commit_all(&repo, "broken requirements");
+    assert_push_refused(
+        &d,
+        &repo,
+        "pyapp",
+        &good,
+        "buildpack python failed in the build container: bin/compile exited with code 1",
+        "hello from python-app",
+    );
     eprintln!(
         "stack figures: first push (stack built) {:.1}s, second push (python, stack cached) {:.1}s",
         first_push.as_secs_f64(),
