@@ -469,13 +469,13 @@ pub async fn build_with(
     };
     let artifact = match req.target {
         Target::Slug => Artifact::Slug { dir: dirs.source },
-        // Only Nixpacks without its feature gets here: a host build.
+        // Every image build returned above (buildpacks compile in the
+        // stack; Dockerfile and Nixpacks apps are engine builds): a host
+        // build never becomes an image.
         Target::Image => {
-            let run_image = limits
-                .run_image
-                .clone()
-                .unwrap_or_else(|| stack::DEFAULT_BASE_IMAGE.to_owned());
-            image.slug(&dirs.source, &run_image).await?
+            return Err(BuildError::Internal {
+                reason: format!("{builder} built on the host for an image target"),
+            })
         }
     };
     tracing::info!(app = %req.app, %builder, "build succeeded");
