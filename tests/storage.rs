@@ -286,6 +286,14 @@ fn local_app_keeps_its_storage_across_deploys_restarts_and_rollbacks() {
     );
     let on_disk = std::fs::read_to_string(dir.join("boots.txt")).unwrap();
     assert_eq!(on_disk.lines().count(), after.len(), "{on_disk}");
+    // One-off commands get the variable too.
+    let out = d
+        .ssh(
+            &d.admin,
+            &format!("run {app} -- sh -c 'cat \"$CYGNI_STORAGE_DATA/boots.txt\"'"),
+        )
+        .ok();
+    assert_eq!(out.stdout, on_disk, "{out:#?}");
 }
 
 // ---- docker ------------------------------------------------------------
@@ -389,5 +397,10 @@ fn docker_app_keeps_its_storage_across_redeploys_and_rollbacks() {
     );
     let on_disk = std::fs::read_to_string(dir.join("boots.txt")).unwrap();
     assert_eq!(on_disk, "boot v1\nboot v2\nboot v1\n");
+    // One-off commands see the storage too.
+    let out = d
+        .ssh(&d.admin, &format!("run {app} -- cat /data/boots.txt"))
+        .ok();
+    assert_eq!(out.stdout, on_disk, "{out:#?}");
     drop(d);
 }
