@@ -254,12 +254,43 @@ pub(crate) struct Compile<'a> {
     pub timeout: Duration,
 }
 
+/// Removes build containers a killed daemon left behind: any older than
+/// twice the longest a step may run is no live build's (a live one is
+/// killed at its deadline), whichever daemon made it.
+async fn remove_orphans(docker: &Docker, timeout: Duration) {
+    let filters = HashMap::from([("label".to_owned(), vec!["cygni.build".to_owned()])]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::default()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let Ok(found) = docker.list_containers(Some(options)).await else {
+        return;
+    };
+    let cutoff = chrono::Utc::now().timestamp() - 2 * timeout.as_secs() as i64;
+    for c in found {
+        if let (Some(id), Some(created)) = (c.id, c.created) {
+            if created < cutoff {
+                let options = RemoveContainerOptionsBuilder::default().force(true).build();
+                match docker.remove_container(&id, Some(options)).await {
+                    Ok(()) => {
+                        tracing::info!(container = %id, "removed an orphaned build container")
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %id, error = %e, "cannot remove an orphaned build container")
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Compile<'_> {
     /// `bin/compile`, then `bin/release` for the default process types.
     pub(crate) async fn run(
         &self,
         docker: &Docker,
     ) -> Result<BTreeMap<ProcessType, String>, BuildError> {
+        remove_orphans(docker, self.timeout.max(RELEASE_TIMEOUT)).await;
         say(
             self.output,
             format!(
