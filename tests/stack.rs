@@ -129,6 +129,23 @@ fn fresh_buildpacks(dir: &Path) -> PathBuf {
             }
         }
     }
+    // A probe buildpack: what its compile sees (ENV_DIR, uid, host name).
+    let probe = bp.join("zprobe/bin");
+    std::fs::create_dir_all(&probe).unwrap();
+    for (name, text) in [
+        ("detect", "#!/bin/sh\n[ -f \"$1/PROBE\" ] || exit 1\necho Probe\n"),
+        (
+            "compile",
+            "#!/bin/sh\necho \"-----> probe saw [$(cat \"$3/GREETING\" 2>/dev/null)] [$(ls \"$3\" 2>/dev/null | tr '\\n' ' ')] as $(id -u) on $(hostname)\"\n",
+        ),
+        (
+            "release",
+            "#!/bin/sh\nprintf -- '---\\ndefault_process_types:\\n  web: python3 -m http.server $PORT\\n'\n",
+        ),
+    ] {
+        std::fs::write(probe.join(name), text).unwrap();
+        set_mode(&probe.join(name), 0o755);
+    }
     let nonce = format!("{:?}", std::time::SystemTime::now());
     std::fs::write(bp.join(".test-run"), nonce).unwrap();
     set_mode(dir, 0o755);
@@ -368,4 +385,38 @@ fn config_vars_reach_an_image_build_only_when_cygni_toml_asks() {
         "{out:#?}"
     );
     assert!(out.stderr.contains("build saw [psst] []"), "{out:#?}");
+
+    // A buildpack compile in the build container: ENV_DIR holds only the
+    // vars cygni.toml lists, and it runs as uid 10001 on the container's
+    // host name.
+    let more = Cleanup::new(&["probeapp"]);
+    d.ssh(&d.admin, "apps:create probeapp").ok();
+    d.ssh(&d.admin, "config:set probeapp GREETING=psst OTHER=nope")
+        .ok();
+    let repo = d.dir.path().join("probeapp");
+    std::fs::create_dir_all(&repo).unwrap();
+    make_repo(&repo, &[("PROBE", "x\n"), ("index.html", "probed\n")]);
+    let out = push(&d, &repo, "probeapp").ok();
+    let build = image_after(&out, "Building the stack's build image ");
+    more.also_image(&build);
+    more.also_image(&image_after(&out, "Building the stack's run image "));
+    assert!(
+        out.stderr
+            .contains("probe saw [] [] as 10001 on cygni-build"),
+        "{out:#?}"
+    );
+    std::fs::write(
+        repo.join("cygni.toml"),
+        "[build]\nconfig_vars = [\"GREETING\"]\n",
+    )
+    .unwrap();
+    commit_all(&repo, "ask for GREETING");
+    let out = push(&d, &repo, "probeapp").ok();
+    assert!(
+        out.stderr
+            .contains("probe saw [psst] [GREETING ] as 10001 on cygni-build"),
+        "{out:#?}"
+    );
+    let (code, body) = d.curl(&host("probeapp"), "/");
+    assert_eq!(code, 200, "{body}");
 }

@@ -146,14 +146,25 @@ pub(crate) fn write_env_dir(
     env: &BTreeMap<String, String>,
     run_as: Option<(u32, u32)>,
 ) -> Result<tempfile::TempDir, BuildError> {
+    write_env_dir_in(env, run_as, &std::env::temp_dir())
+}
+
+/// [`write_env_dir`] under `parent`: a build container's ENV_DIR must be
+/// where the Docker engine sees it, which a private /tmp (systemd's
+/// PrivateTmp) is not.
+pub(crate) fn write_env_dir_in(
+    env: &BTreeMap<String, String>,
+    run_as: Option<(u32, u32)>,
+    parent: &Path,
+) -> Result<tempfile::TempDir, BuildError> {
     // Private from creation on: the umask alone would leave it world-readable.
     let dir = tempfile::Builder::new()
         .prefix("cygni-env-")
         .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir()
+        .tempdir_in(parent)
         .map_err(|source| BuildError::Io {
             action: "create",
-            path: std::env::temp_dir().join("cygni-env-*"),
+            path: parent.join("cygni-env-*"),
             source,
         })?;
     let give = |path: &Path| -> Result<(), BuildError> {

@@ -304,7 +304,9 @@ impl Compile<'_> {
         } else {
             let env = self.env.clone();
             let user = Some(self.user);
-            Some(blocking(move || super::buildpack::write_env_dir(&env, user)).await?)
+            // Beside the cache, under the data dir: the engine must see it.
+            let parent = self.cache.parent().unwrap_or(self.cache).to_owned();
+            Some(blocking(move || super::buildpack::write_env_dir_in(&env, user, &parent)).await?)
         };
         let bin = |step: &str| format!("{BUILDPACKS_DIR}/{}/bin/{step}", self.buildpack);
         let compile = vec![
