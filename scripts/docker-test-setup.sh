@@ -7,6 +7,15 @@
 #   cygni-run:test   the same plus the host's /usr/bin/python3 and its
 #                    stdlib: the run image buildpack slugs are put on in the
 #                    tests (the procfile-app fixture runs `python3 -m http.server`).
+#   cygni-stack-base:test
+#                    Debian 12 with python3, python3-venv, nodejs, npm, git:
+#                    the booted-machine test's debootstrap rootfs (cached by
+#                    scripts/machine-test.sh, built with --rootfs-only if
+#                    missing: Debian packages from Debian's mirror, once per
+#                    machine), via `docker import`. The stack tests build
+#                    Cygni's stack images from it (`stack_base_image`).
+#                    Without root or a mirror it is not made, and those
+#                    tests say SKIPPED (and fail under CI=true).
 #
 # With --start-dockerd it first starts dockerd in the background (as root)
 # when no engine answers, and waits (bounded) for its socket. Exit 3: no
@@ -81,4 +90,30 @@ if ! docker image inspect cygni-run:test >/dev/null 2>&1; then
     tar -C "$tmp/run" -c . |
         docker import -c 'ENV PATH=/usr/local/bin:/usr/bin:/bin' -c 'CMD ["/bin/sh"]' - cygni-run:test >/dev/null
     echo "built cygni-run:test"
+fi
+
+if ! docker image inspect cygni-stack-base:test >/dev/null 2>&1; then
+    cache=${CYGNI_MACHINE_CACHE:-/var/cache/cygni-machine-test}
+    find_rootfs() {
+        for marker in "$cache"/rootfs-*/.cygni-rootfs-complete; do
+            if [ -f "$marker" ]; then dirname "$marker"; return 0; fi
+        done
+        return 0
+    }
+    rootfs=$(find_rootfs)
+    if [ -z "$rootfs" ] && [ "$(id -u)" = 0 ]; then
+        here=$(cd "$(dirname "$0")" && pwd)
+        echo "building the Debian 12 rootfs for cygni-stack-base:test (scripts/machine-test.sh --rootfs-only)" >&2
+        "$here/machine-test.sh" --rootfs-only >&2 || true
+        rootfs=$(find_rootfs)
+    fi
+    if [ -n "$rootfs" ]; then
+        tar -C "$rootfs" --exclude=./usr/share/doc --exclude=./usr/share/man \
+            --exclude=./usr/share/locale --exclude=./var/cache/apt -c . |
+            docker import -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+                -c 'CMD ["/bin/bash"]' - cygni-stack-base:test >/dev/null
+        echo "built cygni-stack-base:test from $rootfs"
+    else
+        echo "no Debian 12 rootfs: cygni-stack-base:test not built (the stack tests will skip)" >&2
+    fi
 fi

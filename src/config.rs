@@ -115,6 +115,9 @@ struct FileConfig {
     api_listen: Option<String>,
     audit_retention_days: Option<u32>,
     registry_listen: Option<String>,
+    storage_host_paths: Option<Vec<PathBuf>>,
+    stack_base_image: Option<String>,
+    stack_offline: Option<bool>,
 }
 
 /// Which runtime backend to use.
@@ -158,8 +161,15 @@ pub struct Config {
     pub boot_timeout: Duration,
     /// Where the shipped buildpacks are (config file key `buildpacks_dir`).
     pub buildpacks_dir: PathBuf,
-    /// The image buildpack slugs run on under docker (file key `run_image`).
-    pub run_image: String,
+    /// The image buildpack slugs run on under docker instead of the
+    /// stack's run image (file key `run_image`; default: the stack's).
+    pub run_image: Option<String>,
+    /// What the stack's build and run images start from (file key
+    /// `stack_base_image`, default `debian:bookworm-slim`).
+    pub stack_base_image: String,
+    /// Build the stack images with no network, from a complete local base
+    /// (file key `stack_offline`, default false).
+    pub stack_offline: bool,
     /// Recent good releases whose slug or image is kept for rollback (file
     /// key `keep_releases`).
     pub keep_releases: usize,
@@ -180,6 +190,10 @@ pub struct Config {
     /// Where the image registry listens (`--registry-listen`, file key
     /// `registry_listen`); `None`: no registry, and images are not published.
     pub registry_listen: Option<SocketAddr>,
+    /// Host directories admins may mount into apps with `storage:mount
+    /// --host-path` (file key `storage_host_paths`, absolute existing
+    /// directories; default none).
+    pub storage_host_paths: Vec<PathBuf>,
 }
 
 impl Config {
@@ -294,13 +308,24 @@ impl Config {
             None => default_buildpacks_dir(),
         };
 
-        let run_image = file
-            .run_image
-            .unwrap_or_else(|| crate::build::DEFAULT_RUN_IMAGE.to_owned());
-        if !crate::build::image::is_image_reference(&run_image) {
+        let run_image = file.run_image;
+        if let Some(image) = &run_image {
+            if !crate::build::image::is_image_reference(image) {
+                return Err(invalid(
+                    "run_image",
+                    format!("{image:?} is not an image reference (e.g. debian:bookworm-slim)"),
+                ));
+            }
+        }
+        let stack_base_image = file
+            .stack_base_image
+            .unwrap_or_else(|| crate::build::stack::DEFAULT_BASE_IMAGE.to_owned());
+        if !crate::build::image::is_image_reference(&stack_base_image) {
             return Err(invalid(
-                "run_image",
-                format!("{run_image:?} is not an image reference (e.g. debian:bookworm-slim)"),
+                "stack_base_image",
+                format!(
+                    "{stack_base_image:?} is not an image reference (e.g. debian:bookworm-slim)"
+                ),
             ));
         }
         let keep_releases = file.keep_releases.unwrap_or(crate::deploy::KEEP_RELEASES);
@@ -338,11 +363,31 @@ impl Config {
             .map(|v| listen_addr("registry_listen", Some(v), 0))
             .transpose()?;
 
+        let mut storage_host_paths = Vec::new();
+        for dir in file.storage_host_paths.unwrap_or_default() {
+            // Canonical, so that a mount's check against it is on real paths.
+            match dir.canonicalize() {
+                Ok(real) if dir.is_absolute() && real.is_dir() && real != Path::new("/") => {
+                    storage_host_paths.push(real)
+                }
+                _ => {
+                    return Err(invalid(
+                        "storage_host_paths",
+                        format!(
+                            "{} is not an absolute path to an existing directory other than /",
+                            dir.display()
+                        ),
+                    ))
+                }
+            }
+        }
+
         Ok(Config {
             api_listen,
             api_listen_is_default,
             audit_retention_days,
             registry_listen,
+            storage_host_paths,
             min_free_mb: file.min_free_mb.unwrap_or(512),
             reconcile_interval,
             data_dir,
@@ -358,6 +403,8 @@ impl Config {
             boot_timeout,
             buildpacks_dir,
             run_image,
+            stack_base_image,
+            stack_offline: file.stack_offline.unwrap_or(false),
             keep_releases,
         })
     }

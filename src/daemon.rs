@@ -257,6 +257,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             slugs: data.join("slugs"),
             cache: data.join("cache"),
             buildpacks: config.buildpacks_dir.clone(),
+            storage: data.join("storage"),
         },
         config.domain.clone(),
         config.boot_timeout,
@@ -311,8 +312,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         tracing::warn!("the registry serves image builds, and this runtime builds none (slugs)");
     }
     platform.build_limits.run_image = config.run_image.clone();
+    platform.build_limits.stack_base_image = config.stack_base_image.clone();
+    platform.build_limits.stack_offline = config.stack_offline;
     platform.keep_releases = config.keep_releases;
     platform.min_free = config.min_free_mb.saturating_mul(1 << 20);
+    platform.storage_host_paths = config.storage_host_paths.clone();
     platform.http_port = http_addr.port();
     let platform = Arc::new(platform);
     let ssh_listener =

@@ -19,6 +19,12 @@ pub enum InvalidName {
     Key(String),
     #[error("invalid domain {0:?}: {1}")]
     Host(String, &'static str),
+    #[error(
+        "invalid storage name {0:?}: use 1-63 characters a-z, 0-9 and '-', starting with a letter"
+    )]
+    Storage(String),
+    #[error("invalid mount path {0:?}: {1}")]
+    MountPath(String, &'static str),
 }
 
 /// An app name: `^[a-z][a-z0-9-]{0,62}$`.
@@ -268,6 +274,172 @@ impl Hostname {
 impl fmt::Display for Hostname {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.pad(&self.0)
+    }
+}
+
+/// The name of an app's persistent storage (`storage:mount APP NAME:/path`):
+/// the app-name grammar, so it is safe as a path segment under
+/// `DATA/storage/APP/`, in an environment variable's name and as a
+/// Kubernetes object name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct StorageName(String);
+
+impl StorageName {
+    pub fn parse(s: &str) -> Result<StorageName, InvalidName> {
+        AppName::parse(s)
+            .map(|a| StorageName(a.0))
+            .map_err(|_| InvalidName::Storage(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `CYGNI_STORAGE_UPLOADS` for `uploads`, `CYGNI_STORAGE_MY_DB` for
+    /// `my-db`: where an app finds the storage (its host directory on the
+    /// local runtime, its mount path in a container). No two names map to
+    /// one variable: names have no `_`.
+    pub fn env_var(&self) -> String {
+        format!(
+            "CYGNI_STORAGE_{}",
+            self.0.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+}
+
+impl fmt::Display for StorageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+/// Where storage appears inside an app's container: absolute, normalized
+/// (no `.`, `..`, empty segments or trailing `/`), of plain characters
+/// (`A-Z a-z 0-9 . _ - + @ =` between the slashes), at most 255 bytes, and
+/// neither `/` nor a system directory: mounting over `/proc`, `/etc` or
+/// the app itself (`/app`) would break the container or hide the app.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct MountPath(String);
+
+/// Directories a mount may be neither at nor under.
+const SYSTEM_DIRS: &[&str] = &[
+    "/proc",
+    "/sys",
+    "/dev",
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/boot",
+    "/run",
+    "/var/run",
+    "/var/lib/docker",
+    "/cygni",
+];
+/// Directories a mount may be under but not at: the whole of `/app` is
+/// the slug, `/var` and `/home` hold more than an app's data.
+const SYSTEM_DIRS_EXACT: &[&str] = &["/app", "/var", "/home", "/root", "/tmp"];
+
+impl MountPath {
+    pub fn parse(s: &str) -> Result<MountPath, InvalidName> {
+        let err = |why| Err(InvalidName::MountPath(s.to_owned(), why));
+        if !s.starts_with('/') {
+            return err("it must be absolute (start with /)");
+        }
+        if s == "/" {
+            return err("it cannot be the container's root");
+        }
+        if s.len() > 255 {
+            return err("it is longer than 255 bytes");
+        }
+        for segment in s[1..].split('/') {
+            match segment {
+                "" => return err("it must be normalized (no // and no trailing /)"),
+                "." | ".." => return err("it must be normalized (no . or .. segments)"),
+                _ => {}
+            }
+            let plain = segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-+@=".contains(&b));
+            if !plain {
+                return err("use only A-Z, a-z, 0-9 and . _ - + @ = between the slashes");
+            }
+        }
+        let under = |dir: &str| s == dir || s.starts_with(&format!("{dir}/"));
+        if SYSTEM_DIRS.iter().any(|d| under(d)) || SYSTEM_DIRS_EXACT.contains(&s) {
+            return err("it is a system directory; mount under /data, /app/NAME or /srv");
+        }
+        Ok(MountPath(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for MountPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod storage_tests {
+    use super::*;
+
+    #[test]
+    fn storage_names_and_their_variables() {
+        let name = StorageName::parse("my-db").unwrap();
+        assert_eq!(name.env_var(), "CYGNI_STORAGE_MY_DB");
+        for bad in ["", "My", "a_b", "../x", "a/b", "-a", "1a", &"a".repeat(64)] {
+            assert!(StorageName::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mount_paths() {
+        for ok in [
+            "/data",
+            "/app/uploads",
+            "/srv/my-app/db",
+            "/var/lib/app",
+            "/tmp/x",
+        ] {
+            assert_eq!(MountPath::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "data",
+            "/",
+            "//data",
+            "/data/",
+            "/a/../etc",
+            "/a/./b",
+            "/proc",
+            "/proc/1",
+            "/sys/fs",
+            "/dev/shm",
+            "/etc",
+            "/etc/app",
+            "/usr/local",
+            "/bin",
+            "/app",
+            "/var",
+            "/run/x",
+            "/a b",
+            "/a:b",
+            "/a\nb",
+            "/caf\u{e9}",
+        ] {
+            assert!(MountPath::parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(MountPath::parse(&format!("/{}", "a".repeat(255))).is_err());
     }
 }
 

@@ -720,7 +720,7 @@ async fn dockerfile_on_the_local_runtime_says_how_to_enable_docker() {
 async fn image_target_refuses_a_run_image_that_is_not_a_reference() {
     let app = Sandbox::fixture("procfile-app");
     let mut case = BuildCase::new(&app).target(Target::Image);
-    case.limits.run_image = "x\nRUN rm -rf /".into();
+    case.limits.run_image = Some("x\nRUN rm -rf /".into());
     let (err, _) = case.run().await.err();
     assert!(matches!(err, BuildError::InvalidRunImage { .. }), "{err:?}");
 }

@@ -104,7 +104,9 @@ fn docker_daemon(config: &str) -> (TestDaemon, tempfile::TempDir) {
     (d, dir)
 }
 
-const CONFIG: &str = "run_image = \"cygni-run:test\"\n";
+/// Buildpack apps compile in the stack built from the local Debian base
+/// (no network), and run on `cygni-run:test`.
+const CONFIG: &str = "run_image = \"cygni-run:test\"\nstack_base_image = \"cygni-stack-base:test\"\nstack_offline = true\n";
 
 /// (container id, StartedAt, RestartCount) of a container, by name.
 fn identity(name: &str) -> (String, String, String) {
@@ -365,6 +367,7 @@ fn web_spec(app: &AppName, index: u32) -> InstanceSpec {
         env: BTreeMap::from([("GREETING".to_owned(), "dkscale".to_owned())]),
         artifact: base_image(),
         limits: Default::default(),
+        mounts: Vec::new(),
     }
 }
 
@@ -447,6 +450,7 @@ async fn one_off_containers_stream_output_return_the_code_and_are_removed() {
         env: BTreeMap::from([("GREETING".to_owned(), "hi".to_owned())]),
         artifact: base_image(),
         timeout: Duration::from_secs(timeout),
+        mounts: Vec::new(),
     };
     let one_offs = || docker(&["ps", "-aq", "--filter", "label=cygni.app=dkonce"]);
 

@@ -34,6 +34,7 @@ fn spec(app: &str, process: &str, index: u32, artifact: &Artifact, command: &str
         env: BTreeMap::new(),
         artifact: artifact.clone(),
         limits: Default::default(),
+        mounts: Vec::new(),
     }
 }
 

@@ -79,6 +79,7 @@ impl Host {
                 dir: self.slug.clone(),
             },
             limits: Default::default(),
+            mounts: Vec::new(),
         }
     }
 
@@ -92,6 +93,7 @@ impl Host {
                 dir: self.slug.clone(),
             },
             timeout,
+            mounts: Vec::new(),
         }
     }
 

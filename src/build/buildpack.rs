@@ -90,7 +90,17 @@ pub(crate) async fn run(
             }
         })?;
 
-    say(ctx.output, "-----> Discovering process types").await;
+    say_types(ctx.output, buildpack.display, &processes).await;
+    Ok(processes)
+}
+
+/// Says which default process types the buildpack gave.
+pub(crate) async fn say_types(
+    output: &tokio::sync::mpsc::Sender<Vec<u8>>,
+    display: &str,
+    processes: &BTreeMap<ProcessType, String>,
+) {
+    say(output, "-----> Discovering process types").await;
     let types = if processes.is_empty() {
         "(none: the Procfile says what to run)".to_owned()
     } else {
@@ -101,14 +111,10 @@ pub(crate) async fn run(
             .join(", ")
     };
     say(
-        ctx.output,
-        format!(
-            "       Default types for buildpack {} -> {types}",
-            buildpack.display
-        ),
+        output,
+        format!("       Default types for buildpack {display} -> {types}"),
     )
     .await;
-    Ok(processes)
 }
 
 /// Turns how a step ended into an error naming the buildpack and the step.
@@ -136,18 +142,29 @@ fn check(
 /// value. The dir is private (0700, files 0600), owned by the build user,
 /// and removed when the returned handle drops. Names were checked by the
 /// caller, so each is a plain file name.
-fn write_env_dir(
+pub(crate) fn write_env_dir(
     env: &BTreeMap<String, String>,
     run_as: Option<(u32, u32)>,
+) -> Result<tempfile::TempDir, BuildError> {
+    write_env_dir_in(env, run_as, &std::env::temp_dir())
+}
+
+/// [`write_env_dir`] under `parent`: a build container's ENV_DIR must be
+/// where the Docker engine sees it, which a private /tmp (systemd's
+/// PrivateTmp) is not.
+pub(crate) fn write_env_dir_in(
+    env: &BTreeMap<String, String>,
+    run_as: Option<(u32, u32)>,
+    parent: &Path,
 ) -> Result<tempfile::TempDir, BuildError> {
     // Private from creation on: the umask alone would leave it world-readable.
     let dir = tempfile::Builder::new()
         .prefix("cygni-env-")
         .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir()
+        .tempdir_in(parent)
         .map_err(|source| BuildError::Io {
             action: "create",
-            path: std::env::temp_dir().join("cygni-env-*"),
+            path: parent.join("cygni-env-*"),
             source,
         })?;
     let give = |path: &Path| -> Result<(), BuildError> {

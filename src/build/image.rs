@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! Dockerfile ──► the tree as the build context ─────────────────────────┐
-//! buildpack  ──► slug built on the host (as for local) ──► context:      │
+//! buildpack  ──► slug compiled in the stack's build image ──► context:      │
 //!                  Dockerfile FROM <run image>, app/ = the slug,         ├─► engine /build (tar stream)
 //!                  /cygni/profile.sh (sources .profile.d, then exec)     │     output ──► progress
 //! nixpacks   ──► the plan's Dockerfile + assets (nixpacks crate) ───────┘     ──► cygni/APP:vN
@@ -17,8 +17,8 @@
 //! and Nixpacks' base images need a registry. Images of older releases are
 //! kept (see `Runtime::retain_artifacts`): rollback needs no rebuild.
 //!
-//! Config vars are not passed to image builds (they reach the containers at
-//! run time). A Dockerfile build's context is the pushed tree less what its
+//! Config vars reach image builds as `--build-arg`s only when the app
+//! lists them (cygni.toml `build.config_vars`); otherwise only at run time. A Dockerfile build's context is the pushed tree less what its
 //! `.dockerignore` leaves out (see `dockerignore.rs`).
 
 use std::collections::{BTreeMap, HashMap};
@@ -74,6 +74,9 @@ pub(crate) struct ImageBuild<'a> {
     pub release: u32,
     pub output: &'a Sender<Vec<u8>>,
     pub timeout: Duration,
+    /// The config vars the app asked to see at build time (cygni.toml's
+    /// `build.config_vars`), as `--build-arg`s; none by default.
+    pub build_args: HashMap<String, String>,
 }
 
 impl ImageBuild<'_> {
@@ -149,7 +152,12 @@ impl ImageBuild<'_> {
             finish(tar, file)
         })
         .await?;
-        self.build(context, NIXPACKS_DOCKERFILE).await
+        match self.build(context, NIXPACKS_DOCKERFILE).await {
+            Err(BuildError::ImageBuildFailed { message }) if is_pull_failure(&message) => {
+                Err(BuildError::NixpacksPull { message })
+            }
+            other => other,
+        }
     }
 
     /// Streams `context` to the engine and builds it as `cygni/APP:vN`.
@@ -164,75 +172,137 @@ impl ImageBuild<'_> {
             format!("-----> Building image {reference} with the Docker engine"),
         )
         .await;
-        let docker = connect().await?;
-        let file = tokio::fs::File::open(context.path())
-            .await
-            .map_err(|source| io("read", context.path().to_owned(), source))?;
-        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
         let labels = HashMap::from([
             ("cygni.app".to_owned(), self.app.to_string()),
             ("cygni.release".to_owned(), self.release.to_string()),
         ]);
-        let options = BuildImageOptionsBuilder::default()
-            .dockerfile(dockerfile)
-            .t(&reference)
-            .rm(true)
-            .forcerm(true)
-            .labels(&labels)
-            .build();
-        let run = async {
-            let mut stream = std::pin::pin!(docker.build_image(options, None, Some(body)));
-            // The builder's `stream` pieces are not always whole lines.
-            let mut partial = String::new();
-            while let Some(item) = stream.next().await {
-                match item {
-                    Ok(info) => {
-                        if let Some(text) = info.stream.or(info.status) {
-                            partial.push_str(&text);
-                            while let Some(end) = partial.find('\n') {
-                                let line: String = partial.drain(..=end).collect();
-                                let line = line.trim_end();
-                                if !line.is_empty() {
-                                    say(self.output, format!("{INDENT}{line}")).await;
-                                }
-                            }
-                        }
-                    }
-                    Err(bollard::errors::Error::DockerStreamError { error }) => {
-                        return Err(BuildError::ImageBuildFailed {
-                            message: error.trim().to_owned(),
-                        })
-                    }
-                    Err(source) => {
-                        return Err(BuildError::Engine {
-                            action: "build the image",
-                            source: Box::new(source),
-                        })
-                    }
-                }
-            }
-            if !partial.trim().is_empty() {
-                say(self.output, format!("{INDENT}{}", partial.trim_end())).await;
-            }
-            Ok(())
-        };
-        match tokio::time::timeout(self.timeout, run).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(BuildError::Timeout {
-                    what: format!("building image {reference}"),
-                    after: self.timeout,
-                })
-            }
-        }
-        drop(context);
+        let docker = connect().await?;
+        engine_build(
+            &docker,
+            EngineBuild {
+                context,
+                dockerfile,
+                tag: &reference,
+                labels: &labels,
+                build_args: &self.build_args,
+                output: self.output,
+                timeout: self.timeout,
+                network: None,
+            },
+        )
+        .await?;
         Ok(Artifact::Image { reference })
     }
 }
 
+/// One engine build: a context file, its Dockerfile, the tag.
+pub(crate) struct EngineBuild<'a> {
+    pub context: tempfile::NamedTempFile,
+    pub dockerfile: &'a str,
+    pub tag: &'a str,
+    pub labels: &'a HashMap<String, String>,
+    /// `--build-arg`s: only what the app asked for (cygni.toml), or the
+    /// stack's BASE.
+    pub build_args: &'a HashMap<String, String>,
+    pub output: &'a Sender<Vec<u8>>,
+    pub timeout: Duration,
+    /// `none` builds with no network at all.
+    pub network: Option<&'a str>,
+}
+
+/// Streams a context to the engine's classic builder, its output to the
+/// build's progress, and tags the result.
+pub(crate) async fn engine_build(docker: &Docker, b: EngineBuild<'_>) -> Result<(), BuildError> {
+    let file = tokio::fs::File::open(b.context.path())
+        .await
+        .map_err(|source| io("read", b.context.path().to_owned(), source))?;
+    let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(file));
+    let mut options = BuildImageOptionsBuilder::default()
+        .dockerfile(b.dockerfile)
+        .t(b.tag)
+        .rm(true)
+        .forcerm(true)
+        .labels(b.labels)
+        .buildargs(b.build_args);
+    if let Some(network) = b.network {
+        options = options.networkmode(network);
+    }
+    let options = options.build();
+    let output = b.output;
+    let run = async {
+        let mut stream = std::pin::pin!(docker.build_image(options, None, Some(body)));
+        // The builder's `stream` pieces are not always whole lines.
+        let mut partial = String::new();
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(text) = info.stream.or(info.status) {
+                        partial.push_str(&text);
+                        while let Some(end) = partial.find('\n') {
+                            let line: String = partial.drain(..=end).collect();
+                            let line = line.trim_end();
+                            if !line.is_empty() {
+                                say(output, format!("{INDENT}{line}")).await;
+                            }
+                        }
+                    }
+                }
+                Err(bollard::errors::Error::DockerStreamError { error }) => {
+                    return Err(BuildError::ImageBuildFailed {
+                        message: error.trim().to_owned(),
+                    })
+                }
+                Err(source) => {
+                    return Err(BuildError::Engine {
+                        action: "build the image",
+                        source: Box::new(source),
+                    })
+                }
+            }
+        }
+        if !partial.trim().is_empty() {
+            say(output, format!("{INDENT}{}", partial.trim_end())).await;
+        }
+        Ok(())
+    };
+    match tokio::time::timeout(b.timeout, run).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(BuildError::Timeout {
+                what: format!("building image {}", b.tag),
+                after: b.timeout,
+            })
+        }
+    }
+    drop(b.context);
+    Ok(())
+}
+
+/// Whether an engine error says an image could not be pulled (no
+/// registry, no route, no such image there).
+pub(crate) fn is_pull_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "pull access denied",
+        "no such host",
+        "dial tcp",
+        "i/o timeout",
+        "manifest unknown",
+        "failed to resolve",
+        "connection refused",
+        "network is unreachable",
+        "tls handshake timeout",
+        "error pulling image",
+        "failed to fetch",
+        "/v2/",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
 /// The engine on its local socket (`DOCKER_HOST` if set), with the API
 /// version negotiated: an older engine refuses bollard's default.
-async fn connect() -> Result<Docker, BuildError> {
+pub(crate) async fn connect() -> Result<Docker, BuildError> {
     let engine = |source| BuildError::Engine {
         action: "be reached",
         source: Box::new(source),
@@ -325,10 +395,10 @@ fn io(action: &'static str, path: std::path::PathBuf, source: std::io::Error) ->
     }
 }
 
-type Tar = tar::Builder<std::fs::File>;
+pub(crate) type Tar = tar::Builder<std::fs::File>;
 
 /// A private temp file to write the context into.
-fn context_file() -> Result<(tempfile::NamedTempFile, Tar), BuildError> {
+pub(crate) fn context_file() -> Result<(tempfile::NamedTempFile, Tar), BuildError> {
     let file = tempfile::Builder::new()
         .prefix("cygni-context-")
         .suffix(".tar")
@@ -343,14 +413,22 @@ fn context_file() -> Result<(tempfile::NamedTempFile, Tar), BuildError> {
     Ok((file, tar))
 }
 
-fn finish(tar: Tar, file: tempfile::NamedTempFile) -> Result<tempfile::NamedTempFile, BuildError> {
+pub(crate) fn finish(
+    tar: Tar,
+    file: tempfile::NamedTempFile,
+) -> Result<tempfile::NamedTempFile, BuildError> {
     tar.into_inner()
         .and_then(|f| f.sync_all())
         .map_err(|source| io("write", file.path().to_owned(), source))?;
     Ok(file)
 }
 
-fn append_file(tar: &mut Tar, name: &str, data: &[u8], mode: u32) -> Result<(), BuildError> {
+pub(crate) fn append_file(
+    tar: &mut Tar,
+    name: &str,
+    data: &[u8],
+    mode: u32,
+) -> Result<(), BuildError> {
     let mut header = tar::Header::new_gnu();
     header.set_size(data.len() as u64);
     header.set_mode(mode);
@@ -403,7 +481,11 @@ fn append_tree_except(
 }
 
 /// Appends every entry of `dir`, under `prefix` or at the root.
-fn append_tree(tar: &mut Tar, dir: &Path, prefix: Option<&str>) -> Result<(), BuildError> {
+pub(crate) fn append_tree(
+    tar: &mut Tar,
+    dir: &Path,
+    prefix: Option<&str>,
+) -> Result<(), BuildError> {
     if let Some(prefix) = prefix {
         return tar
             .append_dir_all(prefix, dir)

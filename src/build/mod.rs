@@ -20,10 +20,15 @@
 //! shell commands run are the app's own code: buildpack scripts and the
 //! commands of a Nixpacks plan derived from the app's files.
 //!
+//! On `Target::Image` a buildpack compiles in a container of the stack's
+//! build image (`stack`), never as a host process, and config vars reach
+//! it only as the caller passes them (deploy: those cygni.toml asks for).
+//!
 //! Submodules: `detect` (the order), `buildpack` (Heroku buildpack API v2),
 //! `nixpacks` (plans run on the host), `process` (running a build step with
 //! a deadline and streamed output), `ownership` (handing the tree to the
-//! build user), `image` (image builds through the Docker engine).
+//! build user), `image` (image builds through the Docker engine), `stack`
+//! (the build and run images, and compiles in the build image).
 
 mod buildpack;
 mod detect;
@@ -32,6 +37,7 @@ pub mod image;
 mod nixpacks;
 mod ownership;
 mod process;
+pub mod stack;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -117,18 +123,24 @@ pub struct BuildLimits {
     /// an image build gets as long again.
     pub compile_timeout: Duration,
     /// The image buildpack slugs are put on for `Target::Image` (config
-    /// key `run_image`). It must be in the engine already, or pullable.
-    pub run_image: String,
+    /// key `run_image`) instead of the stack's run image. It must match
+    /// the stack's build image (the same Debian and interpreters), and be
+    /// in the engine already, or pullable.
+    pub run_image: Option<String>,
+    /// What both stack images start from (config key `stack_base_image`).
+    pub stack_base_image: String,
+    /// Build the stack images with no network (config key
+    /// `stack_offline`): the base must have what they need.
+    pub stack_offline: bool,
 }
-
-/// The default run image: a local name, so nothing is pulled unasked.
-pub const DEFAULT_RUN_IMAGE: &str = "cygni/run:latest";
 
 impl Default for BuildLimits {
     fn default() -> Self {
         BuildLimits {
             compile_timeout: Duration::from_secs(15 * 60),
-            run_image: DEFAULT_RUN_IMAGE.to_owned(),
+            run_image: None,
+            stack_base_image: stack::DEFAULT_BASE_IMAGE.to_owned(),
+            stack_offline: false,
         }
     }
 }
@@ -226,6 +238,16 @@ pub enum BuildError {
     },
     #[error("run image {value:?} is not an image reference (config key run_image)")]
     InvalidRunImage { value: String },
+    #[error("the Nixpacks image build could not pull its base image from its registry (ghcr.io): {message}; let the Docker engine reach ghcr.io (or a registry mirror), or add a Procfile so that a buildpack builds the app on the local stack, which needs no registry")]
+    NixpacksPull { message: String },
+    #[error("the stack's base image {base} is not on this host and could not be pulled ({message}); on a host without a registry, load a Debian 12 image (`docker load`, or `docker import` of a debootstrap'd rootfs) and set stack_base_image in cygni.toml")]
+    StackBase { base: String, message: String },
+    #[error("buildpack {buildpack} failed in the build container: bin/{step} {status}")]
+    ContainerStepFailed {
+        buildpack: String,
+        step: &'static str,
+        status: StepStatus,
+    },
     #[error("build task failed: {reason}")]
     Internal { reason: String },
 }
@@ -246,7 +268,12 @@ impl BuildError {
             | BuildError::NixpacksPlan { .. }
             | BuildError::NixpacksFailed { .. }
             | BuildError::NixpacksDisabled
-            | BuildError::ImageBuildFailed { .. } => true,
+            | BuildError::ImageBuildFailed { .. }
+            | BuildError::ContainerStepFailed { .. }
+            // The host's, but only the pusher sees the push output: these
+            // say what to do.
+            | BuildError::NixpacksPull { .. }
+            | BuildError::StackBase { .. } => true,
             BuildError::BadRelease { .. }
             | BuildError::Spawn { .. }
             | BuildError::Io { .. }
@@ -313,10 +340,17 @@ pub async fn build_with(
     let buildpacks_dir = req.buildpacks_dir.to_owned();
     let pinned = req.pinned.map(str::to_owned);
     let run_as = req.run_as;
+    // Image builds compile in a container, as the stack's build user; the
+    // tree and the cache are handed to that user, not the host's.
+    let owner = match req.target {
+        Target::Slug => run_as,
+        Target::Image if is_root() => Some(stack::BUILD_USER),
+        Target::Image => None,
+    };
     // Handing the tree over and running bin/detect scripts are blocking
     // filesystem and process work: keep them off the async workers.
     let (detected, dirs) = blocking(move || {
-        let home = ownership::prepare(&source_dir, &cache_dir, run_as)?;
+        let home = ownership::prepare(&source_dir, &cache_dir, owner)?;
         // Absolute, because build steps run in another working directory.
         let dirs = Dirs {
             source: detect::canonical(&source_dir)?,
@@ -339,6 +373,11 @@ pub async fn build_with(
         release: req.release,
         output: &req.output,
         timeout: limits.compile_timeout,
+        // For image builds the caller passes only what the app asked for.
+        build_args: match req.target {
+            Target::Image => req.env.clone().into_iter().collect(),
+            Target::Slug => Default::default(),
+        },
     };
     let (builder, default_processes) = match &detected.builder {
         Builder::Dockerfile if req.target == Target::Slug => {
@@ -352,6 +391,49 @@ pub async fn build_with(
                 artifact,
                 builder: "dockerfile".to_owned(),
                 default_processes: BTreeMap::from([(ProcessType::web(), String::new())]),
+            });
+        }
+        Builder::Buildpack { name, .. } if req.target == Target::Image => {
+            // Both go into generated Dockerfiles: refused before the engine
+            // is even asked.
+            for value in limits.run_image.iter().chain([&limits.stack_base_image]) {
+                if !image::is_image_reference(value) {
+                    return Err(BuildError::InvalidRunImage {
+                        value: value.clone(),
+                    });
+                }
+            }
+            let docker = image::connect().await?;
+            let stack = stack::ensure(
+                &docker,
+                &limits.stack_base_image,
+                limits.stack_offline,
+                req.buildpacks_dir,
+                &req.output,
+            )
+            .await?;
+            let processes = stack::Compile {
+                app: req.app,
+                release: req.release,
+                image: &stack.build,
+                buildpack: name,
+                display: &detected.display,
+                source: &dirs.source,
+                cache: &dirs.cache,
+                env: req.env,
+                user: stack::build_user(),
+                output: &req.output,
+                timeout: limits.compile_timeout,
+            }
+            .run(&docker)
+            .await?;
+            let run_image = limits.run_image.clone().unwrap_or(stack.run);
+            let artifact = image.slug(&dirs.source, &run_image).await?;
+            tracing::info!(app = %req.app, builder = %name, "build succeeded in the stack's build image");
+            return Ok(BuildOutput {
+                artifact,
+                builder: format!("buildpack {name}"),
+                default_processes: processes,
             });
         }
         Builder::Buildpack { name, dir } => {
@@ -387,7 +469,14 @@ pub async fn build_with(
     };
     let artifact = match req.target {
         Target::Slug => Artifact::Slug { dir: dirs.source },
-        Target::Image => image.slug(&dirs.source, &limits.run_image).await?,
+        // Every image build returned above (buildpacks compile in the
+        // stack; Dockerfile and Nixpacks apps are engine builds): a host
+        // build never becomes an image.
+        Target::Image => {
+            return Err(BuildError::Internal {
+                reason: format!("{builder} built on the host for an image target"),
+            })
+        }
     };
     tracing::info!(app = %req.app, %builder, "build succeeded");
     Ok(BuildOutput {
@@ -402,6 +491,11 @@ struct Dirs {
     source: PathBuf,
     cache: PathBuf,
     home: PathBuf,
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
 }
 
 /// Whether `name` is a portable environment variable name, and so a safe

@@ -30,8 +30,8 @@ use crate::logs::LogStore;
 use crate::names::AppName;
 use crate::proxy::{AppRoute, RouteTable, Routes};
 use crate::runtime::{
-    HealthCheck, Instance, InstanceEvent, InstanceId, InstanceState, ProcessSpec, Runtime,
-    RuntimeError,
+    HealthCheck, Instance, InstanceEvent, InstanceId, InstanceState, Mount, MountSource,
+    ProcessSpec, Runtime, RuntimeError,
 };
 use crate::state::{self, formation, releases, releases::Release, Db};
 
@@ -84,6 +84,15 @@ impl Tail {
     }
 }
 
+/// `DATA/storage/APP/NAME`: where Cygni keeps an app's named storage.
+pub fn storage_dir(
+    root: &std::path::Path,
+    app: &AppName,
+    name: &crate::names::StorageName,
+) -> std::path::PathBuf {
+    root.join(app.as_str()).join(name.as_str())
+}
+
 pub struct Converger {
     db: Db,
     runtime: Arc<dyn Runtime>,
@@ -94,6 +103,8 @@ pub struct Converger {
     /// checks were stored.
     boot_timeout: Duration,
     admitted: Mutex<HashMap<AppName, BTreeMap<InstanceId, Admission>>>,
+    /// `DATA/storage`: Cygni's own storage directories, `APP/NAME` below.
+    storage_root: std::path::PathBuf,
 }
 
 impl Converger {
@@ -113,7 +124,41 @@ impl Converger {
             domain,
             boot_timeout,
             admitted: Mutex::default(),
+            storage_root: std::path::PathBuf::from("storage"),
         }
+    }
+
+    /// Where Cygni's own storage directories live (`DATA/storage`).
+    pub fn with_storage_root(mut self, root: std::path::PathBuf) -> Converger {
+        self.storage_root = root;
+        self
+    }
+
+    /// The runtime's view of an app's stored mounts.
+    pub fn mounts(&self, app: &AppName, stored: Vec<state::storage::StoredMount>) -> Vec<Mount> {
+        stored
+            .into_iter()
+            .map(|m| {
+                let source = match m.host_path {
+                    Some(path) => MountSource::Host { path },
+                    None => MountSource::Managed {
+                        dir: storage_dir(&self.storage_root, app, &m.name),
+                    },
+                };
+                Mount {
+                    name: m.name,
+                    target: m.path,
+                    source,
+                }
+            })
+            .collect()
+    }
+
+    /// An app's mounts as SQLite has them now.
+    pub async fn current_mounts(&self, app: &AppName) -> Result<Vec<Mount>, ConvergeError> {
+        let a = app.clone();
+        let stored = self.db.call(move |c| state::storage::list(c, &a)).await?;
+        Ok(self.mounts(app, stored))
     }
 
     fn admitted(&self) -> MutexGuard<'_, HashMap<AppName, BTreeMap<InstanceId, Admission>>> {
@@ -141,6 +186,7 @@ impl Converger {
         &self,
         release: &Release,
         stored: &BTreeMap<crate::names::ProcessType, u32>,
+        mounts: &[Mount],
     ) -> Option<DesiredRelease> {
         let artifact = release.artifact.clone()?;
         let env = Arc::new(release.env.clone());
@@ -157,6 +203,7 @@ impl Converger {
                     artifact: artifact.clone(),
                     check: check.clone(),
                     limits: release.limits,
+                    mounts: mounts.to_vec(),
                 };
                 (process, (spec, count))
             })
@@ -171,21 +218,28 @@ impl Converger {
     /// and stopped switch.
     pub async fn desired(&self, app: &AppName) -> Result<Desired, ConvergeError> {
         let a = app.clone();
-        let (record, live, stored) = self
+        let (record, live, stored, storage) = self
             .db
             .call(move |c| {
+                let record = state::apps::get(c, &a)?;
+                let storage = match record {
+                    Some(_) => state::storage::list(c, &a)?,
+                    None => Vec::new(),
+                };
                 Ok((
-                    state::apps::get(c, &a)?,
+                    record,
                     releases::live(c, &a)?,
                     formation::get(c, &a)?,
+                    storage,
                 ))
             })
             .await?;
         let Some(record) = record else {
             return Ok(Desired::default());
         };
+        let mounts = self.mounts(app, storage);
         Ok(Desired {
-            release: live.and_then(|r| self.desired_release(&r, &stored)),
+            release: live.and_then(|r| self.desired_release(&r, &stored, &mounts)),
             stopped: record.stopped,
         })
     }

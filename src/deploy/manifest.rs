@@ -4,6 +4,7 @@
 //! ```toml
 //! [build]
 //! builder = "buildpack:python"   # or "dockerfile", "nixpacks", a buildpack name
+//! config_vars = ["NPM_TOKEN"]    # image builds see only these config vars
 //!
 //! [healthcheck]
 //! path = "/health"   # HTTP check (2xx/3xx) instead of the default TCP check
@@ -29,6 +30,12 @@ pub struct Manifest {
 #[serde(deny_unknown_fields)]
 pub struct BuildSection {
     pub builder: Option<String>,
+    /// The config vars an image build (docker runtime) may see: as
+    /// `--build-arg`s of a Dockerfile or Nixpacks build, in ENV_DIR of a
+    /// buildpack compile. None unless listed: a build's layers and logs
+    /// outlive it.
+    #[serde(default)]
+    pub config_vars: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

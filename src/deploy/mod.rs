@@ -112,6 +112,9 @@ pub struct Paths {
     /// `DATA/cache/APP`: buildpack caches, kept between builds.
     pub cache: PathBuf,
     pub buildpacks: PathBuf,
+    /// `DATA/storage/APP/NAME`: apps' persistent storage (`storage:mount`),
+    /// which outlives every release and goes only with `apps:destroy`.
+    pub storage: PathBuf,
 }
 
 /// How long the `release:` command may run.
@@ -149,6 +152,9 @@ pub struct Platform {
     /// Cygni's image registry: when set, every image build is published
     /// to it and the release records the manifest digest.
     pub registry: Option<Arc<crate::registry::Registry>>,
+    /// Host directories under which admins may mount storage with
+    /// `--host-path` (config key `storage_host_paths`; empty: none).
+    pub storage_host_paths: Vec<PathBuf>,
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -202,14 +208,17 @@ impl Platform {
         boot_timeout: Duration,
         build_as: Option<(u32, u32)>,
     ) -> Platform {
-        let converger = Arc::new(Converger::new(
-            db.clone(),
-            runtime.clone(),
-            routes.clone(),
-            logs.clone(),
-            domain.clone(),
-            boot_timeout,
-        ));
+        let converger = Arc::new(
+            Converger::new(
+                db.clone(),
+                runtime.clone(),
+                routes.clone(),
+                logs.clone(),
+                domain.clone(),
+                boot_timeout,
+            )
+            .with_storage_root(paths.storage.clone()),
+        );
         Platform {
             db,
             repos,
@@ -225,6 +234,7 @@ impl Platform {
             keep_releases: KEEP_RELEASES,
             min_free: 512 << 20,
             registry: None,
+            storage_host_paths: Vec::new(),
             converger,
             locks: Default::default(),
         }
@@ -502,12 +512,35 @@ impl Platform {
             ArtifactKind::Slug => Target::Slug,
             ArtifactKind::Image => Target::Image,
         };
+        // Image builds see config vars only when cygni.toml lists them; a
+        // host build (local) gets them all in ENV_DIR, as on Heroku.
+        let build_env = match target {
+            Target::Slug => env.clone(),
+            Target::Image => {
+                let asked: std::collections::BTreeMap<String, String> = manifest
+                    .build
+                    .config_vars
+                    .iter()
+                    .filter_map(|k| env.get(k).map(|v| (k.clone(), v.clone())))
+                    .collect();
+                if !asked.is_empty() {
+                    let names: Vec<&str> = asked.keys().map(String::as_str).collect();
+                    progress
+                        .step(format!(
+                            "Passing config vars {} to the image build (cygni.toml build.config_vars)",
+                            names.join(", ")
+                        ))
+                        .await;
+                }
+                asked
+            }
+        };
         let request = BuildRequest {
             app: &app,
             release: release.version,
             source_dir: &slug,
             cache_dir: &cache,
-            env: &env,
+            env: &build_env,
             buildpacks_dir: &self.paths.buildpacks,
             pinned: pinned.as_deref(),
             target,
@@ -647,6 +680,11 @@ impl Platform {
             .clone()
             .ok_or_else(|| fail(Stage::Release, "this release has nothing to run"))?;
         self.set_status(release.id, Status::Releasing).await;
+        let mounts = self
+            .converger
+            .current_mounts(app)
+            .await
+            .map_err(|e| internal(Stage::Release, e))?;
 
         if let (true, Some(cmd)) = (run_release_phase, release_command(release)) {
             progress
@@ -660,6 +698,7 @@ impl Platform {
                 env: release.env.clone(),
                 artifact: artifact.clone(),
                 timeout: RELEASE_TIMEOUT,
+                mounts: mounts.clone(),
             };
             let code = {
                 let fut = self.runtime.run_once(spec, tx);
@@ -698,7 +737,7 @@ impl Platform {
             .call(move |c| formation::get(c, &a))
             .await
             .map_err(|e| internal(Stage::Start, e))?;
-        let Some(target) = self.converger.desired_release(release, &stored) else {
+        let Some(target) = self.converger.desired_release(release, &stored, &mounts) else {
             return Err(fail(Stage::Release, "this release has nothing to run"));
         };
         let summary: Vec<String> = target
@@ -797,7 +836,9 @@ impl Platform {
 
 impl Platform {
     /// Remove everything that belongs to an app: instances, routes,
-    /// releases, config, formation, repo, slugs, cache and logs.
+    /// releases, config, formation, repo, slugs, cache, logs and its
+    /// storage directories (an admin's host directories are not Cygni's
+    /// and stay).
     pub async fn destroy_app(&self, app: &AppName) -> Result<(), DeployError> {
         let mut quiet = Progress::new(None);
         let _guard = self.lock_app(app, &mut quiet).await;
@@ -835,6 +876,7 @@ impl Platform {
         for dir in [
             self.paths.slugs.join(app.as_str()),
             self.paths.cache.join(app.as_str()),
+            self.paths.storage.join(app.as_str()),
         ] {
             match tokio::fs::remove_dir_all(&dir).await {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -408,6 +408,11 @@ impl Platform {
             return Err(fail(Stage::Start, "the live release has nothing to run"));
         };
         let program = argv.first().cloned().unwrap_or_default();
+        let mounts = self
+            .converger
+            .current_mounts(app)
+            .await
+            .map_err(|e| internal(Stage::Start, e))?;
         let spec = OneOffSpec {
             app: app.clone(),
             release: live.version,
@@ -415,6 +420,7 @@ impl Platform {
             env: live.env.clone(),
             artifact,
             timeout,
+            mounts,
         };
         // A backend without attached one-offs (local and docker have them)
         // still runs the command, with output and exit status but no stdin,

@@ -20,7 +20,9 @@
 //! Heroku and Dokku); an empty command means "the image's own CMD" (a
 //! Dockerfile app without a Procfile). Limits come from the release's
 //! config vars: `CYGNI_MEMORY` (`512m`, `1g`, or bytes) and `CYGNI_CPUS`
-//! (`0.5`, `2`).
+//! (`0.5`, `2`). Persistent storage (`InstanceSpec::mounts`) is
+//! bind-mounted at its path, named by `CYGNI_STORAGE_<NAME>`, and its
+//! directory given to the image's numeric `USER` first.
 //!
 //! Restart policy `unless-stopped`: the engine restarts a crashed
 //! container with its own backoff, brings it back after a reboot or an
@@ -186,7 +188,12 @@ impl DockerRuntime {
             (LABEL_ONE_OFF.to_owned(), "true".to_owned()),
             (LABEL_OWNER.to_owned(), self.config.owner.clone()),
         ]);
-        let mut env = Self::env(&spec.env, &[]);
+        let (binds, storage_env) = self.storage(image, &spec.mounts).await?;
+        let extra: Vec<(&str, String)> = storage_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        let mut env = Self::env(&spec.env, &extra);
         if let Some(p) = pty {
             env.push(format!("TERM={}", p.term));
         }
@@ -205,6 +212,7 @@ impl DockerRuntime {
             tty: Some(pty.is_some()),
             host_config: Some(HostConfig {
                 init: Some(true),
+                mounts: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
             ..Default::default()
@@ -349,6 +357,49 @@ impl DockerRuntime {
         followers.insert(container_id.to_owned(), task);
     }
 
+    /// The engine's bind mounts for an app's storage, each directory made
+    /// ready first and given to the user `image` runs as (when the image
+    /// names it by number, as Cygni's slug images do: `10001:10001`), and
+    /// the `CYGNI_STORAGE_<NAME>` variables pointing at the mount paths.
+    async fn storage(
+        &self,
+        image: &str,
+        mounts: &[super::Mount],
+    ) -> Result<(Vec<bollard::models::Mount>, Vec<(String, String)>), RuntimeError> {
+        if mounts.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let user = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(Self::engine("inspect image", image))?
+            .config
+            .and_then(|c| c.user)
+            .unwrap_or_default();
+        let owner = numeric_user(&user);
+        if owner.is_none() && !matches!(user.as_str(), "" | "root" | "0" | "0:0") {
+            tracing::warn!(%image, %user, "image runs as a named user: its storage keeps its owner");
+        }
+        let mut binds = Vec::new();
+        let mut env = Vec::new();
+        for m in mounts {
+            let (m2, owner) = (m.clone(), owner);
+            tokio::task::spawn_blocking(move || super::prepare_mount(&m2, owner))
+                .await
+                .map_err(|e| RuntimeError::Io(std::io::Error::other(e.to_string())))??;
+            binds.push(bollard::models::Mount {
+                target: Some(m.target.as_str().to_owned()),
+                source: Some(m.host_dir().to_string_lossy().into_owned()),
+                typ: Some(bollard::models::MountType::BIND),
+                read_only: Some(false),
+                ..Default::default()
+            });
+            env.push((m.name.env_var(), m.target.as_str().to_owned()));
+        }
+        Ok((binds, env))
+    }
+
     fn env(spec_env: &BTreeMap<String, String>, extra: &[(&str, String)]) -> Vec<String> {
         let mut env = spec_env.clone();
         // The runtime's own variables win over the release's.
@@ -430,6 +481,19 @@ async fn connect() -> Result<Docker, DockerError> {
             after: PROBE_TIMEOUT,
         }),
     }
+}
+
+/// `10001:10001` → (10001, 10001), `10001` → (10001, 10001); None for a
+/// named user (resolving it needs the image's /etc/passwd) or root.
+fn numeric_user(user: &str) -> Option<(u32, u32)> {
+    let (uid, gid) = match user.split_once(':') {
+        Some((u, g)) => (u.parse().ok()?, g.parse().ok()?),
+        None => {
+            let uid = user.parse().ok()?;
+            (uid, uid)
+        }
+    };
+    (uid != 0).then_some((uid, gid))
 }
 
 /// `cygni-shop-v3-web-1`.
@@ -580,7 +644,12 @@ impl Runtime for DockerRuntime {
         }
 
         let image = image_of(&spec.artifact)?;
-        let mut extra = vec![("DYNO", source.clone())];
+        let (binds, storage_env) = self.storage(image, &spec.mounts).await?;
+        let mut extra: Vec<(&str, String)> = storage_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.clone()))
+            .collect();
+        extra.push(("DYNO", source.clone()));
         let web = spec.process.is_web();
         if web {
             extra.push(("PORT", CONTAINER_PORT.to_string()));
@@ -625,6 +694,7 @@ impl Runtime for DockerRuntime {
                 init: Some(true),
                 memory,
                 nano_cpus,
+                mounts: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
             ..Default::default()
@@ -1036,6 +1106,15 @@ mod tests {
         let (stamp, text) = split_timestamp(b"no stamp here");
         assert!(stamp.is_none());
         assert_eq!(text, b"no stamp here");
+    }
+
+    #[test]
+    fn image_users() {
+        assert_eq!(numeric_user("10001:10001"), Some((10001, 10001)));
+        assert_eq!(numeric_user("1000"), Some((1000, 1000)));
+        assert_eq!(numeric_user("app"), None);
+        assert_eq!(numeric_user(""), None);
+        assert_eq!(numeric_user("0:0"), None);
     }
 
     #[test]

@@ -238,7 +238,10 @@ impl LocalRuntime {
             program: program.into(),
             args: args.iter().map(OsString::from).collect(),
             cwd: slug.to_owned(),
-            env: self.base_env(slug, &spec.env).into_iter().collect(),
+            env: self
+                .base_env(slug, &spec.env, &spec.mounts)?
+                .into_iter()
+                .collect(),
             run_as: self.config.run_as.clone(),
         };
         Ok((launch, what))
@@ -285,18 +288,31 @@ impl LocalRuntime {
         }
     }
 
+    /// The environment every process of a release starts from. Storage
+    /// cannot be mounted into a plain process: each mount's directory is
+    /// made ready (given to the app's user) and named by
+    /// `CYGNI_STORAGE_<NAME>` instead.
     fn base_env(
         &self,
         slug: &Path,
         release_env: &BTreeMap<String, String>,
-    ) -> BTreeMap<OsString, OsString> {
+        mounts: &[super::Mount],
+    ) -> Result<BTreeMap<OsString, OsString>, RuntimeError> {
         let mut env: BTreeMap<OsString, OsString> = BTreeMap::new();
         env.insert("PATH".into(), self.config.path.clone().into());
         env.insert("HOME".into(), slug.as_os_str().to_owned());
         env.insert("LANG".into(), "C.UTF-8".into());
         // The release's config vars may override the base (PATH, LANG).
         env.extend(release_env.iter().map(|(k, v)| (k.into(), v.into())));
-        env
+        let owner = self.config.run_as.as_ref().map(|r| (r.uid, r.gid));
+        for mount in mounts {
+            super::prepare_mount(mount, owner)?;
+            env.insert(
+                mount.name.env_var().into(),
+                mount.host_dir().as_os_str().to_owned(),
+            );
+        }
+        Ok(env)
     }
 }
 
@@ -384,7 +400,7 @@ impl Runtime for LocalRuntime {
         };
         let source = format!("{}.{}", spec.process, spec.index);
 
-        let mut env = self.base_env(slug, &spec.env);
+        let mut env = self.base_env(slug, &spec.env, &spec.mounts)?;
         // The runtime's own variables win over the release's.
         env.insert("DYNO".into(), source.clone().into());
         if let Some(endpoint) = endpoint {

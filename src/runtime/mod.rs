@@ -36,12 +36,13 @@ pub mod local;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::build::Artifact;
 use crate::limits::Limits;
-use crate::names::{AppName, ProcessType};
+use crate::names::{AppName, MountPath, ProcessType, StorageName};
 
 /// The stable name of one instance: `APP-vREL-PROCESS-INDEX`, e.g. `shop-v3-web-1`.
 #[derive(
@@ -118,6 +119,102 @@ pub struct ProcessSpec {
     pub artifact: Artifact,
     pub check: HealthCheck,
     pub limits: Limits,
+    /// The app's persistent storage (`storage:mount`), as it stood when
+    /// this spec was made: a mount applies from the next start.
+    pub mounts: Vec<Mount>,
+}
+
+/// Persistent storage an instance sees. Every backend gives the app
+/// `CYGNI_STORAGE_<NAME>` ([`StorageName::env_var`]): `local` points it
+/// at [`Mount::host_dir`] (a process cannot be given another path), and
+/// `docker` bind-mounts that directory at `target` and points the
+/// variable there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// The storage's name. A kube backend names the app's
+    /// PersistentVolumeClaim after it (`storage-NAME` in the app's
+    /// namespace, k3s's local-path class) for [`MountSource::Managed`].
+    pub name: StorageName,
+    /// Where it appears inside a container.
+    pub target: MountPath,
+    pub source: MountSource,
+}
+
+/// Where a mount's files live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MountSource {
+    /// Cygni's own directory, `DATA/storage/APP/NAME`, created (and given
+    /// to the app's user) by the runtime when an instance starts. kube:
+    /// a PersistentVolumeClaim, not this directory.
+    Managed { dir: PathBuf },
+    /// A host directory an admin mounted (`--host-path`, under a
+    /// `storage_host_paths` entry). Used as it is: its ownership is the
+    /// admin's business. kube: a hostPath volume, or refused.
+    Host { path: PathBuf },
+}
+
+impl Mount {
+    /// The directory on this host that holds the files.
+    pub fn host_dir(&self) -> &Path {
+        match &self.source {
+            MountSource::Managed { dir } => dir,
+            MountSource::Host { path } => path,
+        }
+    }
+}
+
+/// Makes a mount's directory ready before an instance that uses it
+/// starts: Cygni's own is created if missing (0700; its parents
+/// traversable, 0711, so an app's user reaches it but lists nothing) and
+/// given to `owner`, the uid:gid the app runs as, when that is known and
+/// differs; an admin's host directory must exist and is left as it is.
+pub fn prepare_mount(mount: &Mount, owner: Option<(u32, u32)>) -> Result<(), RuntimeError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = match &mount.source {
+        MountSource::Host { path } if path.is_dir() => return Ok(()),
+        MountSource::Host { path } => {
+            return Err(RuntimeError::Spawn {
+                id: format!("storage {}", mount.name),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("host directory {} is gone", path.display()),
+                ),
+            })
+        }
+        MountSource::Managed { dir } => dir,
+    };
+    if !dir.is_dir() {
+        if let Some(app_dir) = dir.parent() {
+            std::fs::create_dir_all(app_dir)?;
+            for d in [Some(app_dir), app_dir.parent()].into_iter().flatten() {
+                std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))?;
+            }
+        }
+        std::fs::create_dir(dir).or_else(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(e),
+        })?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    if let Some((uid, gid)) = owner {
+        let meta = std::fs::metadata(dir)?;
+        if (meta.uid(), meta.gid()) != (uid, gid) {
+            // Only the top: what the app wrote inside is already its own.
+            match std::os::unix::fs::chown(dir, Some(uid), Some(gid)) {
+                // A daemon that is not root cannot give it away; the app
+                // still starts, and may find it read-only.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    tracing::warn!(
+                        storage = %mount.name,
+                        uid,
+                        "cannot give the storage directory to the app's user (cygni is not root)"
+                    );
+                }
+                other => other?,
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ProcessSpec {
@@ -132,6 +229,7 @@ impl ProcessSpec {
             env: (*self.env).clone(),
             artifact: self.artifact.clone(),
             limits: self.limits,
+            mounts: self.mounts.clone(),
         }
     }
 }
@@ -150,6 +248,8 @@ pub struct InstanceSpec {
     pub env: BTreeMap<String, String>,
     pub artifact: Artifact,
     pub limits: Limits,
+    /// See [`ProcessSpec::mounts`].
+    pub mounts: Vec<Mount>,
 }
 
 impl InstanceSpec {
@@ -195,6 +295,9 @@ pub struct OneOffSpec {
     pub env: BTreeMap<String, String>,
     pub artifact: Artifact,
     pub timeout: Duration,
+    /// The app's storage, as for its instances (a `release:` command may
+    /// migrate an SQLite file there).
+    pub mounts: Vec<Mount>,
 }
 
 /// What a backend builds on: the build stage makes this kind of artifact.

@@ -40,19 +40,28 @@ impl Service {
         .await
     }
 
-    /// Destroy an app and everything it owns, once `confirm` repeats its
-    /// name.
+    /// Destroy an app and everything it owns, its persistent storage too,
+    /// once `confirm` repeats its name. Returns the storage that went
+    /// with it (an admin's host directories are unmounted, not removed).
     pub async fn destroy_app(
         &self,
         actor: &Actor,
         app: &AppName,
         confirm: Option<&str>,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Vec<crate::names::StorageName>, ServiceError> {
         self.audited(actor, "apps:destroy", Some(app), "", async {
             self.app(actor, app, Access::Admin).await?;
+            let a = app.clone();
+            let storage = self.db.call(move |c| state::storage::list(c, &a)).await?;
             if confirm != Some(app.as_str()) {
+                let names: Vec<&str> = storage.iter().map(|m| m.name.as_str()).collect();
+                let with = if names.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and its persistent storage ({})", names.join(", "))
+                };
                 return Err(ServiceError::Invalid(format!(
-                    "this destroys {app} and all its data: confirm with `apps:destroy {app} --confirm {app}`"
+                    "this destroys {app} and all its data{with}: confirm with `apps:destroy {app} --confirm {app}`"
                 )));
             }
             self.platform
@@ -60,7 +69,11 @@ impl Service {
                 .await
                 .map_err(|e| ServiceError::Internal(e.message))?;
             self.acme.notify();
-            Ok(())
+            Ok(storage
+                .into_iter()
+                .filter(|m| m.host_path.is_none())
+                .map(|m| m.name)
+                .collect())
         })
         .await
     }

@@ -22,6 +22,7 @@ pub mod keys;
 pub mod ps;
 pub mod releases;
 pub mod tokens;
+pub mod storage;
 
 use std::sync::Arc;
 

@@ -18,6 +18,7 @@ pub mod formation;
 pub mod keys;
 pub mod releases;
 pub mod tokens;
+pub mod storage;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -230,6 +231,17 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_app ON audit(app, at);",
     // 8: the registry: the manifest digest of a release's published image.
     "ALTER TABLE releases ADD COLUMN image_digest TEXT;",
+    // 9: an app's persistent storage mounts (see state/storage.rs).
+    "CREATE TABLE storage_mounts (
+        id INTEGER PRIMARY KEY,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        path TEXT NOT NULL,
+        host_path TEXT,
+        created_at INTEGER NOT NULL,
+        UNIQUE (app_id, name),
+        UNIQUE (app_id, path)
+    );",
 ];
 
 /// A handle to the database, cheap to clone.

@@ -32,6 +32,7 @@ fn spec(release: u32, process: &str) -> ProcessSpec {
             timeout_secs: 5,
         },
         limits: Limits::default(),
+        mounts: Vec::new(),
     }
 }
 

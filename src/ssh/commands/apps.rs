@@ -48,10 +48,20 @@ pub(super) async fn destroy(
     confirm: Option<String>,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    ctx.service
+    let storage = ctx
+        .service
         .destroy_app(&exec.identity, &app, confirm.as_deref())
         .await?;
-    exec.stdout(format!("destroyed {app}\n")).await;
+    let text = if storage.is_empty() {
+        format!("destroyed {app}\n")
+    } else {
+        let names: Vec<&str> = storage.iter().map(|n| n.as_str()).collect();
+        format!(
+            "destroyed {app} and its persistent storage ({})\n",
+            names.join(", ")
+        )
+    };
+    exec.stdout(text).await;
     Ok(())
 }
 

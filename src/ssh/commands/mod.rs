@@ -19,6 +19,7 @@ mod ps;
 mod releases;
 mod status;
 mod tokens;
+mod storage;
 
 use super::Exec;
 use crate::names::{AppName, InvalidName, ProcessType};
@@ -316,6 +317,35 @@ enum Cmd {
         #[arg(value_name = "on|off", value_parser = on_off, action = clap::ArgAction::Set)]
         on: bool,
     },
+    /// List an app's persistent storage
+    Storage {
+        app: AppName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mount persistent storage NAME at /path in the app (from the next deploy or restart)
+    #[command(
+        name = "storage:mount",
+        after_help = "NAME is kept in the data dir across deploys, restarts and rollbacks. \
+                      The app finds it in $CYGNI_STORAGE_<NAME> (NAME upper-cased, '-' as '_'): \
+                      the mount path in a container, the directory on the local runtime."
+    )]
+    StorageMount {
+        app: AppName,
+        /// NAME:/path, e.g. data:/data
+        #[arg(value_name = "NAME:/path")]
+        mount: String,
+        /// Admins: mount this host directory (under storage_host_paths) instead
+        #[arg(long, value_name = "DIR")]
+        host_path: Option<String>,
+    },
+    /// Unmount persistent storage (its files are kept)
+    #[command(name = "storage:unmount")]
+    StorageUnmount {
+        app: AppName,
+        #[arg(value_name = "NAME:/path")]
+        mount: String,
+    },
 }
 
 /// Every command that names an app, as a command line for `app` with
@@ -342,6 +372,7 @@ pub fn lines_naming_an_app(app: &str) -> Vec<Vec<String>> {
                 "version" => "v1",
                 "on" => "on",
                 "process" => "web",
+                "mount" => "data:/data",
                 _ if !arg.is_required_set() => continue,
                 other => other,
             };
@@ -560,6 +591,13 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
         Cmd::Certs { app, json: as_json } => certs::list(exec, app, as_json).await?,
         Cmd::CertsRenew { app } => certs::renew(exec, app).await?,
         Cmd::CertsRedirect { app, on } => certs::redirect(exec, app, on).await?,
+        Cmd::Storage { app, json: as_json } => storage::list(exec, app, as_json).await?,
+        Cmd::StorageMount {
+            app,
+            mount,
+            host_path,
+        } => storage::mount(exec, app, mount, host_path).await?,
+        Cmd::StorageUnmount { app, mount } => storage::unmount(exec, app, mount).await?,
     }
     Ok(())
 }
