@@ -18,6 +18,7 @@ pub mod apps;
 pub mod config;
 pub mod domains;
 pub mod keys;
+pub mod logs;
 pub mod ps;
 
 use std::sync::Arc;

@@ -192,6 +192,8 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, name, fingerprint, public_key, role, created_at FROM keys;
     DROP TABLE keys;
     ALTER TABLE keys_new RENAME TO keys;",
+    // 7: the per-app access log (`logs:set APP access-log on`), off by default.
+    "ALTER TABLE apps ADD COLUMN access_log INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A handle to the database, cheap to clone.

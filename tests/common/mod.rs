@@ -90,6 +90,8 @@ pub struct TestDaemon {
     pub ssh_port: u16,
     pub http_port: u16,
     pub https_port: u16,
+    /// The metrics listener's port (0 when the test turned it off).
+    pub metrics_port: u16,
     pub host_fingerprint: String,
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -113,6 +115,7 @@ impl TestDaemon {
             ssh_port: 0,
             http_port: 0,
             https_port: 0,
+            metrics_port: 0,
             host_fingerprint: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -134,6 +137,12 @@ impl TestDaemon {
             .args(["--ssh-listen", "127.0.0.1:0"])
             .args(["--http-listen", "127.0.0.1:0"])
             .args(["--https-listen", "127.0.0.1:0"])
+            // Many daemons run at once: never the fixed default port.
+            .args(if self.extra_args.iter().any(|a| a == "--metrics-listen") {
+                &[][..]
+            } else {
+                &["--metrics-listen", "127.0.0.1:0"][..]
+            })
             .arg("--admin-key")
             .arg(&self.admin.public)
             .args(&self.extra_args)
@@ -159,7 +168,9 @@ impl TestDaemon {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut ssh, mut http, mut https, mut fp) = (None, None, None, None);
-        while ssh.is_none() || http.is_none() || https.is_none() {
+        let mut metrics = None;
+        // `metrics:` is printed after the proxy's lines, before `data:`.
+        while ssh.is_none() || http.is_none() || https.is_none() || metrics.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -181,11 +192,20 @@ impl TestDaemon {
             } else if let Some(rest) = line.trim().strip_prefix("https:") {
                 let addr = rest.split_whitespace().next().unwrap_or_default();
                 https = addr.rsplit(':').next().and_then(|p| p.parse().ok());
+            } else if let Some(rest) = line.trim().strip_prefix("metrics:") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                metrics = Some(
+                    addr.rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0),
+                );
             }
         }
         self.ssh_port = ssh.expect("ssh port");
         self.http_port = http.expect("http port");
         self.https_port = https.expect("https port");
+        self.metrics_port = metrics.unwrap_or(0);
         self.host_fingerprint = fp.unwrap_or_default();
         self.child = Some(child);
     }
