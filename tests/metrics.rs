@@ -229,6 +229,17 @@ fn requests_deploys_and_refused_logins_are_counted() {
     );
     assert!(s.value("cygni_proxy_request_duration_seconds_sum", &[("app", app)]) > 0.0);
 
+    // An idle client connection is open until it goes.
+    let open = [("listener", "http")];
+    let idle = std::net::TcpStream::connect(("127.0.0.1", d.http_port)).expect("connect");
+    wait_for("the open connection", Duration::from_secs(10), || {
+        (scrape(&d, &py).value("cygni_proxy_open_connections", &open) >= 1.0).then_some(())
+    });
+    drop(idle);
+    wait_for("the closed connection", Duration::from_secs(10), || {
+        (scrape(&d, &py).value("cygni_proxy_open_connections", &open) == 0.0).then_some(())
+    });
+
     // A failing build: one failed deploy; the live count stays.
     let bad = fixture_repo(&d, "fail-build", "bad");
     let out = push(&d, &bad, "bad");

@@ -45,16 +45,6 @@ pub use proxy::{AppHandles, Protocol, ProxyMetrics, UpstreamError};
 /// The `Content-Type` of [`Metrics::render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error("cannot serve metrics on {addr}: {source}")]
-    Listener {
-        addr: std::net::SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// How a deploy ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeployResult {
