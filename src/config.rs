@@ -90,6 +90,12 @@ pub struct ServeArgs {
     /// Off by default.
     #[arg(long, env = "CYGNI_REGISTRY_LISTEN", value_name = "ADDR")]
     pub registry_listen: Option<String>,
+    /// Where /metrics, /healthz and /readyz are served, or `off`. Default 127.0.0.1:9100.
+    #[arg(long, env = "CYGNI_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+    /// The daemon's own log lines: text or json. Default text.
+    #[arg(long, env = "CYGNI_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<String>,
 }
 
 /// The config file: the same keys as the flags, all optional.
@@ -118,6 +124,9 @@ struct FileConfig {
     storage_host_paths: Option<Vec<PathBuf>>,
     stack_base_image: Option<String>,
     stack_offline: Option<bool>,
+    metrics_listen: Option<String>,
+    log_format: Option<String>,
+    metrics: Option<bool>,
 }
 
 /// Which runtime backend to use.
@@ -143,6 +152,30 @@ impl RuntimeChoice {
         }
     }
 }
+
+/// How the daemon writes its own log lines (stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line (tracing-subscriber's json format).
+    Json,
+}
+
+impl LogFormat {
+    fn parse(s: &str) -> Result<LogFormat, ConfigError> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(invalid(
+                "log_format",
+                format!("{other:?} is not one of text, json"),
+            )),
+        }
+    }
+}
+
+/// The metrics listener's default: loopback only.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9100";
 
 /// The validated configuration the daemon runs with.
 #[derive(Debug, Clone)]
@@ -194,6 +227,12 @@ pub struct Config {
     /// --host-path` (file key `storage_host_paths`, absolute existing
     /// directories; default none).
     pub storage_host_paths: Vec<PathBuf>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; None: `off`.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The proxy records per-request figures (file key `metrics`, default
+    /// true; false is for measuring what recording costs).
+    pub metrics: bool,
+    pub log_format: LogFormat,
 }
 
 impl Config {
@@ -382,12 +421,31 @@ impl Config {
             }
         }
 
+        let metrics_listen = match args
+            .metrics_listen
+            .as_deref()
+            .or(file.metrics_listen.as_deref())
+            .unwrap_or(DEFAULT_METRICS_LISTEN)
+        {
+            "off" => None,
+            value => Some(listen_addr("metrics_listen", Some(value), 9100)?),
+        };
+        let log_format = LogFormat::parse(
+            args.log_format
+                .as_deref()
+                .or(file.log_format.as_deref())
+                .unwrap_or("text"),
+        )?;
+
         Ok(Config {
             api_listen,
             api_listen_is_default,
             audit_retention_days,
             registry_listen,
             storage_host_paths,
+            metrics_listen,
+            metrics: file.metrics.unwrap_or(true),
+            log_format,
             min_free_mb: file.min_free_mb.unwrap_or(512),
             reconcile_interval,
             data_dir,
@@ -546,8 +604,12 @@ mod tests {
     #[test]
     fn bad_values_name_the_key() {
         type Setter = fn(&mut ServeArgs);
-        let cases: [(&str, Setter); 4] = [
+        let cases: [(&str, Setter); 6] = [
             ("runtime", |a| a.runtime = Some("podman".into())),
+            ("log_format", |a| a.log_format = Some("xml".into())),
+            ("metrics_listen", |a| {
+                a.metrics_listen = Some("nowhere".into())
+            }),
             ("domain", |a| a.domain = Some("bad domain".into())),
             ("acme_directory", |a| {
                 a.acme_directory = Some("http://x".into())
@@ -562,6 +624,20 @@ mod tests {
             let err = Config::resolve(&a).unwrap_err().to_string();
             assert!(err.starts_with(&format!("config: {key}:")), "{err}");
         }
+    }
+
+    #[test]
+    fn metrics_listen_and_log_format() {
+        let c = Config::resolve(&args()).unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9100".parse().unwrap()));
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert!(c.metrics);
+        let mut a = args();
+        a.metrics_listen = Some("off".into());
+        a.log_format = Some("json".into());
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(c.metrics_listen, None);
+        assert_eq!(c.log_format, LogFormat::Json);
     }
 
     #[test]

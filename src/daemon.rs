@@ -7,7 +7,7 @@
 //!                    ──► spawn under one CancellationToken:
 //!                          ssh::serve · hook::serve · proxy (HTTP, HTTPS) ·
 //!                          registry (with --registry-listen) ·
-//!                          reconcile loop · ACME renewer
+//!                          reconcile loop · ACME renewer · metrics listener
 //! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
 //!                  ──► the local runtime stops its instances (docker
 //!                      containers keep running, and are adopted at the
@@ -32,6 +32,7 @@ use crate::deploy::{self, Paths, Platform};
 use crate::git::{GitEnv, Repos};
 use crate::hook::{self, PushRegistry};
 use crate::logs::LogStore;
+use crate::metrics::{self, Health, InstanceFigure, Metrics};
 use crate::names::KeyName;
 use crate::proxy::{self, CertStore, Challenges, ProxyConfig, RouteTable, Routes};
 use crate::runtime::local::RunAs;
@@ -230,7 +231,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     // Only the local runtime's instances stop with the daemon.
     let (runtime, local, runtime_text) =
         (connected.runtime, connected.local, connected.description);
+    let metrics = Metrics::new(data.clone(), config.metrics);
     let routes = Arc::new(RouteTable::new(Routes::empty()));
+    routes.record_into(metrics.clone());
+    routes.log_access_into(logs.clone());
     let challenges = Challenges::shared();
     let certs = Arc::new(CertStore::new());
     let acme = Acme::new(
@@ -244,6 +248,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             domain: config.domain.clone(),
         },
     );
+    acme.set_metrics(metrics.clone());
     // Serve what is stored from the first handshake; orders come later.
     acme.install_stored().await?;
     let tls_config = proxy::tls::server_config(certs)?;
@@ -274,6 +279,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         .registry_listen
         .map(|addr| bind_tcp("registry", addr))
         .transpose()?;
+    let metrics_std = match config.metrics_listen {
+        Some(addr) => Some((bind_tcp("metrics", addr)?, addr)),
+        None => None,
+    };
     let ssh_addr = ssh_std.local_addr().map_err(|source| DaemonError::Bind {
         what: "ssh",
         addr: config.ssh_listen,
@@ -317,6 +326,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     platform.keep_releases = config.keep_releases;
     platform.min_free = config.min_free_mb.saturating_mul(1 << 20);
     platform.storage_host_paths = config.storage_host_paths.clone();
+    platform.metrics = metrics.clone();
     platform.http_port = http_addr.port();
     let platform = Arc::new(platform);
     let ssh_listener =
@@ -420,6 +430,27 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             data.join(crate::registry::CREDENTIAL_FILE).display()
         );
     }
+    let metrics_listener = match metrics_std {
+        Some((std, addr)) => {
+            let bound = std.local_addr().map_err(|source| DaemonError::Bind {
+                what: "metrics",
+                addr,
+                source,
+            })?;
+            println!("  metrics: {bound} (/metrics, /healthz, /readyz)");
+            Some(
+                tokio::net::TcpListener::from_std(std).map_err(|source| DaemonError::Bind {
+                    what: "metrics",
+                    addr: bound,
+                    source,
+                })?,
+            )
+        }
+        None => {
+            println!("  metrics: off");
+            None
+        }
+    };
     println!("  data:  {}", data.display());
     println!("  runtime: {runtime_text}");
     println!(
@@ -450,12 +481,25 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             }
         });
     }
+    let stopped = Stopped::default();
+    metrics.set_sources(Arc::new(DaemonSources {
+        db: db.clone(),
+        runtime: platform.runtime.clone(),
+    }));
+    if let Some(listener) = metrics_listener {
+        let health = Arc::new(readiness(&db, &platform.runtime, &stopped));
+        tasks.spawn(metrics::http::serve(
+            listener,
+            metrics.clone(),
+            health,
+            shutdown.clone(),
+        ));
+    }
     let ssh_config = Arc::new(ssh::server::russh_config(host_key));
-    tasks.spawn(ssh::server::serve(
-        ssh_listener,
-        ctx.clone(),
-        ssh_config,
+    tasks.spawn(stopped.watch(
+        "ssh",
         shutdown.clone(),
+        ssh::server::serve(ssh_listener, ctx.clone(), ssh_config, shutdown.clone()),
     ));
     tasks.spawn(hook::serve(
         hook_listener,
@@ -466,7 +510,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     let proxy_shutdown = shutdown.clone();
     let (http_routes, http_challenges) = (routes.clone(), challenges.clone());
     let http_proxy_config = proxy_config.clone();
-    tasks.spawn(async move {
+    tasks.spawn(stopped.watch("http", shutdown.clone(), async move {
         if let Err(e) = proxy::serve_http(
             http_std,
             http_routes,
@@ -478,10 +522,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         {
             tracing::error!(error = %e, "the HTTP proxy stopped");
         }
-    });
+    }));
     let https_shutdown = shutdown.clone();
     let https_routes = routes.clone();
-    tasks.spawn(async move {
+    tasks.spawn(stopped.watch("https", shutdown.clone(), async move {
         if let Err(e) = proxy::serve_https(
             https_std,
             https_routes,
@@ -494,7 +538,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         {
             tracing::error!(error = %e, "the HTTPS proxy stopped");
         }
-    });
+    }));
     if let (Some(listener), Some((_, registry))) = (registry_std, registry) {
         let registry_shutdown = shutdown.clone();
         tasks.spawn(async move {
@@ -541,6 +585,110 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         local.shutdown().await;
     }
     Ok(())
+}
+
+/// Listeners whose serving task ended before shutdown: `/readyz` names them.
+#[derive(Clone, Default)]
+struct Stopped(Arc<std::sync::Mutex<Vec<&'static str>>>);
+
+impl Stopped {
+    fn watch(
+        &self,
+        name: &'static str,
+        shutdown: CancellationToken,
+        serving: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let stopped = self.0.clone();
+        async move {
+            serving.await;
+            if !shutdown.is_cancelled() {
+                tracing::error!(listener = name, "a listener stopped serving");
+                stopped.lock().unwrap_or_else(|p| p.into_inner()).push(name);
+            }
+        }
+    }
+}
+
+/// `/readyz`: SQLite takes a write lock, every listener still serves, the
+/// runtime lists what runs.
+fn readiness(db: &Db, runtime: &Arc<dyn runtime::Runtime>, stopped: &Stopped) -> Health {
+    let (db, runtime, stopped) = (db.clone(), runtime.clone(), stopped.clone());
+    Health::new()
+        .check("sqlite", move || {
+            let db = db.clone();
+            Box::pin(async move {
+                // A write lock, not just a read: deploys and commands write,
+                // and another process holding the file locked stops them.
+                db.call(|c| Ok(c.execute_batch("BEGIN IMMEDIATE; ROLLBACK")?))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+        .check("listeners", move || {
+            let down = stopped.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            Box::pin(async move {
+                if down.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("stopped: {}", down.join(", ")))
+                }
+            })
+        })
+        .check("runtime", move || {
+            let runtime = runtime.clone();
+            Box::pin(async move {
+                runtime
+                    .list(None)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("{}: {e}", runtime.name()))
+            })
+        })
+}
+
+/// What a scrape reads from the runtime and SQLite.
+struct DaemonSources {
+    db: Db,
+    runtime: Arc<dyn runtime::Runtime>,
+}
+
+#[async_trait::async_trait]
+impl metrics::Sources for DaemonSources {
+    async fn instances(&self) -> Vec<InstanceFigure> {
+        let list = match self.runtime.list(None).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics: cannot list instances");
+                return Vec::new();
+            }
+        };
+        list.into_iter()
+            .map(|i| InstanceFigure {
+                app: i.app.to_string(),
+                id: i.id.0,
+                state: match i.state {
+                    runtime::InstanceState::Starting => "starting",
+                    runtime::InstanceState::Running => "running",
+                    runtime::InstanceState::CrashLoop => "crash_loop",
+                    runtime::InstanceState::Stopped => "stopped",
+                },
+                restarts: i.restarts,
+            })
+            .collect()
+    }
+
+    async fn certificates(&self) -> Vec<(String, i64)> {
+        match self.db.call(|c| state::certs::list(c, None)).await {
+            Ok(list) => list
+                .into_iter()
+                .filter_map(|r| Some((r.host, r.not_after?)))
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "metrics: cannot list certificates");
+                Vec::new()
+            }
+        }
+    }
 }
 
 fn example_app() -> crate::names::AppName {

@@ -23,6 +23,7 @@ pub mod git;
 pub mod hook;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod names;
 pub mod procfile;
 pub mod proxy;

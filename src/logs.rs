@@ -145,6 +145,14 @@ pub struct LogStore {
     apps: Mutex<HashMap<AppName, Arc<AppLog>>>,
 }
 
+impl fmt::Debug for LogStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One app's open log: the file (opened on first write) and its live stream.
 struct AppLog {
     dir: PathBuf,

@@ -61,13 +61,18 @@ fn main() -> ExitCode {
                     return ExitCode::from(EX_USAGE);
                 }
             };
-            tracing_subscriber::fmt()
+            let logger = tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info,russh=warn".into()),
                 )
-                .with_writer(std::io::stderr)
-                .init();
+                .with_writer(std::io::stderr);
+            match config.log_format {
+                // One object per line, the event's fields at the top level
+                // (`app`, `release`, ...) beside `timestamp`, `level`, `message`.
+                cygni::config::LogFormat::Json => logger.json().flatten_event(true).init(),
+                cygni::config::LogFormat::Text => logger.init(),
+            }
             if let Err(e) = run(config) {
                 eprintln!("cygni: {e:#}");
                 return ExitCode::FAILURE;

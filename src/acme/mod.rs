@@ -127,6 +127,8 @@ struct Inner {
     /// (host, serial) of what the store serves, to skip re-parsing PEM when
     /// nothing changed.
     installed: std::sync::Mutex<Vec<(String, String)>>,
+    /// Where failed orders are counted (set once at start-up).
+    metrics: std::sync::OnceLock<Arc<crate::metrics::Metrics>>,
 }
 
 /// Whether `host` is a name no public CA would validate, so none is
@@ -196,8 +198,14 @@ impl Acme {
                 wake: Notify::new(),
                 account: Mutex::new(None),
                 installed: std::sync::Mutex::new(Vec::new()),
+                metrics: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Count failed orders in `metrics` from now on.
+    pub fn set_metrics(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.inner.metrics.set(metrics);
     }
 
     /// Scan now (a domain was added, say) instead of at the next tick.
@@ -417,6 +425,9 @@ impl Acme {
                     next = Some(next.map_or(issued.renew_at, |n| n.min(issued.renew_at)));
                 }
                 Err(e) => {
+                    if let Some(m) = self.inner.metrics.get() {
+                        m.acme_failure(host);
+                    }
                     let text = e.to_string();
                     let (a, h) = (app.clone(), host.clone());
                     let attempts = self

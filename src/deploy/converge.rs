@@ -691,7 +691,8 @@ impl Converger {
                         .filter(|(a, _)| *a == app.name)
                         .map(|(_, h)| h.to_string()),
                 );
-                let mut route = AppRoute::new(app.name.clone(), endpoints);
+                let mut route =
+                    AppRoute::new(app.name.clone(), endpoints).access_log(app.access_log);
                 for host in hosts {
                     let redirect = app.redirect_https && certified.contains(&host);
                     route = route.host(host, redirect);

@@ -41,6 +41,7 @@ use crate::build::{self, Artifact, BuildLimits, BuildRequest, Target};
 use crate::git::{self, Repos};
 use crate::hook::{Push, PushHandler, PushOutput, RefUpdate};
 use crate::logs::{BuildLogWriter, LogStore};
+use crate::metrics::DeployResult;
 use crate::names::{AppName, ProcessType};
 use crate::procfile::Procfile;
 use crate::proxy::RouteTable;
@@ -104,6 +105,15 @@ fn internal(stage: Stage, e: impl std::error::Error + 'static) -> DeployError {
     fail(stage, "internal error; see the server log")
 }
 
+/// What a deploy's end line and metrics need from its steps.
+#[derive(Default)]
+struct DeploySeen {
+    /// The release number, once one was recorded.
+    version: Option<u32>,
+    /// Time spent exporting and building, when the build ran.
+    build: Option<Duration>,
+}
+
 /// Where deploys keep their files.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -155,6 +165,8 @@ pub struct Platform {
     /// Host directories under which admins may mount storage with
     /// `--host-path` (config key `storage_host_paths`; empty: none).
     pub storage_host_paths: Vec<PathBuf>,
+    /// Where deploys are counted (the daemon's; a private one otherwise).
+    pub metrics: Arc<crate::metrics::Metrics>,
     locks: std::sync::Mutex<HashMap<AppName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -208,6 +220,7 @@ impl Platform {
         boot_timeout: Duration,
         build_as: Option<(u32, u32)>,
     ) -> Platform {
+
         let converger = Arc::new(
             Converger::new(
                 db.clone(),
@@ -219,6 +232,7 @@ impl Platform {
             )
             .with_storage_root(paths.storage.clone()),
         );
+        let metrics = crate::metrics::Metrics::new(paths.slugs.clone(), false);
         Platform {
             db,
             repos,
@@ -235,6 +249,7 @@ impl Platform {
             min_free: 512 << 20,
             registry: None,
             storage_host_paths: Vec::new(),
+            metrics,
             converger,
             locks: Default::default(),
         }
@@ -327,12 +342,53 @@ impl Platform {
     /// Returns the app's deploy lock with the release: the caller keeps it
     /// until git has moved the branch, so that a push waiting its turn sees
     /// where the branch really is.
+    ///
+    /// Every deploy ends in exactly one log line (`deploy live` with the
+    /// release and its duration, or `deploy failed` with the stage and the
+    /// reason) and one count in the metrics.
     pub async fn deploy(
         &self,
         app: &AppName,
         update: &RefUpdate,
         object_dirs: Vec<PathBuf>,
         progress: &mut Progress,
+    ) -> Result<(Release, AppGuard), DeployError> {
+        let started = Instant::now();
+        let mut seen = DeploySeen::default();
+        let result = self
+            .deploy_steps(app, update, object_dirs, progress, &mut seen)
+            .await;
+        let duration = started.elapsed();
+        let secs = (duration.as_secs_f64() * 1000.0).round() / 1000.0;
+        match &result {
+            Ok((release, _)) => {
+                tracing::info!(%app, release = release.version, duration_s = secs, "deploy live");
+                self.metrics
+                    .deploy(app.as_str(), DeployResult::Live, duration, seen.build);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    %app,
+                    release = seen.version,
+                    stage = e.stage.as_str(),
+                    reason = %e.message,
+                    duration_s = secs,
+                    "deploy failed"
+                );
+                self.metrics
+                    .deploy(app.as_str(), DeployResult::Failed, duration, seen.build);
+            }
+        }
+        result
+    }
+
+    async fn deploy_steps(
+        &self,
+        app: &AppName,
+        update: &RefUpdate,
+        object_dirs: Vec<PathBuf>,
+        progress: &mut Progress,
+        seen: &mut DeploySeen,
     ) -> Result<(Release, AppGuard), DeployError> {
         let guard = self.lock_app(app, progress).await;
         let (sha, branch) = (update.new.as_str(), update.branch().unwrap_or("main"));
@@ -374,10 +430,12 @@ impl Platform {
             ))
             .await;
 
+        seen.version = Some(release.version);
         let started = Instant::now();
         let result = self
             .build_release(&mut release, object_dirs, progress)
             .await;
+        seen.build = Some(started.elapsed());
         let result = match result {
             Ok(()) => self.start_and_switch(&release, true, progress).await,
             Err(e) => Err(e),
@@ -856,6 +914,7 @@ impl Platform {
             .map_err(|e| internal(Stage::Switch, e))?;
         self.converger.finish(tail).await;
         self.converger.forget_app(app);
+        self.metrics.forget_app(app.as_str());
         // Nothing of a destroyed app is kept (its images, on docker).
         if let Err(e) = self.runtime.retain_artifacts(app, &[]).await {
             tracing::warn!(%app, error = %e, "removing a destroyed app's artifacts");

@@ -44,6 +44,7 @@ use super::pool::Sender;
 use super::routes::{normalize_host, InFlight, Route, MAX_HOST_LEN};
 use super::server::Worker;
 use super::ProxyError;
+use crate::metrics::{Protocol, UpstreamError};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -76,6 +77,8 @@ pub(crate) enum Scheme {
 pub(crate) struct ConnCtx {
     pub(crate) worker: Arc<Worker>,
     pub(crate) scheme: Scheme,
+    /// How the client speaks: the `protocol` label of request metrics.
+    pub(crate) protocol: Protocol,
     /// The client's IP, formatted once per connection.
     pub(crate) client_ip: HeaderValue,
     pub(crate) peer: SocketAddr,
@@ -108,6 +111,7 @@ impl ConnCtx {
     pub(crate) fn new(
         worker: Arc<Worker>,
         scheme: Scheme,
+        protocol: Protocol,
         peer: SocketAddr,
         state: Arc<ConnState>,
     ) -> ConnCtx {
@@ -118,6 +122,7 @@ impl ConnCtx {
         ConnCtx {
             worker,
             scheme,
+            protocol,
             client_ip,
             peer,
             trusted,
@@ -147,9 +152,11 @@ impl Drop for Waiting<'_> {
 /// Cheap, unique-enough request ids: a per-process random prefix, the worker
 /// index, and a per-worker counter. No OS random source per request.
 ///
-/// Incoming `X-Request-Id` headers are overwritten: the value is
-/// client-controlled, so an app (or its logs) could otherwise be fed a
-/// forged or colliding id.
+/// A client's own `X-Request-Id` is kept when it is one header of 20 to
+/// 200 characters of `[A-Za-z0-9+=/-]` (Heroku's rule), so a caller can
+/// follow its id through the app's logs; anything else is replaced by
+/// one of ours. The id is the client's to choose, so it links lines, and
+/// is never trusted for anything else.
 pub(crate) struct RequestIds {
     prefix: [u8; 11],
     next: AtomicU64,
@@ -190,20 +197,93 @@ fn hex(out: &mut [u8], mut n: u64) {
     }
 }
 
+/// Whether a client's `X-Request-Id` is kept (see [`RequestIds`]).
+fn sane_request_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    (20..=200).contains(&b.len())
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'+' | b'=' | b'/' | b'-'))
+}
+
+/// What a request met on its way, for the metrics and the access log once
+/// it is answered.
+#[derive(Default)]
+struct Seen {
+    route: Option<Arc<Route>>,
+    /// Set only when the route's access log is on.
+    access: Option<Box<Access>>,
+}
+
+/// What an access line says about a request, taken before it moves on.
+struct Access {
+    method: Method,
+    path: String,
+    host: HeaderValue,
+    request_id: Option<HeaderValue>,
+    start: std::time::Instant,
+}
+
 /// The hyper service body: never fails, errors are turned into responses.
 pub(crate) async fn handle(
     cx: Arc<ConnCtx>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    match proxy(&cx, req).await {
-        Ok(resp) => Ok(resp),
-        Err(err) => Ok(error_response(&cx, &err)),
+    // A clock read only when metrics are on; the rest of the recording is
+    // atomic adds on handles the route (or the worker) already holds.
+    let start = cx.worker.metrics.is_some().then(std::time::Instant::now);
+    let mut seen = Seen::default();
+    let (resp, err) = match proxy(&cx, req, &mut seen).await {
+        Ok(resp) => (resp, None),
+        Err(err) => (error_response(&cx, &err), Some(err)),
+    };
+    if let (Some(start), Some(m)) = (start, &cx.worker.metrics) {
+        let handles = seen
+            .route
+            .as_ref()
+            .and_then(|r| r.metrics())
+            .unwrap_or(&m.unrouted);
+        handles.request(cx.protocol, resp.status().as_u16(), start.elapsed());
     }
+    if let (Some(access), Some(route)) = (seen.access, &seen.route) {
+        log_access(&cx, route, &access, resp.status(), err.as_ref());
+    }
+    Ok(resp)
+}
+
+/// One router line in the app's log, in Heroku's `key=value` style.
+fn log_access(
+    cx: &ConnCtx,
+    route: &Route,
+    a: &Access,
+    status: StatusCode,
+    err: Option<&ProxyError>,
+) {
+    let Some(logs) = cx.worker.routes.access_logs() else {
+        return;
+    };
+    let text = |v: &HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
+    let mut line = format!(
+        "at={} method={} path={:?} host={:?} request_id={} fwd=\"{}\" status={} service={}ms protocol={}",
+        if err.is_some() { "error" } else { "info" },
+        a.method,
+        a.path,
+        text(&a.host),
+        a.request_id.as_ref().map_or_else(|| "-".to_owned(), text),
+        text(&cx.client_ip),
+        status.as_u16(),
+        a.start.elapsed().as_millis(),
+        cx.protocol.as_str(),
+    );
+    if let Some(err) = err {
+        line.push_str(&format!(" desc={:?}", err.to_string()));
+    }
+    logs.append(&route.app, "router", line.as_bytes());
 }
 
 async fn proxy(
     cx: &ConnCtx,
     mut req: Request<Incoming>,
+    seen: &mut Seen,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     // ACME first, on any Host and before redirects: the CA must reach the
     // challenge over plain HTTP even for apps that force HTTPS.
@@ -271,12 +351,32 @@ async fn proxy(
             _ => Err(ProxyError::UnknownHost),
         };
     };
+    let Seen {
+        route: slot,
+        access,
+    } = seen;
+    let route = &**slot.insert(route);
+    if route.access_log {
+        *access = Some(Box::new(Access {
+            method: req.method().clone(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
+            host: host.clone(),
+            request_id: None,
+            start: std::time::Instant::now(),
+        }));
+    }
     let start = route.start().ok_or_else(|| ProxyError::NoEndpoints {
         app: route.app.clone(),
     })?;
 
     let upgrade = prepare_request(cx, &mut req, host);
-    forward(cx, req, &route, start, upgrade).await
+    if let Some(access) = access {
+        access.request_id = req.headers().get(&X_REQUEST_ID).cloned();
+    }
+    forward(cx, req, route, start, upgrade).await
 }
 
 /// `raw` (a Host header) names `host` (already normalized).
@@ -372,7 +472,13 @@ fn prepare_request(cx: &ConnCtx, req: &mut Request<Incoming>, host: HeaderValue)
     if !cx.trusted || !headers.contains_key(&X_FORWARDED_HOST) {
         headers.insert(X_FORWARDED_HOST.clone(), host);
     }
-    headers.insert(X_REQUEST_ID.clone(), cx.worker.ids.next());
+    let keep_id = {
+        let mut ids = headers.get_all(&X_REQUEST_ID).iter();
+        matches!((ids.next(), ids.next()), (Some(id), None) if sane_request_id(id))
+    };
+    if !keep_id {
+        headers.insert(X_REQUEST_ID.clone(), cx.worker.ids.next());
+    }
     // Keep-alive to the app regardless of what the client spoke.
     *req.version_mut() = Version::HTTP_11;
     upgrade
@@ -541,12 +647,16 @@ async fn forward(
             // may go to the next endpoint, as nginx's `proxy_next_upstream
             // error timeout` does. Each endpoint is tried once.
             Err(err) if tried < n => {
+                count_upstream(route, &err);
                 tracing::debug!(error = %err, "endpoint unreachable, trying the next one");
                 tried += 1;
                 index = (index + 1) % n;
                 continue;
             }
-            Err(err) => return Err(err),
+            Err(err) => {
+                count_upstream(route, &err);
+                return Err(err);
+            }
         };
         let sent = {
             let _waiting = Waiting::start(&cx.state.waiting);
@@ -567,12 +677,25 @@ async fn forward(
                 }
             },
             Err(_) => {
+                if let Some(m) = route.metrics() {
+                    m.upstream_error(UpstreamError::ResponseTimeout);
+                }
                 return Err(ProxyError::ResponseTimeout {
                     addr,
                     after: route.response_timeout,
-                })
+                });
             }
         }
+    }
+}
+
+/// Count a failed connection to an app.
+fn count_upstream(route: &Route, err: &ProxyError) {
+    if let Some(m) = route.metrics() {
+        m.upstream_error(match err {
+            ProxyError::ConnectTimeout { .. } => UpstreamError::ConnectTimeout,
+            _ => UpstreamError::Connect,
+        });
     }
 }
 

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::logs::LogStore;
+use crate::metrics::{AppHandles, Metrics};
 use crate::names::{AppName, Hostname};
 
 /// Longest Host we try to route. DNS names are at most 253 bytes; a port
@@ -42,6 +44,9 @@ pub struct Route {
     pub redirect_https: bool,
     /// The app must start its response within this long, else 504.
     pub response_timeout: Duration,
+    /// Each request gets a `router` line in the app's log (`logs:set APP
+    /// access-log on`).
+    pub access_log: bool,
     /// Round-robin cursor. Shared by every host of the app so that custom
     /// domains and `APP.DOMAIN` spread load over the same rotation.
     next: AtomicUsize,
@@ -49,6 +54,9 @@ pub struct Route {
     /// [`RouteTable::replace`] from the table's registry so that counts
     /// survive snapshot swaps. Unset in a table that was never published.
     in_flight: OnceLock<Box<[Arc<AtomicUsize>]>>,
+    /// The app's metric handles, attached with the counters when the
+    /// table records metrics: the request path only adds to atomics.
+    metrics: OnceLock<Arc<AppHandles>>,
 }
 
 impl Route {
@@ -58,8 +66,10 @@ impl Route {
             endpoints,
             redirect_https,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            access_log: false,
             next: AtomicUsize::new(0),
             in_flight: OnceLock::new(),
+            metrics: OnceLock::new(),
         }
     }
 
@@ -84,6 +94,12 @@ impl Route {
             1 => Some(0),
             n => Some(self.next.fetch_add(1, Ordering::Relaxed) % n),
         }
+    }
+
+    /// The app's metric handles, if the table records metrics.
+    #[inline]
+    pub(crate) fn metrics(&self) -> Option<&Arc<AppHandles>> {
+        self.metrics.get()
     }
 
     /// The in-flight counter of endpoint `i`, if the route was published.
@@ -176,6 +192,7 @@ pub struct AppRoute {
     hosts: Vec<(String, bool)>,
     endpoints: Vec<SocketAddr>,
     response_timeout: Duration,
+    access_log: bool,
 }
 
 impl AppRoute {
@@ -185,7 +202,14 @@ impl AppRoute {
             hosts: Vec::new(),
             endpoints,
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            access_log: false,
         }
+    }
+
+    /// Write a `router` line per request into the app's log.
+    pub fn access_log(mut self, on: bool) -> AppRoute {
+        self.access_log = on;
+        self
     }
 
     /// Serve `host` (normalized: lowercase, no port, no trailing dot);
@@ -242,9 +266,11 @@ impl RoutesBuilder {
             hosts,
             endpoints,
             response_timeout,
+            access_log,
         } = route;
         let mut r = Route::new(app, endpoints, all_redirect);
         r.response_timeout = response_timeout;
+        r.access_log = access_log;
         let r = Arc::new(r);
         for (host, redirect_https) in hosts {
             self.hosts.insert(
@@ -275,6 +301,11 @@ impl RoutesBuilder {
 pub struct RouteTable {
     current: ArcSwap<Routes>,
     in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    /// Set when the proxy records metrics: each published route gets its
+    /// app's handles from it.
+    metrics: OnceLock<Arc<Metrics>>,
+    /// Where routes with their access log on write their `router` lines.
+    access_logs: OnceLock<Arc<LogStore>>,
 }
 
 impl RouteTable {
@@ -282,9 +313,34 @@ impl RouteTable {
         let table = RouteTable {
             current: ArcSwap::from_pointee(Routes::empty()),
             in_flight: Mutex::new(HashMap::new()),
+            metrics: OnceLock::new(),
+            access_logs: OnceLock::new(),
         };
         table.replace(routes);
         table
+    }
+
+    /// Record per-request metrics into `metrics` from the next
+    /// [`RouteTable::replace`] on, unless its proxy recording is off. Call
+    /// before serving. The listeners take their connection gauges from it.
+    pub fn record_into(&self, metrics: Arc<Metrics>) {
+        if metrics.proxy_enabled() {
+            let _ = self.metrics.set(metrics);
+        }
+    }
+
+    /// Routes whose access log is on write to `logs`. Call before serving.
+    pub fn log_access_into(&self, logs: Arc<LogStore>) {
+        let _ = self.access_logs.set(logs);
+    }
+
+    pub(crate) fn access_logs(&self) -> Option<&Arc<LogStore>> {
+        self.access_logs.get()
+    }
+
+    /// The metrics this table records into, if any.
+    pub(crate) fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.get()
     }
 
     /// Swap in a new table. Requests already routed keep the old one;
@@ -301,6 +357,9 @@ impl RouteTable {
                 // A route published twice keeps its first counters: they
                 // are the same ones, from the same registry.
                 let _ = route.in_flight.set(list);
+                if let Some(m) = self.metrics.get() {
+                    let _ = route.metrics.set(m.proxy.app(route.app.as_str()));
+                }
             }
             // Forget counters no route holds and nothing is counted on.
             counters.retain(|_, c| Arc::strong_count(c) > 1 || c.load(Ordering::Acquire) > 0);

@@ -53,6 +53,7 @@ use super::pool::{Pool, SWEEP_PERIOD};
 use super::routes::RouteTable;
 use super::tls::{ACME_TLS_ALPN, ALPN_H2};
 use super::{ProxyConfig, ProxyError};
+use crate::metrics::{AppHandles, Protocol};
 
 /// A client must finish the TLS handshake within this time.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -88,6 +89,16 @@ pub(crate) struct Worker {
     /// Shared by every worker of the listener.
     conns: Arc<AddrLimits>,
     handshakes: Arc<AddrLimits>,
+    /// Set when the routes record metrics.
+    pub(crate) metrics: Option<WorkerMetrics>,
+}
+
+/// A worker's ready-made metric handles.
+pub(crate) struct WorkerMetrics {
+    /// Requests no app answered (unknown Host, bad requests, ACME).
+    pub(crate) unrouted: Arc<AppHandles>,
+    /// Open client connections of this listener.
+    connections: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Worker {
@@ -115,7 +126,16 @@ impl Worker {
         http2
             .timer(TokioTimer::new())
             .max_header_list_size(config.max_header_bytes as u32);
+        let metrics = routes.metrics().map(|m| WorkerMetrics {
+            unrouted: m.proxy.app(crate::metrics::proxy::NO_APP),
+            connections: m.proxy.connections(if tls.is_some() {
+                Protocol::Https
+            } else {
+                Protocol::Http
+            }),
+        });
         Worker {
+            metrics,
             routes,
             challenges,
             pool: Arc::new(Pool::new(config.connect_timeout)),
@@ -523,9 +543,14 @@ pub(crate) async fn serve_connection<IO>(
 {
     let state = Arc::new(ConnState::default());
     let io = TokioIo::new(Counted::new(io, &state, &worker));
+    let protocol = match scheme {
+        Scheme::Http => Protocol::Http,
+        Scheme::Https => Protocol::Https,
+    };
     let cx = Arc::new(ConnCtx::new(
         Arc::clone(&worker),
         scheme,
+        protocol,
         peer,
         Arc::clone(&state),
     ));
@@ -587,6 +612,7 @@ where
     let cx = Arc::new(ConnCtx::new(
         Arc::clone(&worker),
         Scheme::Https,
+        Protocol::H2,
         peer,
         Arc::clone(&state),
     ));
@@ -612,6 +638,11 @@ async fn drive<C, E>(
     E: std::fmt::Display,
 {
     tokio::pin!(conn);
+    // Counted once per connection, never per request.
+    let _open = worker
+        .metrics
+        .as_ref()
+        .map(|m| OpenGauge::new(&m.connections));
     let cancelled = worker.shutdown.cancelled();
     tokio::pin!(cancelled);
     let idle = worker.idle_timeout;
@@ -657,6 +688,22 @@ async fn drive<C, E>(
                 timer.as_mut().reset(Instant::now() + (idle - quiet).max(TICK));
             }
         }
+    }
+}
+
+/// Counts one open connection on a gauge until dropped.
+struct OpenGauge<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> OpenGauge<'a> {
+    fn new(g: &'a prometheus_client::metrics::gauge::Gauge) -> OpenGauge<'a> {
+        g.inc();
+        OpenGauge(g)
+    }
+}
+
+impl Drop for OpenGauge<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

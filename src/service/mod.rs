@@ -19,6 +19,7 @@ pub mod audit;
 pub mod config;
 pub mod domains;
 pub mod keys;
+pub mod logs;
 pub mod ps;
 pub mod releases;
 pub mod tokens;

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::{keys, Identity, SshContext};
+use crate::metrics::Refusal as LoginRefusal;
 use crate::state;
 
 /// How long a client has, from TCP connect, to authenticate.
@@ -255,6 +256,7 @@ async fn connection(
         identity: None,
         authed: Some(authed_tx),
         channels: HashMap::new(),
+        session: None,
     };
     let evicted = slot.evicted.clone();
     let handshake =
@@ -352,6 +354,8 @@ struct Connection {
     identity: Option<Identity>,
     authed: Option<oneshot::Sender<()>>,
     channels: HashMap<ChannelId, ChannelSlot>,
+    /// Counts this connection in the open-sessions gauge once it logged in.
+    session: Option<crate::metrics::SessionGuard>,
 }
 
 /// `GIT_PROTOCOL` is passed to git, so only its documented shape goes through
@@ -375,6 +379,7 @@ impl Handler for Connection {
         // known is decided only once its owner has proven it, in
         // auth_publickey. Other user names get no further, whatever the key.
         if user != SSH_USER {
+            self.ctx.platform.metrics.ssh_refused(LoginRefusal::User);
             return Ok(Auth::reject());
         }
         Ok(Auth::Accept)
@@ -388,6 +393,7 @@ impl Handler for Connection {
         let fingerprint = keys::fingerprint(key.public_key);
         if user != SSH_USER {
             tracing::info!(peer = %self.peer, user = %user.escape_debug(), "ssh login refused: the user name must be `cygni`");
+            self.ctx.platform.metrics.ssh_refused(LoginRefusal::User);
             return Ok(Auth::reject());
         }
         let fp = fingerprint.clone();
@@ -399,6 +405,7 @@ impl Handler for Connection {
         match found {
             Ok(Some(k)) => {
                 tracing::info!(peer = %self.peer, key = %k.name, role = k.role.as_str(), "ssh login");
+                self.session = Some(self.ctx.platform.metrics.ssh_session());
                 self.identity = Some(Identity {
                     name: k.name,
                     principal: crate::service::Principal::Key { fingerprint },
@@ -410,10 +417,15 @@ impl Handler for Connection {
             }
             Ok(None) => {
                 tracing::info!(peer = %self.peer, %fingerprint, "ssh login refused: unknown key");
+                self.ctx
+                    .platform
+                    .metrics
+                    .ssh_refused(LoginRefusal::UnknownKey);
                 Ok(Auth::reject())
             }
             Err(e) => {
                 tracing::error!(error = %e, "key lookup failed");
+                self.ctx.platform.metrics.ssh_refused(LoginRefusal::Error);
                 Ok(Auth::reject())
             }
         }

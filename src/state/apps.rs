@@ -17,6 +17,8 @@ pub struct App {
     pub redirect_https: bool,
     /// `ps:stop`: nothing runs until `ps:start`.
     pub stopped: bool,
+    /// The proxy writes a `router` line per request into the app's log.
+    pub access_log: bool,
 }
 
 fn row_to_app(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
@@ -33,10 +35,11 @@ fn row_to_app(r: &rusqlite::Row<'_>) -> rusqlite::Result<App> {
         deploy_branch: r.get(3)?,
         redirect_https: r.get(4)?,
         stopped: r.get(5)?,
+        access_log: r.get(6)?,
     })
 }
 
-const COLUMNS: &str = "id, name, created_at, deploy_branch, redirect_https, stopped";
+const COLUMNS: &str = "id, name, created_at, deploy_branch, redirect_https, stopped, access_log";
 
 pub fn create(conn: &mut Connection, name: &AppName) -> Result<App, StateError> {
     let tx = write_tx(conn)?;
@@ -65,7 +68,21 @@ pub fn create(conn: &mut Connection, name: &AppName) -> Result<App, StateError> 
         deploy_branch: None,
         redirect_https: true,
         stopped: false,
+        access_log: false,
     })
+}
+
+pub fn set_access_log(conn: &mut Connection, name: &AppName, on: bool) -> Result<(), StateError> {
+    let tx = write_tx(conn)?;
+    let n = tx.execute(
+        "UPDATE apps SET access_log = ?2 WHERE name = ?1",
+        params![name.as_str(), on],
+    )?;
+    if n == 0 {
+        return Err(StateError::NotFound(format!("app {name}")));
+    }
+    tx.commit()?;
+    Ok(())
 }
 
 pub fn is_stopped(conn: &Connection, name: &AppName) -> Result<bool, StateError> {

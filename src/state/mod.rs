@@ -242,6 +242,8 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (app_id, name),
         UNIQUE (app_id, path)
     );",
+    // 10: the per-app access log (`logs:set APP access-log on`), off by default.
+    "ALTER TABLE apps ADD COLUMN access_log INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// A handle to the database, cheap to clone.

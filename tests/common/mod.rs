@@ -94,6 +94,8 @@ pub struct TestDaemon {
     pub api_port: u16,
     /// The registry's port with `--registry-listen`, else 0.
     pub registry_port: u16,
+    /// The metrics listener's port (0 when the test turned it off).
+    pub metrics_port: u16,
     pub host_fingerprint: String,
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -119,6 +121,7 @@ impl TestDaemon {
             https_port: 0,
             api_port: 0,
             registry_port: 0,
+            metrics_port: 0,
             host_fingerprint: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -144,6 +147,12 @@ impl TestDaemon {
                 &[][..]
             } else {
                 &["--api-listen", "127.0.0.1:0"][..]
+            })
+            // Many daemons run at once: never the fixed default port.
+            .args(if self.extra_args.iter().any(|a| a == "--metrics-listen") {
+                &[][..]
+            } else {
+                &["--metrics-listen", "127.0.0.1:0"][..]
             })
             .arg("--admin-key")
             .arg(&self.admin.public)
@@ -171,6 +180,7 @@ impl TestDaemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut ssh, mut http, mut https, mut fp) = (None, None, None, None);
         let mut api: Option<u16> = None;
+        let mut metrics = None;
         let (mut registry, mut printed_all) = (None, false);
         // `push:` is the last line of the banner.
         while ssh.is_none() || http.is_none() || https.is_none() || !printed_all {
@@ -203,6 +213,14 @@ impl TestDaemon {
                 registry = addr.rsplit(':').next().and_then(|p| p.parse().ok());
             } else if line.trim().starts_with("push:") {
                 printed_all = true;
+            } else if let Some(rest) = line.trim().strip_prefix("metrics:") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                metrics = Some(
+                    addr.rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0),
+                );
             }
         }
         self.ssh_port = ssh.expect("ssh port");
@@ -210,6 +228,7 @@ impl TestDaemon {
         self.https_port = https.expect("https port");
         self.api_port = api.unwrap_or(0);
         self.registry_port = registry.unwrap_or(0);
+        self.metrics_port = metrics.unwrap_or(0);
         self.host_fingerprint = fp.unwrap_or_default();
         self.child = Some(child);
     }

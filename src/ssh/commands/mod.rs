@@ -15,6 +15,7 @@ mod certs;
 mod config;
 mod domains;
 mod keys;
+mod logs;
 mod ps;
 mod releases;
 mod status;
@@ -244,6 +245,15 @@ enum Cmd {
         /// Keep printing new lines until you disconnect
         #[arg(short = 'f', long = "tail")]
         follow: bool,
+    },
+    /// Change an app's log settings: `access-log on|off` (router lines in `logs APP -p router`)
+    #[command(name = "logs:set")]
+    LogsSet {
+        app: AppName,
+        /// The setting: access-log
+        setting: String,
+        #[arg(value_name = "on|off", value_parser = on_off, action = clap::ArgAction::Set)]
+        on: bool,
     },
     /// List SSH keys
     Keys {
@@ -537,6 +547,7 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
             build,
             follow,
         } => releases::logs(exec, app, num, process, build, follow).await?,
+        Cmd::LogsSet { app, setting, on } => logs::set(exec, app, setting, on).await?,
         Cmd::Rollback { app, version } => releases::rollback(exec, app, version).await?,
         Cmd::Config {
             app,
@@ -660,6 +671,11 @@ mod tests {
             Ok(Ok(Cmd::CertsRedirect { .. }))
         ));
         assert!(parse(&words("certs:redirect shop maybe")).is_err());
+        assert!(matches!(
+            parse(&words("logs:set shop access-log on")),
+            Ok(Ok(Cmd::LogsSet { on: true, .. }))
+        ));
+        assert!(parse(&words("logs:set shop access-log maybe")).is_err());
     }
 
     #[test]
