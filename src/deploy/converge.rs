@@ -589,6 +589,27 @@ impl Converger {
                         self.publish_logged().await;
                     }
                 }
+                Ok(InstanceEvent::ReadyChanged(app)) => {
+                    // The backend decides readiness (kube: the web Service's
+                    // endpoints): the routes take what is ready now, of
+                    // whichever release, so a rolling update moves traffic
+                    // pod by pod. What left was evicted by its own event.
+                    match self.runtime.list(Some(&app)).await {
+                        Ok(now) => {
+                            let ready: BTreeMap<InstanceId, Admission> = now
+                                .iter()
+                                .filter(|i| i.state == InstanceState::Running)
+                                .filter_map(admission)
+                                .map(|a| (a.id.clone(), a))
+                                .collect();
+                            self.admitted().insert(app, ready);
+                            self.publish_logged().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%app, error = %e, "listing ready instances");
+                        }
+                    }
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                     // Missed some: the next reconcile compares incarnations.
                     continue;
