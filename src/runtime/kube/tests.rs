@@ -760,3 +760,120 @@ async fn a_slug_is_refused_before_any_request() {
     );
     server.await.expect("script");
 }
+
+/// The proxy's routes follow the web Service's ready endpoints: EndpointSlice
+/// events go through the converger into the routes snapshot, and a pod
+/// whose endpoint is not ready is never routed.
+#[tokio::test]
+async fn endpoint_slice_events_feed_the_routes_and_not_ready_is_never_routed() {
+    use crate::deploy::converge::Converger;
+    use crate::proxy::{RouteTable, Routes};
+
+    let (rt, handle, dir) = runtime();
+    let rt = Arc::new(rt);
+    let db = crate::state::Db::open(&dir.path().join("cygni.db")).expect("db");
+    let shop = AppName::parse("shop").unwrap();
+    let a = shop.clone();
+    db.call(move |c| crate::state::apps::create(c, &a).map(|_| ()))
+        .await
+        .expect("app");
+    let routes = Arc::new(RouteTable::new(Routes::empty()));
+    let logs = Arc::new(LogStore::open(&dir.path().join("logs")).expect("logs"));
+    let converger = Arc::new(Converger::new(
+        db,
+        rt.clone(),
+        routes.clone(),
+        logs,
+        "localhost".into(),
+        Duration::from_secs(30),
+    ));
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let watch = tokio::spawn(converger.clone().watch_exits(shutdown.clone()));
+    tokio::task::yield_now().await;
+
+    let list = format!("{NS}/pods?&labelSelector=cygni.app%2Ccygni.process");
+    let a_ready = pod("web-v1-a", 1, "10.42.0.5", json!({"running": {}}), true, 0);
+    let b_ready = pod("web-v1-b", 1, "10.42.0.6", json!({"running": {}}), true, 0);
+    let b_unready = pod("web-v1-b", 1, "10.42.0.6", json!({"running": {}}), false, 0);
+    // Each ReadyChanged makes the converger list the app's pods once.
+    let script = vec![
+        expect(
+            "GET",
+            list.clone(),
+            None,
+            Reply::Json(pod_list(vec![a_ready.clone(), b_unready.clone()])),
+        ),
+        expect(
+            "GET",
+            list.clone(),
+            None,
+            Reply::Json(pod_list(vec![a_ready.clone(), b_ready])),
+        ),
+        expect(
+            "GET",
+            list,
+            None,
+            Reply::Json(pod_list(vec![a_ready, b_unready])),
+        ),
+    ];
+    let server = tokio::spawn(serve(handle, script));
+
+    let endpoints = || -> Vec<std::net::SocketAddr> {
+        routes
+            .load()
+            .lookup("shop.localhost")
+            .map(|r| r.endpoints.clone())
+            .unwrap_or_default()
+    };
+    let wait_for = |want: Vec<&'static str>| {
+        let endpoints = &endpoints;
+        async move {
+            let want: Vec<std::net::SocketAddr> = want.iter().map(|s| s.parse().unwrap()).collect();
+            for _ in 0..400 {
+                let mut now = endpoints();
+                now.sort();
+                if now == want {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("routes {:?}, wanted {want:?}", endpoints());
+        }
+    };
+
+    // a ready, b not ready: only a.
+    rt.endpoint_event(Event::Init);
+    rt.endpoint_event(Event::InitApply(slice(
+        "web-x",
+        &[
+            ("web-v1-a", "10.42.0.5", Some(true), false),
+            ("web-v1-b", "10.42.0.6", Some(false), false),
+        ],
+    )));
+    rt.endpoint_event(Event::InitDone);
+    wait_for(vec!["10.42.0.5:5000"]).await;
+
+    // b turns ready: both.
+    rt.endpoint_event(Event::Apply(slice(
+        "web-x",
+        &[
+            ("web-v1-a", "10.42.0.5", Some(true), false),
+            ("web-v1-b", "10.42.0.6", Some(true), false),
+        ],
+    )));
+    wait_for(vec!["10.42.0.5:5000", "10.42.0.6:5000"]).await;
+
+    // b's probe fails again: out of the routes.
+    rt.endpoint_event(Event::Apply(slice(
+        "web-x",
+        &[
+            ("web-v1-a", "10.42.0.5", Some(true), false),
+            ("web-v1-b", "10.42.0.6", Some(false), false),
+        ],
+    )));
+    wait_for(vec!["10.42.0.5:5000"]).await;
+
+    server.await.expect("script");
+    shutdown.cancel();
+    watch.await.expect("watch");
+}
