@@ -4,6 +4,8 @@
 //! without it. (There is no k3s here: the API behaviour itself is covered
 //! by the scripted mock scenarios in `src/runtime/kube/tests.rs`.)
 
+mod common;
+
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -136,4 +138,21 @@ fn kube_with_a_missing_kubeconfig_names_the_file() {
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("cannot read the kubeconfig"), "{err}");
     assert!(err.contains("nope.yaml"), "{err}");
+}
+
+#[test]
+fn cluster_commands_on_a_runtime_that_is_not_kube_say_so() {
+    let d = common::TestDaemon::start();
+    let out = d
+        .ssh(&d.admin, "cluster:nodes")
+        .fails_with("the runtime is local, not kube");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    d.ssh(&d.admin, "cluster:join-command")
+        .fails_with("the runtime is local, not kube");
+    // Not for developers, whatever the runtime.
+    let dev = d.add_key("dev", "developer");
+    d.ssh(&dev, "cluster:join-command")
+        .fails_with("only admins can see the cluster's join token");
+    d.ssh(&dev, "cluster:nodes")
+        .fails_with("only admins can list the cluster's nodes");
 }

@@ -345,6 +345,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// except the artifacts in `keep` (recent releases and the live one).
     /// Called after a deploy, where old slugs are pruned. Backends that
     /// keep nothing of their own do nothing.
+    /// The cluster this backend runs on, for `cluster:*` commands; `None`
+    /// for backends that run on this host only.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
+
     /// An app is destroyed: remove whatever the backend keeps for it
     /// beyond its instances (kube: its namespace). Nothing, by default.
     async fn remove_app(&self, _app: &AppName) -> Result<(), RuntimeError> {
@@ -358,6 +364,34 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<(), RuntimeError> {
         Ok(())
     }
+}
+
+/// One node of a cluster, as `cluster:nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// `control-plane`, or `agent`.
+    pub role: String,
+    pub ready: bool,
+    /// The kubelet's version (`v1.33.1+k3s1`).
+    pub version: String,
+    /// The address the other nodes reach it on.
+    pub address: Option<String>,
+}
+
+/// What an agent needs to join the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JoinInfo {
+    /// `https://SERVER:6443`.
+    pub server: String,
+    pub token: String,
+}
+
+/// A backend that runs on a cluster of nodes (kube).
+#[async_trait::async_trait]
+pub trait Cluster: Send + Sync {
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, RuntimeError>;
+    async fn join_info(&self) -> Result<JoinInfo, RuntimeError>;
 }
 
 /// Which backend `--runtime` asked for.

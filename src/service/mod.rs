@@ -15,6 +15,7 @@
 //! so a missing grant and a missing app look the same.
 
 pub mod apps;
+pub mod cluster;
 pub mod config;
 pub mod domains;
 pub mod keys;

@@ -55,8 +55,8 @@ use self::endpoints::EndpointStore;
 use self::manifest::{LABEL_APP, LABEL_PROCESS, LABEL_RELEASE};
 use self::rollout::Rollout;
 use super::{
-    ArtifactKind, Instance, InstanceEvent, InstanceId, InstanceSpec, InstanceState, OneOffSpec,
-    OutputSink, ProcessSpec, Readiness, Runtime, RuntimeError,
+    ArtifactKind, Cluster, Instance, InstanceEvent, InstanceId, InstanceSpec, InstanceState,
+    JoinInfo, NodeInfo, OneOffSpec, OutputSink, ProcessSpec, Readiness, Runtime, RuntimeError,
 };
 use crate::logs::LogStore;
 use crate::names::{AppName, ProcessType};
@@ -577,6 +577,10 @@ impl Runtime for KubeRuntime {
         Readiness::Backend
     }
 
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        Some(self)
+    }
+
     async fn start(&self, spec: InstanceSpec) -> Result<Instance, RuntimeError> {
         let _ = spec;
         Err(RuntimeError::Unsupported {
@@ -861,4 +865,86 @@ pub async fn connect_for_start(
 ) -> Result<KubeRuntime, KubeError> {
     let path = kubeconfig_path(kubeconfig);
     KubeRuntime::connect(&path, timeout, logs).await
+}
+
+/// Where the k3s server keeps the token agents join with (root only).
+pub const K3S_NODE_TOKEN: &str = "/var/lib/rancher/k3s/server/node-token";
+/// The port of the k3s API server (and supervisor) agents join through.
+const K3S_PORT: u16 = 6443;
+
+/// A node as `cluster:nodes` shows it. Pure.
+pub fn node_info(node: &k8s_openapi::api::core::v1::Node) -> NodeInfo {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let control = labels.contains_key("node-role.kubernetes.io/control-plane")
+        || labels.contains_key("node-role.kubernetes.io/master");
+    let status = node.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let address = status
+        .addresses
+        .iter()
+        .flatten()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address.clone());
+    NodeInfo {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        role: if control { "control-plane" } else { "agent" }.to_owned(),
+        ready,
+        version: status
+            .node_info
+            .map(|i| i.kubelet_version)
+            .unwrap_or_default(),
+        address,
+    }
+}
+
+#[async_trait::async_trait]
+impl Cluster for KubeRuntime {
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, RuntimeError> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client.clone());
+        let list = nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| api("listing the nodes", e))?;
+        let mut out: Vec<NodeInfo> = list.items.iter().map(node_info).collect();
+        out.sort_by(|a, b| (&a.role, &a.name).cmp(&(&b.role, &b.name)));
+        Ok(out)
+    }
+
+    async fn join_info(&self) -> Result<JoinInfo, RuntimeError> {
+        let token = match tokio::fs::read_to_string(K3S_NODE_TOKEN).await {
+            Ok(t) if !t.trim().is_empty() => t.trim().to_owned(),
+            Ok(_) | Err(_) => {
+                return Err(backend(
+                    format!(
+                        "no join token at {K3S_NODE_TOKEN}: is this the k3s server node (installed with install.sh --k3s)?"
+                    ),
+                    None,
+                ))
+            }
+        };
+        let nodes = self.nodes().await?;
+        let Some(address) = nodes
+            .iter()
+            .filter(|n| n.role == "control-plane")
+            .find_map(|n| n.address.clone())
+        else {
+            return Err(backend(
+                "the cluster reports no control-plane node with an address".into(),
+                None,
+            ));
+        };
+        let host = if address.contains(':') {
+            format!("[{address}]")
+        } else {
+            address
+        };
+        Ok(JoinInfo {
+            server: format!("https://{host}:{K3S_PORT}"),
+            token,
+        })
+    }
 }

@@ -877,3 +877,37 @@ async fn endpoint_slice_events_feed_the_routes_and_not_ready_is_never_routed() {
     shutdown.cancel();
     watch.await.expect("watch");
 }
+
+#[tokio::test]
+async fn cluster_nodes_and_the_join_server_come_from_the_node_list() {
+    let (rt, handle, _dir) = runtime();
+    let nodes = json!({"kind": "NodeList", "apiVersion": "v1", "metadata": {}, "items": [
+        {"metadata": {"name": "agent-1", "labels": {}},
+         "status": {"conditions": [{"type": "Ready", "status": "False"}],
+                    "addresses": [{"type": "InternalIP", "address": "192.168.56.11"}],
+                    "nodeInfo": {"kubeletVersion": "v1.33.1+k3s1", "architecture": "amd64",
+                                 "bootID": "", "containerRuntimeVersion": "", "kernelVersion": "",
+                                 "kubeProxyVersion": "", "machineID": "", "operatingSystem": "linux",
+                                 "osImage": "", "systemUUID": ""}}},
+        {"metadata": {"name": "server", "labels": {"node-role.kubernetes.io/control-plane": "true"}},
+         "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                    "addresses": [{"type": "InternalIP", "address": "192.168.56.10"},
+                                  {"type": "Hostname", "address": "server"}]}}
+    ]});
+    let script = vec![expect("GET", "/api/v1/nodes?", None, Reply::Json(nodes))];
+    let server = tokio::spawn(serve(handle, script));
+    let cluster = rt.cluster().expect("kube is a cluster");
+    let list = cluster.nodes().await.expect("nodes");
+    server.await.expect("script");
+    assert_eq!(
+        list.iter()
+            .map(|n| (n.name.as_str(), n.role.as_str(), n.ready))
+            .collect::<Vec<_>>(),
+        vec![
+            ("agent-1", "agent", false),
+            ("server", "control-plane", true)
+        ]
+    );
+    assert_eq!(list[1].address.as_deref(), Some("192.168.56.10"));
+    assert_eq!(list[0].version, "v1.33.1+k3s1");
+}
