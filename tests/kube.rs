@@ -156,3 +156,30 @@ fn cluster_commands_on_a_runtime_that_is_not_kube_say_so() {
     d.ssh(&dev, "cluster:nodes")
         .fails_with("only admins can list the cluster's nodes");
 }
+
+#[test]
+fn auto_with_an_unreachable_cluster_starts_on_another_runtime() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = format!("https://127.0.0.1:{}", closed_port());
+    let kc = kubeconfig(dir.path(), &server);
+    let started = Instant::now();
+    let d = common::TestDaemon::start_with(&[
+        "--runtime",
+        "auto",
+        "--kubeconfig",
+        kc.to_str().expect("utf-8 path"),
+    ]);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let log = d.log();
+    assert!(
+        log.contains("no Kubernetes cluster; trying Docker"),
+        "{log}"
+    );
+    assert!(log.contains(&server), "{log}");
+    // It serves: commands answer, and the runtime is not kube.
+    d.ssh(&d.admin, "cluster:nodes").fails_with("not kube");
+}
