@@ -132,7 +132,12 @@ pub fn secret_of(app: &AppName, release: u32, env: &BTreeMap<String, String>) ->
 /// The image a spec runs: the reference the build (and the registry)
 /// recorded, by digest when it is known.
 pub fn image(spec: &ProcessSpec) -> Option<&str> {
-    match &spec.artifact {
+    image_of(&spec.artifact)
+}
+
+/// The image reference of an artifact; `None` for a slug.
+pub fn image_of(artifact: &Artifact) -> Option<&str> {
+    match artifact {
         Artifact::Image { reference } => Some(reference),
         Artifact::Slug { .. } => None,
     }

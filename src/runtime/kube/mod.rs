@@ -55,8 +55,9 @@ use self::endpoints::EndpointStore;
 use self::manifest::{LABEL_APP, LABEL_PROCESS, LABEL_RELEASE};
 use self::rollout::Rollout;
 use super::{
-    ArtifactKind, Cluster, Instance, InstanceEvent, InstanceId, InstanceSpec, InstanceState,
-    JoinInfo, NodeInfo, OneOffSpec, OutputSink, ProcessSpec, Readiness, Runtime, RuntimeError,
+    ArtifactKind, Attach, Cluster, Instance, InstanceEvent, InstanceId, InstanceSpec,
+    InstanceState, JoinInfo, NodeInfo, OneOffSpec, OutputSink, ProcessSpec, Readiness, Runtime,
+    RuntimeError,
 };
 use crate::logs::LogStore;
 use crate::names::{AppName, ProcessType};
@@ -695,10 +696,7 @@ impl Runtime for KubeRuntime {
     }
 
     async fn run_once(&self, spec: OneOffSpec, output: OutputSink) -> Result<i32, RuntimeError> {
-        let Some(image) = (match &spec.artifact {
-            crate::build::Artifact::Image { reference } => Some(reference.clone()),
-            crate::build::Artifact::Slug { .. } => None,
-        }) else {
+        let Some(image) = manifest::image_of(&spec.artifact) else {
             return Err(RuntimeError::Unsupported {
                 runtime: NAME,
                 what: "slug directories (it runs images)".into(),
@@ -712,12 +710,139 @@ impl Runtime for KubeRuntime {
             spec.release,
             rand::random::<u32>()
         ));
-        let pod = one_off_pod(app, spec.release, &name, &image, &spec.argv);
+        let pod = one_off_pod(app, spec.release, &name, image, &spec.argv);
         let pods = self.pods(app);
         pods.create(&PostParams::default(), &pod)
             .await
             .map_err(|e| api("starting the one-off pod", e))?;
         let result = self.follow_one_off(&pods, &name, &spec, &output).await;
+        if let Err(e) = pods.delete(&name, &DeleteParams::background()).await {
+            if !is_not_found(&e) {
+                tracing::warn!(%app, pod = %name, error = %e, "removing a one-off pod");
+            }
+        }
+        result
+    }
+
+    /// A one-off pod with stdin (and a tty when asked), attached through
+    /// the API server's websocket. What the command prints before the
+    /// attach lands is not lost: the pod waits for its stdin to open
+    /// (`stdinOnce`), as `kubectl run -it` does.
+    async fn run_attached(&self, spec: OneOffSpec, io: Attach) -> Result<i32, RuntimeError> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let Some(image) = manifest::image_of(&spec.artifact) else {
+            return Err(RuntimeError::Unsupported {
+                runtime: NAME,
+                what: "slug directories (it runs images)".into(),
+            });
+        };
+        let app = &spec.app;
+        let secret = manifest::secret_of(app, spec.release, &spec.env);
+        self.apply_namespace_and_secret(app, &secret).await?;
+        let name = crate::names::dns_label(&format!(
+            "run-v{}-{:08x}",
+            spec.release,
+            rand::random::<u32>()
+        ));
+        let tty = io.pty.is_some();
+        let mut pod = one_off_pod(app, spec.release, &name, image, &spec.argv);
+        if let Some(c) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) {
+            c.stdin = Some(true);
+            c.stdin_once = Some(true);
+            c.tty = Some(tty);
+            if let Some(p) = &io.pty {
+                c.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                    name: "TERM".into(),
+                    value: Some(p.term.clone()),
+                    ..Default::default()
+                }]);
+            }
+        }
+        let pods = self.pods(app);
+        pods.create(&PostParams::default(), &pod)
+            .await
+            .map_err(|e| api("starting the one-off pod", e))?;
+        let result = async {
+            self.wait_started(&pods, &name, &spec).await?;
+            let ap = kube::api::AttachParams::default()
+                .container("run")
+                .stdin(true)
+                .stdout(true)
+                .stderr(!tty)
+                .tty(tty);
+            let mut attached = pods
+                .attach(&name, &ap)
+                .await
+                .map_err(|e| api("attaching to the one-off pod", e))?;
+            let Attach {
+                stdin: mut input,
+                output,
+                pty,
+                mut resize,
+            } = io;
+            if let (Some(mut sizes), Some(p)) = (attached.terminal_size(), pty) {
+                use futures_util::SinkExt;
+                let _ = sizes
+                    .send(kube::api::TerminalSize {
+                        width: p.cols,
+                        height: p.rows,
+                    })
+                    .await;
+                tokio::spawn(async move {
+                    while resize.changed().await.is_ok() {
+                        let (cols, rows) = *resize.borrow_and_update();
+                        if sizes
+                            .send(kube::api::TerminalSize {
+                                width: cols,
+                                height: rows,
+                            })
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+            if let Some(mut w) = attached.stdin() {
+                tokio::spawn(async move {
+                    while let Some(chunk) = input.recv().await {
+                        if w.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    let _ = w.shutdown().await;
+                });
+            }
+            let mut readers = Vec::new();
+            readers.extend(attached.stdout());
+            readers.extend(attached.stderr());
+            let pumps = readers.into_iter().map(|mut r| {
+                let output = output.clone();
+                async move {
+                    let mut buf = vec![0u8; 8192];
+                    while let Ok(n) = r.read(&mut buf).await {
+                        if n == 0 || output.send(buf[..n].to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            let left = spec.timeout;
+            if tokio::time::timeout(left, futures_util::future::join_all(pumps))
+                .await
+                .is_err()
+            {
+                return Err(RuntimeError::Timeout {
+                    what: format!("the one-off command of {app}"),
+                    secs: spec.timeout.as_secs(),
+                });
+            }
+            let _ = attached.join().await;
+            self.exit_code(&pods, &name, &spec).await
+        }
+        .await;
         if let Err(e) = pods.delete(&name, &DeleteParams::background()).await {
             if !is_not_found(&e) {
                 tracing::warn!(%app, pod = %name, error = %e, "removing a one-off pod");
@@ -750,31 +875,7 @@ impl KubeRuntime {
         output: &OutputSink,
     ) -> Result<i32, RuntimeError> {
         let deadline = Instant::now() + spec.timeout;
-        let timed_out = || RuntimeError::Timeout {
-            what: format!("the one-off command of {}", spec.app),
-            secs: spec.timeout.as_secs(),
-        };
-        // Until it runs (or already ended).
-        loop {
-            let pod = pods
-                .get(name)
-                .await
-                .map_err(|e| api("reading the one-off pod", e))?;
-            if let Some((_, why)) = rollout::hopeless(std::slice::from_ref(&pod)) {
-                return Err(backend(
-                    format!("the one-off pod cannot start: {why}"),
-                    None,
-                ));
-            }
-            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
-            if matches!(phase.as_deref(), Some("Running" | "Succeeded" | "Failed")) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(timed_out());
-            }
-            tokio::time::sleep(self.options.poll).await;
-        }
+        self.wait_started(pods, name, spec).await?;
         let lp = LogParams {
             follow: true,
             ..LogParams::default()
@@ -797,9 +898,49 @@ impl KubeRuntime {
             .await
             .is_err()
         {
-            return Err(timed_out());
+            return Err(timed_out(spec));
         }
-        // The log ends when the container does; its status follows.
+        self.exit_code(pods, name, spec).await
+    }
+
+    /// Until the one-off pod runs (or already ended), within its timeout.
+    async fn wait_started(
+        &self,
+        pods: &Api<Pod>,
+        name: &str,
+        spec: &OneOffSpec,
+    ) -> Result<(), RuntimeError> {
+        let deadline = Instant::now() + spec.timeout;
+        loop {
+            let pod = pods
+                .get(name)
+                .await
+                .map_err(|e| api("reading the one-off pod", e))?;
+            if let Some((_, why)) = rollout::hopeless(std::slice::from_ref(&pod)) {
+                return Err(backend(
+                    format!("the one-off pod cannot start: {why}"),
+                    None,
+                ));
+            }
+            let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+            if matches!(phase.as_deref(), Some("Running" | "Succeeded" | "Failed")) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(timed_out(spec));
+            }
+            tokio::time::sleep(self.options.poll).await;
+        }
+    }
+
+    /// The one-off container's exit code, once the API server reports it.
+    async fn exit_code(
+        &self,
+        pods: &Api<Pod>,
+        name: &str,
+        spec: &OneOffSpec,
+    ) -> Result<i32, RuntimeError> {
+        let deadline = Instant::now() + Duration::from_secs(30).min(spec.timeout);
         loop {
             let pod = pods
                 .get(name)
@@ -814,10 +955,17 @@ impl KubeRuntime {
                 return Ok(code);
             }
             if Instant::now() >= deadline {
-                return Err(timed_out());
+                return Err(timed_out(spec));
             }
             tokio::time::sleep(self.options.poll).await;
         }
+    }
+}
+
+fn timed_out(spec: &OneOffSpec) -> RuntimeError {
+    RuntimeError::Timeout {
+        what: format!("the one-off command of {}", spec.app),
+        secs: spec.timeout.as_secs(),
     }
 }
 

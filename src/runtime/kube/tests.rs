@@ -91,17 +91,23 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) {
             .expect("the client went away");
         let (parts, body) = req.into_parts();
         let uri = parts.uri.to_string();
+        // A one-off pod's name is random: `*` in the script stands for it.
+        let masked = mask_one_off(&uri);
         assert_eq!(
-            (parts.method.as_str(), uri.as_str()),
+            (parts.method.as_str(), masked.as_str()),
             (step.method, step.uri.as_str()),
             "step {n}"
         );
         let bytes = body.collect_bytes().await.expect("body");
-        let sent: Value = if bytes.is_empty() {
+        let mut sent: Value = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes).expect("a JSON body")
         };
+        if let Some(name) = sent["metadata"]["name"].as_str() {
+            let m = mask_one_off(name);
+            sent["metadata"]["name"] = json!(m);
+        }
         if let Some(name) = step.golden {
             golden(name, &sent);
         }
@@ -131,6 +137,22 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) {
     if let Ok(Some((req, _))) = more {
         panic!("an unexpected request: {} {}", req.method(), req.uri());
     }
+}
+
+/// `run-v1-0123abcd` → `run-v1-*`, wherever it appears.
+fn mask_one_off(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find("run-v") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail[5..].find('-').map(|d| 5 + d + 1).unwrap_or(tail.len());
+        out.push_str(&tail[..end]);
+        out.push('*');
+        rest = tail[end..].trim_start_matches(|c: char| c.is_ascii_hexdigit());
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The first requests of every apply: namespace, Secret, the Deployment
@@ -910,4 +932,93 @@ async fn cluster_nodes_and_the_join_server_come_from_the_node_list() {
     );
     assert_eq!(list[1].address.as_deref(), Some("192.168.56.10"));
     assert_eq!(list[0].version, "v1.33.1+k3s1");
+}
+
+#[test]
+fn one_off_names_are_masked() {
+    assert_eq!(
+        mask_one_off("/api/v1/namespaces/x/pods/run-v3-00ab12ef/log?&follow=true"),
+        "/api/v1/namespaces/x/pods/run-v3-*/log?&follow=true"
+    );
+    assert_eq!(
+        mask_one_off("/api/v1/namespaces/x/pods?"),
+        "/api/v1/namespaces/x/pods?"
+    );
+}
+
+/// The Procfile `release:` phase on kube: a one-off pod in the release's
+/// image and Secret, its output, its exit code, then the pod goes.
+#[tokio::test]
+async fn a_one_off_pod_streams_its_output_and_returns_its_exit_code() {
+    let (rt, handle, _dir) = runtime();
+    let spec = web_spec(1);
+    let one_off = OneOffSpec {
+        app: spec.app.clone(),
+        release: 1,
+        argv: vec!["/bin/sh".into(), "-c".into(), "./migrate".into()],
+        env: (*spec.env).clone(),
+        artifact: spec.artifact.clone(),
+        timeout: Duration::from_secs(10),
+    };
+    let state = |s: Value| {
+        json!({"metadata": {"name": "run-v1-x"},
+               "status": {"phase": "Running", "containerStatuses": [{"name": "run", "image": "x",
+                   "imageID": "", "ready": true, "restartCount": 0, "state": s}]}})
+    };
+    let script = vec![
+        expect(
+            "PATCH",
+            format!("{NS}{APPLY}"),
+            Some("namespace"),
+            Reply::Echo(1),
+        ),
+        expect(
+            "PATCH",
+            format!("{NS}/secrets/env-v1{APPLY}"),
+            Some("secret-v1"),
+            Reply::Echo(1),
+        ),
+        expect(
+            "POST",
+            format!("{NS}/pods?"),
+            Some("one-off-pod"),
+            Reply::Echo(1),
+        ),
+        expect(
+            "GET",
+            format!("{NS}/pods/run-v1-*"),
+            None,
+            Reply::Json(state(json!({"running": {}}))),
+        ),
+        expect(
+            "GET",
+            format!("{NS}/pods/run-v1-*/log?&follow=true"),
+            None,
+            Reply::Json(json!("migrating\ndone\n")),
+        ),
+        expect(
+            "GET",
+            format!("{NS}/pods/run-v1-*"),
+            None,
+            Reply::Json(state(json!({"terminated": {"exitCode": 3}}))),
+        ),
+        expect(
+            "DELETE",
+            format!("{NS}/pods/run-v1-*?"),
+            Some("delete-background"),
+            Reply::Json(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            ),
+        ),
+    ];
+    let server = tokio::spawn(serve(handle, script));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let code = rt.run_once(one_off, tx).await.expect("ran");
+    server.await.expect("script");
+    assert_eq!(code, 3);
+    let mut out = Vec::new();
+    while let Ok(chunk) = rx.try_recv() {
+        out.extend(chunk);
+    }
+    assert_eq!(String::from_utf8_lossy(&out), "migrating\ndone\n");
 }
