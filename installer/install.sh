@@ -338,6 +338,8 @@ package_present() {
         # Debian's npm would conflict with it.
         nodejs) command -v node >/dev/null 2>&1 && return 0 ;;
         npm) command -v npm >/dev/null 2>&1 && return 0 ;;
+        # Docker's own docker-ce conflicts with Debian's docker.io.
+        docker.io) command -v docker >/dev/null 2>&1 && return 0 ;;
     esac
     dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
@@ -416,6 +418,9 @@ do_install() {
         # Before anything changes: a k3s without a checked sha256 stops here.
         check_addr_opts
         resolve_k3s
+        # Images are still built by a Docker engine on this node; k3s runs
+        # them from Cygni's registry with its own containerd.
+        PACKAGES="$PACKAGES docker.io"
     fi
     locate_sources
     say "Installing $version"
