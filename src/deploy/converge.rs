@@ -394,6 +394,19 @@ impl Converger {
                     .await
                     .map_err(|source| ConvergeError::Runtime { what, source })?;
             }
+            Step::Restart { spec, replicas } => {
+                progress
+                    .step(format!(
+                        "Restarting {} ({replicas} at a time, one by one)",
+                        spec.process
+                    ))
+                    .await;
+                let what = format!("restarting {}", spec.process);
+                self.runtime
+                    .restart(&spec, replicas)
+                    .await
+                    .map_err(|source| ConvergeError::Runtime { what, source })?;
+            }
             Step::Drain => {
                 let endpoints = std::mem::take(&mut run.retired);
                 self.drain(&endpoints, DRAIN).await;

@@ -321,6 +321,17 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// [`Readiness::Backend`] only: replace the running instances of
+    /// `spec`'s process type by fresh ones without downtime (kube: a
+    /// rollout restart), and return once the backend reports them ready.
+    async fn restart(&self, spec: &ProcessSpec, replicas: u32) -> Result<(), RuntimeError> {
+        let _ = (spec, replicas);
+        Err(RuntimeError::Unsupported {
+            runtime: self.name(),
+            what: "rolling restarts of whole process types".into(),
+        })
+    }
+
     /// Exits the backend notices on its own, as they happen; `None` when
     /// it only reports them through `list`.
     fn events(&self) -> Option<tokio::sync::broadcast::Receiver<InstanceEvent>> {

@@ -299,6 +299,19 @@ pub fn deployment(spec: &ProcessSpec, image: &str, replicas: u32) -> Deployment 
     }
 }
 
+/// The annotation a rolling restart changes (as `kubectl rollout restart`).
+pub const ANNOTATION_RESTARTED: &str = "cygni.io/restarted-at";
+
+/// The one field a restart applies: the pod template's restart stamp.
+pub fn restart_patch(process: &ProcessType, app: &AppName, stamp: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": deployment_name(process), "namespace": namespace_name(app)},
+        "spec": {"template": {"metadata": {"annotations": {ANNOTATION_RESTARTED: stamp}}}},
+    })
+}
+
 /// `deployment` with itself recorded in [`ANNOTATION_APPLIED`].
 pub fn with_applied_annotation(mut d: Deployment) -> Deployment {
     let text = serde_json::to_string(&d).unwrap_or_default();

@@ -64,6 +64,8 @@ use crate::names::{AppName, ProcessType};
 
 const NAME: &str = "kube";
 const FIELD_MANAGER: &str = "cygni";
+/// The field manager of the restart annotation alone.
+const RESTART_MANAGER: &str = "cygni-restart";
 /// Where k3s writes its kubeconfig.
 pub const K3S_KUBECONFIG: &str = "/etc/rancher/k3s/k3s.yaml";
 /// How many of a failed pod's last lines a rejected push shows.
@@ -689,6 +691,30 @@ impl Runtime for KubeRuntime {
                 ))
             }
         }
+    }
+
+    /// `kubectl rollout restart`: a new template annotation, under a field
+    /// manager of its own so that Cygni's applies (which do not send it)
+    /// neither remove it nor roll the pods again.
+    async fn restart(&self, spec: &ProcessSpec, replicas: u32) -> Result<(), RuntimeError> {
+        let _ = replicas;
+        let name = manifest::deployment_name(&spec.process);
+        let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let patch = manifest::restart_patch(&spec.process, &spec.app, &stamp);
+        self.deployments(&spec.app)
+            .patch(
+                &name,
+                &PatchParams::apply(RESTART_MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+            .map_err(|e| api(&format!("restarting {}", spec.process), e))?;
+        self.wait_rollout(spec, &name).await.map_err(|reason| {
+            backend(
+                format!("the restart of {} did not finish: {reason}", spec.process),
+                None,
+            )
+        })
     }
 
     fn events(&self) -> Option<tokio::sync::broadcast::Receiver<InstanceEvent>> {

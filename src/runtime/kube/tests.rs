@@ -108,6 +108,12 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) {
             let m = mask_one_off(name);
             sent["metadata"]["name"] = json!(m);
         }
+        // A restart's stamp is the time it ran.
+        if let Some(stamp) =
+            sent.pointer_mut("/spec/template/metadata/annotations/cygni.io~1restarted-at")
+        {
+            *stamp = json!("STAMP");
+        }
         if let Some(name) = step.golden {
             golden(name, &sent);
         }
@@ -1021,4 +1027,64 @@ async fn a_one_off_pod_streams_its_output_and_returns_its_exit_code() {
         out.extend(chunk);
     }
     assert_eq!(String::from_utf8_lossy(&out), "migrating\ndone\n");
+}
+
+/// `ps:restart` on kube: the plan asks the backend for a rolling restart
+/// of each running type, and the runtime applies only the restart stamp,
+/// under its own field manager, then waits for the rollout.
+#[tokio::test]
+async fn restart_is_a_rollout_restart_of_the_stamp_alone() {
+    let desired = Desired {
+        release: Some(DesiredRelease {
+            version: 2,
+            processes: [
+                (ProcessType::web(), (web_spec(2), 2)),
+                (ProcessType::parse("worker").unwrap(), (worker_spec(2), 0)),
+            ]
+            .into_iter()
+            .collect(),
+        }),
+        stopped: false,
+    };
+    let p = plan::plan(
+        Readiness::Backend,
+        &Intent::Restart { only: None },
+        &desired,
+        &[],
+        &[],
+    );
+    let restarts: Vec<(String, u32)> = p
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Restart { spec, replicas } => Some((spec.process.to_string(), *replicas)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarts, vec![("web".to_owned(), 2)], "{:?}", p.steps);
+    let last = p.steps.last().expect("steps");
+    assert!(
+        matches!(last, Step::AdmitReady { release: 2 }),
+        "{:?}",
+        p.steps
+    );
+
+    let (rt, handle, _dir) = runtime();
+    let script = vec![
+        expect(
+            "PATCH",
+            format!("{DEPLOY}/web?&force=true&fieldManager=cygni-restart"),
+            Some("restart-web"),
+            Reply::Json(reported(2, 2, 5, json!({"observedGeneration": 4}))),
+        ),
+        expect(
+            "GET",
+            format!("{DEPLOY}/web"),
+            None,
+            Reply::Json(reported(2, 2, 5, done(5, 2))),
+        ),
+    ];
+    let server = tokio::spawn(serve(handle, script));
+    rt.restart(&web_spec(2), 2).await.expect("restarted");
+    server.await.expect("script");
 }
