@@ -496,4 +496,23 @@ mod tests {
         let err = Config::resolve(&a).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
     }
+
+    #[test]
+    fn kubeconfig_from_the_file_or_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cygni.toml");
+        std::fs::write(&path, "kubeconfig = \"/etc/k.yaml\"\n").unwrap();
+        let mut a = args();
+        assert_eq!(Config::resolve(&a).unwrap().kubeconfig, None);
+        a.config = Some(path);
+        assert_eq!(
+            Config::resolve(&a).unwrap().kubeconfig,
+            Some(PathBuf::from("/etc/k.yaml"))
+        );
+        a.kubeconfig = Some("/flag.yaml".into());
+        assert_eq!(
+            Config::resolve(&a).unwrap().kubeconfig,
+            Some(PathBuf::from("/flag.yaml"))
+        );
+    }
 }
