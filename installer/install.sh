@@ -19,6 +19,20 @@
 #   --uninstall        remove what the installer installed; keep the data
 #   --purge            with --uninstall: also remove /etc/cygni,
 #                      /var/lib/cygni, the cygni-app user and its containers
+#   --k3s              also install k3s (the pinned release below, its
+#                      sha256 checked) in its own unit, and run apps on it:
+#                      runtime = "kube", the registry on :5000
+#   --join SERVER --token TOKEN
+#                      make this machine a k3s agent of SERVER
+#                      (https://HOST:6443) instead; Cygni itself is not
+#                      installed (`cluster:join-command` prints the line)
+#   --registry HOST:PORT --registry-credential USER:PASSWORD
+#                      with --join: pull Cygni's images from its registry
+#   --node-ip ADDR, --flannel-iface IFACE
+#                      with --k3s or --join: the address and interface the
+#                      nodes reach each other on (multi-NIC hosts, Vagrant)
+#   --k3s-sha256 HASH  the sha256 of the k3s binary, when this script pins
+#                      none for this architecture
 #
 # Every check runs before anything changes: root, systemd, apt, the
 # architecture, ports 80/443/2222 free, disk space, the admin key, and the
@@ -49,12 +63,27 @@ MIN_FREE_DATA_MB=1024
 MIN_FREE_BIN_MB=200
 MIN_FREE_TMP_MB=200
 
+# The k3s release --k3s and --join install: pinned, never "latest". The
+# sha256 of each binary must be filled in from the release's
+# sha256sum-ARCH.txt when the pin moves (the session that pinned it could
+# not download the release to read them; see the README). Without a pinned
+# hash the install stops, unless --k3s-sha256 gives it.
+K3S_VERSION="v1.33.5+k3s1"
+K3S_SHA256_x86_64=""
+K3S_SHA256_aarch64=""
+K3S_BIN=/usr/local/bin/k3s
+K3S_ETC=/etc/rancher/k3s
+K3S_UNIT=/etc/systemd/system/k3s.service
+K3S_AGENT_UNIT=/etc/systemd/system/k3s-agent.service
+K3S_DROPIN=/etc/systemd/system/cygni.service.d/k3s.conf
+REGISTRY_PORT=5000
+
 say() { printf '%s\n' "-----> $*"; }
 note() { printf '%s\n' "       $*"; }
 warn() { printf '%s\n' "install.sh: warning: $*" >&2; }
 die() { printf '%s\n' "install.sh: $*" >&2; exit 1; }
 
-usage() { sed -n '2,29p' "$SELF" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,41p' "$SELF" | sed 's/^# \{0,1\}//'; }
 
 # ---------------------------------------------------------------- checks
 
@@ -309,6 +338,8 @@ package_present() {
         # Debian's npm would conflict with it.
         nodejs) command -v node >/dev/null 2>&1 && return 0 ;;
         npm) command -v npm >/dev/null 2>&1 && return 0 ;;
+        # Docker's own docker-ce conflicts with Debian's docker.io.
+        docker.io) command -v docker >/dev/null 2>&1 && return 0 ;;
     esac
     dpkg-query -W -f '${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
 }
@@ -338,6 +369,9 @@ write_config() {
         if [ -n "$opt_domain" ] && ! grep -q "^domain = \"$opt_domain\"" "$CONFIG"; then
             warn "--domain $opt_domain not applied: $CONFIG is never overwritten; edit its domain and restart cygni"
         fi
+        if [ -n "$opt_k3s" ] && ! grep -q '^runtime = "kube"' "$CONFIG"; then
+            warn "--k3s: $CONFIG is never overwritten: set runtime = \"kube\" and registry_listen = \"0.0.0.0:$REGISTRY_PORT\" in it and restart cygni"
+        fi
         return 0
     fi
     say "Writing $CONFIG"
@@ -351,6 +385,11 @@ write_config() {
             echo "domain = \"$opt_domain\""
         else
             echo "# domain = \"apps.example.com\"  # apps at APP.DOMAIN; default localhost"
+        fi
+        if [ -n "$opt_k3s" ]; then
+            echo "# Apps run on k3s (install.sh --k3s), pulling their images from Cygni."
+            echo "runtime = \"kube\""
+            echo "registry_listen = \"0.0.0.0:$REGISTRY_PORT\""
         fi
     } > "$CONFIG.cygni-new"
     chmod 0644 "$CONFIG.cygni-new"
@@ -375,6 +414,14 @@ install_admin_key() {
 
 do_install() {
     preflight_install
+    if [ -n "$opt_k3s" ]; then
+        # Before anything changes: a k3s without a checked sha256 stops here.
+        check_addr_opts
+        resolve_k3s
+        # Images are still built by a Docker engine on this node; k3s runs
+        # them from Cygni's registry with its own containerd.
+        PACKAGES="$PACKAGES docker.io"
+    fi
     locate_sources
     say "Installing $version"
 
@@ -408,6 +455,7 @@ do_install() {
     mkdir -p "$ETC"
     install_admin_key
     write_config
+    [ -z "$opt_k3s" ] || install_k3s_server
 
     if install_file "$src/systemd/cygni.service" "$UNIT" 0644; then
         say "Installed $UNIT"
@@ -428,6 +476,7 @@ do_install() {
         say "Nothing changed: cygni.service keeps running, not restarted"
     fi
     wait_for_daemon
+    [ -z "$opt_k3s" ] || configure_registry_mirror
     summary
 }
 
@@ -470,6 +519,177 @@ summary() {
     note "Push an app:"
     note "  git remote add cygni ssh://cygni@$host:2222/myapp && git push cygni main"
     note "Administer: ssh -p 2222 cygni@$host help"
+}
+
+# ---------------------------------------------------------------- k3s
+
+# The k3s download for this machine: sets k3s_url and k3s_sha256.
+resolve_k3s() {
+    arch=$(normalize_arch "$(uname -m)") || die "unsupported architecture $(uname -m)"
+    tag=$(printf '%s' "$K3S_VERSION" | sed 's/+/%2B/')
+    case "$arch" in
+        x86_64) k3s_url="https://github.com/k3s-io/k3s/releases/download/$tag/k3s"
+            k3s_sha256=$K3S_SHA256_x86_64 ;;
+        aarch64) k3s_url="https://github.com/k3s-io/k3s/releases/download/$tag/k3s-arm64"
+            k3s_sha256=$K3S_SHA256_aarch64 ;;
+    esac
+    [ -z "$opt_k3s_sha256" ] || k3s_sha256=$opt_k3s_sha256
+    case "$k3s_sha256" in
+        '') die "no sha256 is pinned for k3s $K3S_VERSION on $arch: pass --k3s-sha256 HASH (from sha256sum-*.txt of that release)" ;;
+        *[!0-9a-f]*) die "--k3s-sha256 $k3s_sha256 is not a lowercase hex sha256" ;;
+    esac
+    [ "${#k3s_sha256}" -eq 64 ] || die "--k3s-sha256 $k3s_sha256 is not 64 hex digits"
+}
+
+# Download, check and install the pinned k3s binary (unless it is there).
+install_k3s_binary() {
+    resolve_k3s
+    if [ -x "$K3S_BIN" ] && [ "$(sha256sum "$K3S_BIN" | awk '{ print $1 }')" = "$k3s_sha256" ]; then
+        note "k3s $K3S_VERSION: already installed"
+        return 0
+    fi
+    command -v curl >/dev/null 2>&1 || die "curl is needed to download k3s"
+    say "Downloading k3s $K3S_VERSION"
+    fetch "$k3s_url" "$work/k3s"
+    got=$(sha256sum "$work/k3s" | awk '{ print $1 }')
+    [ "$got" = "$k3s_sha256" ] || die "k3s download has sha256 $got, expected $k3s_sha256: not installed"
+    install -m 0755 "$work/k3s" "$K3S_BIN"
+    for tool in kubectl crictl ctr; do
+        [ -e "/usr/local/bin/$tool" ] || ln -s k3s "/usr/local/bin/$tool"
+    done
+    say "Installed $K3S_BIN ($K3S_VERSION, sha256 checked)"
+}
+
+check_addr_opts() {
+    case "$opt_node_ip" in
+        *[!0-9A-Fa-f.:]*) die "--node-ip $opt_node_ip is not an IP address" ;;
+    esac
+    case "$opt_flannel_iface" in
+        *[!A-Za-z0-9._-]*) die "--flannel-iface $opt_flannel_iface is not an interface name" ;;
+    esac
+}
+
+# k3s's config.yaml from ours, with node-ip / flannel-iface and, for an
+# agent, the server and token. Mode 0600: an agent's holds the token.
+write_k3s_config() {
+    mkdir -p "$K3S_ETC"
+    {
+        cat "$src/k3s/config.yaml"
+        [ -z "$opt_node_ip" ] || echo "node-ip: \"$opt_node_ip\""
+        [ -z "$opt_flannel_iface" ] || echo "flannel-iface: \"$opt_flannel_iface\""
+        if [ -n "$opt_join" ]; then
+            echo "server: \"$opt_join\""
+            echo "token: \"$opt_token\""
+        fi
+    } > "$work/k3s-config.yaml"
+    if install_file "$work/k3s-config.yaml" "$K3S_ETC/config.yaml" 0600; then
+        say "Installed $K3S_ETC/config.yaml"
+        k3s_restart=yes
+    fi
+}
+
+# registries.yaml from our template: $1 HOST:PORT, $2 USER:PASSWORD.
+write_registries() {
+    case "$1" in
+        *[!A-Za-z0-9.:\[\]-]*|'') die "--registry $1 is not HOST:PORT" ;;
+    esac
+    user=${2%%:*}
+    password=${2#*:}
+    case "$user$password" in
+        *[!A-Za-z0-9._~-]*) die "the registry credential has characters this installer does not write into YAML" ;;
+    esac
+    if [ -z "$user" ] || [ -z "$password" ] || [ "$user" = "$2" ]; then
+        die "the registry credential must be USER:PASSWORD"
+    fi
+    sed -e "s|@CYGNI_REGISTRY_USER@|$user|g" -e "s|@CYGNI_REGISTRY_PASSWORD@|$password|g" \
+        -e "s|@CYGNI_REGISTRY@|$1|g" "$src/k3s/registries.yaml" > "$work/registries.yaml"
+    mkdir -p "$K3S_ETC"
+    if install_file "$work/registries.yaml" "$K3S_ETC/registries.yaml" 0600; then
+        say "Installed $K3S_ETC/registries.yaml (mirror of $1)"
+        k3s_restart=yes
+    fi
+}
+
+# Start (or restart, when its files changed) a k3s unit: $1 the unit name.
+start_k3s_unit() {
+    systemctl daemon-reload
+    systemctl is-enabled --quiet "$1" 2>/dev/null || systemctl enable --quiet "$1"
+    if ! systemctl is-active --quiet "$1"; then
+        say "Starting $1"
+        systemctl start "$1"
+    elif [ -n "$k3s_restart" ]; then
+        # KillMode=process: the pods keep running through this.
+        say "Restarting $1 (its configuration changed)"
+        systemctl restart "$1"
+    fi
+    k3s_restart=""
+}
+
+wait_for_k3s() {
+    i=0
+    while [ "$i" -lt 120 ]; do
+        if [ -f "$K3S_ETC/k3s.yaml" ] && "$K3S_BIN" kubectl get --raw /readyz >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 1
+        i=$((i + 1))
+    done
+    journalctl -u k3s.service -n 30 --no-pager >&2 || true
+    die "k3s did not become ready within 120s (its log is above)"
+}
+
+# --k3s, before Cygni: k3s up, cygni.service ordered after it.
+install_k3s_server() {
+    check_addr_opts
+    install_k3s_binary
+    write_k3s_config
+    if install_file "$src/systemd/k3s.service" "$K3S_UNIT" 0644; then
+        say "Installed $K3S_UNIT"
+    fi
+    start_k3s_unit k3s.service
+    wait_for_k3s
+    printf '[Unit]\nAfter=k3s.service\nWants=k3s.service\n' > "$work/k3s.conf"
+    mkdir -p "$(dirname "$K3S_DROPIN")"
+    if install_file "$work/k3s.conf" "$K3S_DROPIN" 0644; then
+        reload_needed=yes
+        restart_needed="it now starts after k3s"
+    fi
+}
+
+# --k3s, after Cygni is up: every pull of its images goes to its registry.
+configure_registry_mirror() {
+    cred_file="$DATA/registry-credential"
+    i=0
+    while [ ! -s "$cred_file" ] && [ "$i" -lt 30 ]; do sleep 1; i=$((i + 1)); done
+    [ -s "$cred_file" ] || die "Cygni wrote no $cred_file: is registry_listen set in $CONFIG?"
+    registry="${opt_node_ip:-$(hostname -I | awk '{ print $1 }')}:$REGISTRY_PORT"
+    write_registries "$registry" "$(head -n 1 "$cred_file")"
+    start_k3s_unit k3s.service
+}
+
+do_join() {
+    [ "$(id -u)" -eq 0 ] || die "run as root (sudo)"
+    command -v systemctl >/dev/null 2>&1 || die "systemd is needed"
+    case "$opt_join" in
+        https://*) ;;
+        *) die "--join $opt_join must be the server's URL, https://HOST:6443" ;;
+    esac
+    case "$opt_join$opt_token" in
+        *[!A-Za-z0-9.:/_\[\]-]*) die "--join and --token take URL and token characters only" ;;
+    esac
+    [ -n "$opt_token" ] || die "--join needs --token TOKEN (cluster:join-command prints both)"
+    check_addr_opts
+    if [ -n "$script_dir" ]; then src=$script_dir; else die "--join runs from a Cygni release or checkout (it needs k3s/ and systemd/)"; fi
+    install_k3s_binary
+    write_k3s_config
+    if [ -n "$opt_registry" ]; then
+        write_registries "$opt_registry" "$opt_registry_credential"
+    fi
+    if install_file "$src/systemd/k3s-agent.service" "$K3S_AGENT_UNIT" 0644; then
+        say "Installed $K3S_AGENT_UNIT"
+    fi
+    start_k3s_unit k3s-agent.service
+    say "This machine joins $opt_join as a k3s agent: see it with cluster:nodes"
 }
 
 # ---------------------------------------------------------------- uninstall
@@ -527,17 +747,35 @@ main() {
     opt_release_url=""
     opt_uninstall=""
     opt_purge=""
+    opt_k3s=""
+    opt_join=""
+    opt_token=""
+    opt_registry=""
+    opt_registry_credential=""
+    opt_node_ip=""
+    opt_flannel_iface=""
+    opt_k3s_sha256=""
+    k3s_restart=""
     while [ $# -gt 0 ]; do
         case "$1" in
-            --admin-key|--binary|--domain|--release-url)
+            --admin-key|--binary|--domain|--release-url|--join|--token|--registry|\
+            --registry-credential|--node-ip|--flannel-iface|--k3s-sha256)
                 [ $# -ge 2 ] || die "$1 needs a value"
                 case "$1" in
                     --admin-key) opt_admin_key=$2 ;;
                     --binary) opt_binary=$2 ;;
                     --domain) opt_domain=$2 ;;
                     --release-url) opt_release_url=$2 ;;
+                    --join) opt_join=$2 ;;
+                    --token) opt_token=$2 ;;
+                    --registry) opt_registry=$2 ;;
+                    --registry-credential) opt_registry_credential=$2 ;;
+                    --node-ip) opt_node_ip=$2 ;;
+                    --flannel-iface) opt_flannel_iface=$2 ;;
+                    --k3s-sha256) opt_k3s_sha256=$2 ;;
                 esac
                 shift 2 ;;
+            --k3s) opt_k3s=yes; shift ;;
             --uninstall) opt_uninstall=yes; shift ;;
             --purge) opt_purge=yes; shift ;;
             -h|--help)
@@ -548,6 +786,15 @@ main() {
     done
     if [ -n "$opt_purge" ] && [ -z "$opt_uninstall" ]; then
         die "--purge goes with --uninstall"
+    fi
+    if [ -n "$opt_join" ] && { [ -n "$opt_k3s" ] || [ -n "$opt_uninstall" ]; }; then
+        die "--join makes an agent: it goes with neither --k3s nor --uninstall"
+    fi
+    if [ -n "$opt_token" ] && [ -z "$opt_join" ]; then
+        die "--token goes with --join SERVER"
+    fi
+    if [ -n "$opt_registry" ] && [ -z "$opt_registry_credential" ]; then
+        die "--registry needs --registry-credential USER:PASSWORD"
     fi
     # --release-url, then CYGNI_RELEASE_URL; else a file next to a release
     # or checkout installs that; piped, the stamped default.
@@ -560,6 +807,8 @@ main() {
     trap 'exit 130' INT TERM
     if [ -n "$opt_uninstall" ]; then
         do_uninstall
+    elif [ -n "$opt_join" ]; then
+        do_join
     else
         do_install
     fi

@@ -70,6 +70,10 @@ pub struct ServeArgs {
     /// How apps run: auto, local, docker or kube. Default auto.
     #[arg(long, env = "CYGNI_RUNTIME", value_name = "RUNTIME")]
     pub runtime: Option<String>,
+    /// The kubeconfig of the cluster for --runtime kube (and auto). Default:
+    /// $KUBECONFIG, else /etc/rancher/k3s/k3s.yaml.
+    #[arg(long, env = "CYGNI_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// An OpenSSH public key file that becomes an admin key on first start.
     #[arg(long, env = "CYGNI_ADMIN_KEY", value_name = "FILE")]
     pub admin_key: Option<PathBuf>,
@@ -108,6 +112,7 @@ struct FileConfig {
     https_listen: Option<String>,
     domain: Option<String>,
     runtime: Option<String>,
+    kubeconfig: Option<PathBuf>,
     admin_key: Option<PathBuf>,
     acme_directory: Option<String>,
     acme_email: Option<String>,
@@ -186,6 +191,8 @@ pub struct Config {
     pub https_listen: SocketAddr,
     pub domain: String,
     pub runtime: RuntimeChoice,
+    /// `--kubeconfig` (file key `kubeconfig`); `None`: KUBECONFIG, else k3s's.
+    pub kubeconfig: Option<PathBuf>,
     pub admin_key: Option<PathBuf>,
     pub acme_directory: String,
     pub acme_email: Option<String>,
@@ -454,6 +461,7 @@ impl Config {
             https_listen,
             domain,
             runtime,
+            kubeconfig: args.kubeconfig.clone().or(file.kubeconfig),
             admin_key,
             acme_directory,
             acme_email,
@@ -668,5 +676,24 @@ mod tests {
         a.domain = None;
         let err = Config::resolve(&a).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn kubeconfig_from_the_file_or_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cygni.toml");
+        std::fs::write(&path, "kubeconfig = \"/etc/k.yaml\"\n").unwrap();
+        let mut a = args();
+        assert_eq!(Config::resolve(&a).unwrap().kubeconfig, None);
+        a.config = Some(path);
+        assert_eq!(
+            Config::resolve(&a).unwrap().kubeconfig,
+            Some(PathBuf::from("/etc/k.yaml"))
+        );
+        a.kubeconfig = Some("/flag.yaml".into());
+        assert_eq!(
+            Config::resolve(&a).unwrap().kubeconfig,
+            Some(PathBuf::from("/flag.yaml"))
+        );
     }
 }

@@ -225,6 +225,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             data_dir: data.clone(),
             logs: logs.clone(),
             run_as: run_as.clone(),
+            kubeconfig: config.kubeconfig.clone(),
         },
     )
     .await?;

@@ -303,7 +303,7 @@ impl std::fmt::Display for StepStatus {
 /// `15 min`, `90s`, `500ms`: how a timeout reads in an error.
 fn human_duration(duration: Duration) -> String {
     let secs = duration.as_secs();
-    if secs >= 60 && secs % 60 == 0 {
+    if secs >= 60 && secs.is_multiple_of(60) {
         format!("{} min", secs / 60)
     } else if secs >= 1 {
         format!("{secs}s")

@@ -448,6 +448,19 @@ impl Converger {
                     .await
                     .map_err(|source| ConvergeError::Runtime { what, source })?;
             }
+            Step::Restart { spec, replicas } => {
+                progress
+                    .step(format!(
+                        "Restarting {} ({replicas} at a time, one by one)",
+                        spec.process
+                    ))
+                    .await;
+                let what = format!("restarting {}", spec.process);
+                self.runtime
+                    .restart(&spec, replicas)
+                    .await
+                    .map_err(|source| ConvergeError::Runtime { what, source })?;
+            }
             Step::Drain => {
                 let endpoints = std::mem::take(&mut run.retired);
                 self.drain(&endpoints, DRAIN).await;
@@ -641,6 +654,27 @@ impl Converger {
                     if let Some(app) = app {
                         tracing::info!(%app, instance = %id, "exited: out of the routes until it passes its check again");
                         self.publish_logged().await;
+                    }
+                }
+                Ok(InstanceEvent::ReadyChanged(app)) => {
+                    // The backend decides readiness (kube: the web Service's
+                    // endpoints): the routes take what is ready now, of
+                    // whichever release, so a rolling update moves traffic
+                    // pod by pod. What left was evicted by its own event.
+                    match self.runtime.list(Some(&app)).await {
+                        Ok(now) => {
+                            let ready: BTreeMap<InstanceId, Admission> = now
+                                .iter()
+                                .filter(|i| i.state == InstanceState::Running)
+                                .filter_map(admission)
+                                .map(|a| (a.id.clone(), a))
+                                .collect();
+                            self.admitted().insert(app, ready);
+                            self.publish_logged().await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%app, error = %e, "listing ready instances");
+                        }
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {

@@ -915,6 +915,11 @@ impl Platform {
         self.converger.finish(tail).await;
         self.converger.forget_app(app);
         self.metrics.forget_app(app.as_str());
+        // What the backend keeps for the app beyond instances (kube: its
+        // namespace, with its Secrets and Services).
+        if let Err(e) = self.runtime.remove_app(app).await {
+            tracing::warn!(%app, error = %e, "removing a destroyed app from the runtime");
+        }
         // Nothing of a destroyed app is kept (its images, on docker).
         if let Err(e) = self.runtime.retain_artifacts(app, &[]).await {
             tracing::warn!(%app, error = %e, "removing a destroyed app's artifacts");

@@ -105,6 +105,12 @@ pub enum Step {
         spec: ProcessSpec,
         replicas: u32,
     },
+    /// [`Readiness::Backend`]: replace every running instance of a process
+    /// type by a fresh one, as the backend rolls (kube: a rollout restart).
+    Restart {
+        spec: ProcessSpec,
+        replicas: u32,
+    },
     /// [`Readiness::Backend`]: admit what the backend reports ready for
     /// `release`, retire every other admission of the app.
     AdmitReady {
@@ -137,7 +143,8 @@ impl Plan {
                 | Step::Check { .. }
                 | Step::Evict(_)
                 | Step::AdmitReady { .. }
-                | Step::Apply { .. } => true,
+                | Step::Apply { .. }
+                | Step::Restart { .. } => true,
                 Step::Drain | Step::Stop(_) => false,
             })
             .map_or(0, |i| i + 1)
@@ -153,7 +160,10 @@ pub fn plan(
     admitted: &[Admission],
 ) -> Plan {
     match (readiness, intent) {
-        (Readiness::Backend, _) => plan_backend(desired, observed, admitted),
+        (Readiness::Backend, Intent::Converge) => plan_backend(desired, observed, admitted),
+        (Readiness::Backend, Intent::Restart { only }) => {
+            plan_backend_restart(desired, observed, admitted, only.as_ref())
+        }
         (Readiness::Cygni, Intent::Converge) => plan_converge(desired, observed, admitted),
         (Readiness::Cygni, Intent::Restart { only }) => {
             plan_restart(desired, observed, admitted, only.as_ref())
@@ -350,6 +360,58 @@ fn plan_restart(
         steps.push(Step::Stop(vec![id]));
     }
     Plan { steps }
+}
+
+/// A restart on a backend: converge first (whatever differs), then a
+/// rolling restart of each running process type the backend replaces pod
+/// by pod, ready before the old one goes.
+fn plan_backend_restart(
+    desired: &Desired,
+    observed: &[Instance],
+    admitted: &[Admission],
+    only: Option<&ProcessType>,
+) -> Plan {
+    let mut plan = plan_backend(desired, observed, admitted);
+    let Some(release) = desired.release.as_ref().filter(|_| !desired.stopped) else {
+        return plan;
+    };
+    let restarts: Vec<Step> = release
+        .processes
+        .iter()
+        .filter(|(p, (_, count))| *count > 0 && only.is_none_or(|o| o == *p))
+        .map(|(_, (spec, count))| Step::Restart {
+            spec: spec.clone(),
+            replicas: *count,
+        })
+        .collect();
+    if restarts.is_empty() {
+        return plan;
+    }
+    // Before the admission step, so the routes take the fresh pods.
+    let at = plan
+        .steps
+        .iter()
+        .position(|s| matches!(s, Step::AdmitReady { .. } | Step::Stop(_)))
+        .unwrap_or(plan.steps.len());
+    plan.steps.splice(at..at, restarts);
+    if !plan
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::AdmitReady { .. }))
+    {
+        let at = plan
+            .steps
+            .iter()
+            .position(|s| matches!(s, Step::Stop(_)))
+            .unwrap_or(plan.steps.len());
+        plan.steps.insert(
+            at,
+            Step::AdmitReady {
+                release: release.version,
+            },
+        );
+    }
+    plan
 }
 
 fn plan_backend(desired: &Desired, observed: &[Instance], admitted: &[Admission]) -> Plan {

@@ -425,7 +425,7 @@ async fn accept_loop(listener: TcpListener, worker: Arc<Worker>) {
                     _ = every.tick() => {
                         worker.tick();
                         ticks += 1;
-                        if ticks % sweep_every == 0 {
+                        if ticks.is_multiple_of(sweep_every) {
                             worker.pool.sweep();
                             // The first two quiet sweeps after a load give
                             // what it left in the allocator back to the

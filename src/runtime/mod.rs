@@ -2,7 +2,7 @@
 //!
 //! One trait, [`Runtime`], with a backend per way of running things:
 //! `local` (supervised processes, `local.rs`), `docker` (containers through
-//! the Docker engine, `docker.rs`) and `fake` (in memory, for the
+//! the Docker engine, `docker.rs`), `kube` (Deployments on k3s, `kube/`) and `fake` (in memory, for the
 //! converger's tests). [`connect`] picks one; a new backend is one new file
 //! plus one arm there.
 //!
@@ -32,6 +32,7 @@
 
 pub mod docker;
 pub mod fake;
+pub mod kube;
 pub mod local;
 
 use std::collections::BTreeMap;
@@ -328,6 +329,10 @@ pub enum InstanceEvent {
     /// The instance's process exited on its own (a crash): whatever was
     /// admitted of it leaves the routes now, not at the next reconcile.
     Exited(InstanceId),
+    /// [`Readiness::Backend`]: the set of the app's instances that may
+    /// serve changed (kube: its web Service's ready endpoints). The routes
+    /// take what `list` reports `Running` now.
+    ReadyChanged(AppName),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -419,6 +424,17 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// [`Readiness::Backend`] only: replace the running instances of
+    /// `spec`'s process type by fresh ones without downtime (kube: a
+    /// rollout restart), and return once the backend reports them ready.
+    async fn restart(&self, spec: &ProcessSpec, replicas: u32) -> Result<(), RuntimeError> {
+        let _ = (spec, replicas);
+        Err(RuntimeError::Unsupported {
+            runtime: self.name(),
+            what: "rolling restarts of whole process types".into(),
+        })
+    }
+
     /// Exits the backend notices on its own, as they happen; `None` when
     /// it only reports them through `list`.
     fn events(&self) -> Option<tokio::sync::broadcast::Receiver<InstanceEvent>> {
@@ -443,6 +459,18 @@ pub trait Runtime: Send + Sync + 'static {
     /// except the artifacts in `keep` (recent releases and the live one).
     /// Called after a deploy, where old slugs are pruned. Backends that
     /// keep nothing of their own do nothing.
+    /// The cluster this backend runs on, for `cluster:*` commands; `None`
+    /// for backends that run on this host only.
+    fn cluster(&self) -> Option<&dyn Cluster> {
+        None
+    }
+
+    /// An app is destroyed: remove whatever the backend keeps for it
+    /// beyond its instances (kube: its namespace). Nothing, by default.
+    async fn remove_app(&self, _app: &AppName) -> Result<(), RuntimeError> {
+        Ok(())
+    }
+
     async fn retain_artifacts(
         &self,
         _app: &AppName,
@@ -450,6 +478,34 @@ pub trait Runtime: Send + Sync + 'static {
     ) -> Result<(), RuntimeError> {
         Ok(())
     }
+}
+
+/// One node of a cluster, as `cluster:nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NodeInfo {
+    pub name: String,
+    /// `control-plane`, or `agent`.
+    pub role: String,
+    pub ready: bool,
+    /// The kubelet's version (`v1.33.1+k3s1`).
+    pub version: String,
+    /// The address the other nodes reach it on.
+    pub address: Option<String>,
+}
+
+/// What an agent needs to join the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct JoinInfo {
+    /// `https://SERVER:6443`.
+    pub server: String,
+    pub token: String,
+}
+
+/// A backend that runs on a cluster of nodes (kube).
+#[async_trait::async_trait]
+pub trait Cluster: Send + Sync {
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, RuntimeError>;
+    async fn join_info(&self) -> Result<JoinInfo, RuntimeError>;
 }
 
 /// Which backend `--runtime` asked for.
@@ -460,6 +516,8 @@ pub struct ConnectOptions {
     pub data_dir: std::path::PathBuf,
     pub logs: Arc<crate::logs::LogStore>,
     pub run_as: Option<local::RunAs>,
+    /// `--kubeconfig`; else `KUBECONFIG`, else k3s's (see [`kube::kubeconfig_path`]).
+    pub kubeconfig: Option<std::path::PathBuf>,
 }
 
 /// The backend [`connect`] picked.
@@ -474,23 +532,65 @@ pub struct Connected {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("the {0} runtime is not available in this build yet: use --runtime docker or --runtime local")]
-    Unavailable(&'static str),
     #[error("--runtime docker: {0}; start the Docker engine, or use --runtime local")]
     Docker(#[source] docker::DockerError),
+    /// Its text is the whole line (with the server it tried): no source,
+    /// or the chain would repeat it.
+    #[error("--runtime kube: {0}")]
+    Kube(kube::KubeError),
 }
 
-/// Pick and connect the backend. `auto` probes kube (not in this build),
-/// then docker (the engine must answer within a few seconds), then local.
+/// How long `--runtime kube` gives the API server to answer at start-up.
+const KUBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `--runtime auto` gives it: a cluster that is slower than this
+/// to answer is not picked.
+const KUBE_AUTO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Pick and connect the backend. `auto` probes kube (a kubeconfig whose
+/// cluster answers within 2s), then docker (the engine must answer within
+/// a few seconds), then local.
 pub async fn connect(
     choice: RuntimeChoice,
     options: ConnectOptions,
 ) -> Result<Connected, ConnectError> {
+    let kube = match choice {
+        RuntimeChoice::Kube => Some(
+            kube::connect_for_start(
+                options.kubeconfig.as_deref(),
+                KUBE_TIMEOUT,
+                options.logs.clone(),
+            )
+            .await
+            .map_err(ConnectError::Kube)?,
+        ),
+        RuntimeChoice::Auto if kube::kubeconfig_path(options.kubeconfig.as_deref()).is_file() => {
+            match kube::connect_for_start(
+                options.kubeconfig.as_deref(),
+                KUBE_AUTO_TIMEOUT,
+                options.logs.clone(),
+            )
+            .await
+            {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    tracing::info!(error = %e, "no Kubernetes cluster; trying Docker");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some(kube) = kube {
+        return Ok(Connected {
+            description: format!("kube ({})", kube.description()),
+            runtime: Arc::new(kube),
+            local: None,
+        });
+    }
     let docker_config = docker::DockerConfig {
         owner: options.data_dir.display().to_string(),
     };
     let docker = match choice {
-        RuntimeChoice::Kube => return Err(ConnectError::Unavailable("kube")),
         RuntimeChoice::Docker => Some(
             docker::DockerRuntime::connect(docker_config, options.logs.clone())
                 .await
@@ -505,7 +605,8 @@ pub async fn connect(
                 }
             }
         }
-        RuntimeChoice::Local => None,
+        // Kube returned above.
+        RuntimeChoice::Local | RuntimeChoice::Kube => None,
     };
     Ok(match docker {
         Some(docker) => Connected {

@@ -16,6 +16,7 @@
 
 pub mod apps;
 pub mod audit;
+pub mod cluster;
 pub mod config;
 pub mod domains;
 pub mod keys;

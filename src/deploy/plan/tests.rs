@@ -116,6 +116,9 @@ fn show(plan: &Plan) -> Vec<String> {
                 format!("apply v{} {}={replicas}", spec.release, spec.process)
             }
             Step::AdmitReady { release } => format!("admit ready v{release}"),
+            Step::Restart { spec, replicas } => {
+                format!("restart v{} {}={replicas}", spec.release, spec.process)
+            }
         })
         .collect()
 }

@@ -12,6 +12,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 mod apps;
 mod certs;
+mod cluster;
 mod config;
 mod domains;
 mod keys;
@@ -215,6 +216,18 @@ enum Cmd {
     Rollback {
         app: AppName,
         version: Option<String>,
+    },
+    /// List the cluster's nodes (kube runtime; admins)
+    #[command(name = "cluster:nodes")]
+    ClusterNodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the line that joins a new node to the cluster as an agent (kube runtime; admins)
+    #[command(name = "cluster:join-command")]
+    ClusterJoinCommand {
+        #[arg(long)]
+        json: bool,
     },
     /// Show the host and every app's state
     Status {
@@ -581,6 +594,8 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
         Cmd::PsStart { app } => ps::stop_start(exec, app, false).await?,
         Cmd::Run { app, command } => ps::run(exec, app, command).await?,
         Cmd::Status { json: as_json } => status::show(exec, as_json).await?,
+        Cmd::ClusterNodes { json: as_json } => cluster::nodes(exec, as_json).await?,
+        Cmd::ClusterJoinCommand { json: as_json } => cluster::join_command(exec, as_json).await?,
         Cmd::Keys { json: as_json } => keys::list(exec, as_json).await?,
         Cmd::KeysAdd { name, role } => keys::add(exec, name, role).await?,
         Cmd::KeysRemove { key } => keys::remove(exec, key).await?,
