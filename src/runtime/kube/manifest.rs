@@ -392,6 +392,7 @@ pub(crate) mod tests {
                 memory_bytes: Some(256 << 20),
                 millicpus: Some(500),
             },
+            mounts: Vec::new(),
         }
     }
 

@@ -965,6 +965,7 @@ async fn a_one_off_pod_streams_its_output_and_returns_its_exit_code() {
         env: (*spec.env).clone(),
         artifact: spec.artifact.clone(),
         timeout: Duration::from_secs(10),
+        mounts: Vec::new(),
     };
     let state = |s: Value| {
         json!({"metadata": {"name": "run-v1-x"},
