@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// Off by default.
     #[arg(long, env = "CYGNI_REGISTRY_LISTEN", value_name = "ADDR")]
     pub registry_listen: Option<String>,
+    /// The HTTP API and git over HTTP on a plain listener, for local use.
+    /// Default 127.0.0.1:7070; `off` disables it.
+    #[arg(long, env = "CYGNI_API_LISTEN", value_name = "ADDR")]
+    pub api_listen: Option<String>,
 }
 
 /// The config file: the same keys as the flags, all optional.
@@ -109,6 +113,8 @@ struct FileConfig {
     reconcile_interval_secs: Option<u64>,
     min_free_mb: Option<u64>,
     registry_listen: Option<String>,
+    api_listen: Option<String>,
+    audit_retention_days: Option<u32>,
 }
 
 /// Which runtime backend to use.
@@ -166,6 +172,14 @@ pub struct Config {
     /// Where the image registry listens (`--registry-listen`, file key
     /// `registry_listen`); `None`: no registry, and images are not published.
     pub registry_listen: Option<SocketAddr>,
+    /// The API's loopback listener (`api_listen`; `None` when `off`).
+    pub api_listen: Option<SocketAddr>,
+    /// `api_listen` was not set: a port in use turns the listener off
+    /// with a warning instead of stopping the start.
+    pub api_listen_is_default: bool,
+    /// Audit entries older than this many days are pruned (file key
+    /// `audit_retention_days`, 1 to 36500, default 90).
+    pub audit_retention_days: u32,
 }
 
 impl Config {
@@ -309,8 +323,26 @@ impl Config {
             .map(|v| listen_addr("registry_listen", Some(v), 0))
             .transpose()?;
 
+        let api_listen_arg = args.api_listen.as_deref().or(file.api_listen.as_deref());
+        let api_listen_is_default = api_listen_arg.is_none();
+        let api_listen = match api_listen_arg {
+            Some("off") => None,
+            other => Some(listen_addr(
+                "api_listen",
+                other.or(Some("127.0.0.1:7070")),
+                7070,
+            )?),
+        };
+        let audit_retention_days = file.audit_retention_days.unwrap_or(90);
+        if !(1..=36_500).contains(&audit_retention_days) {
+            return Err(invalid("audit_retention_days", "must be 1 to 36500 days"));
+        }
+
         Ok(Config {
             registry_listen,
+            api_listen,
+            api_listen_is_default,
+            audit_retention_days,
             min_free_mb: file.min_free_mb.unwrap_or(512),
             reconcile_interval,
             data_dir,

@@ -343,6 +343,53 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         )),
     });
 
+    // The control host: the API and git over HTTPS, through the proxy and
+    // on the loopback listener.
+    let shutdown = CancellationToken::new();
+    let control_host = format!("cygni.{}", config.domain);
+    let api = crate::api::Api::new(
+        ctx.service.clone(),
+        control_host.clone(),
+        crate::acme::is_local_host(&control_host),
+        crate::api::GitHttpEnv {
+            git_env: ctx.git_env.clone(),
+            pushes: pushes.clone(),
+            hook_socket: ctx.hook_socket.clone(),
+            cygni_bin: ctx.cygni_bin.clone(),
+            data_dir: data.clone(),
+        },
+        shutdown.clone(),
+    );
+    let api_listener =
+        match config.api_listen {
+            None => None,
+            Some(addr) => match bind_tcp("api", addr) {
+                Ok(l) => Some(tokio::net::TcpListener::from_std(l).map_err(|source| {
+                    DaemonError::Bind {
+                        what: "api",
+                        addr,
+                        source,
+                    }
+                })?),
+                // The default loopback port may be taken by another daemon on a
+                // workstation; an address the operator chose must bind.
+                Err(e) if config.api_listen_is_default => {
+                    tracing::warn!(error = %e, "the API's loopback listener is off");
+                    None
+                }
+                Err(e) => return Err(e),
+            },
+        };
+    let proxy_config = ProxyConfig {
+        control: Some(proxy::ControlHook(Arc::new(crate::api::ControlHost(
+            api.clone(),
+        )))),
+        ..ProxyConfig::default()
+    };
+    if let Err(e) = ctx.service.prune_audit(config.audit_retention_days).await {
+        tracing::warn!(error = %e, "cannot prune the audit log");
+    }
+
     let host = if ssh_addr.ip().is_unspecified() {
         "localhost".to_owned()
     } else {
@@ -358,6 +405,11 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         "  https: {https_addr} (certificates from {})",
         config.acme_directory
     );
+    if let Some(l) = &api_listener {
+        if let Ok(addr) = l.local_addr() {
+            println!("  api:   {addr} (and {control_host} on the proxy)");
+        }
+    }
     if let Some((addr, _)) = &registry {
         println!(
             "  registry: {addr} (pull-only; credential in {})",
@@ -371,8 +423,29 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         ssh_addr.port()
     );
 
-    let shutdown = CancellationToken::new();
     let tasks = TaskTracker::new();
+    if let Some(l) = api_listener {
+        tasks.spawn(crate::api::serve_loopback(l, api.clone(), shutdown.clone()));
+    }
+    {
+        // Old audit entries go once a day.
+        let (service, days, stop) = (
+            ctx.service.clone(),
+            config.audit_retention_days,
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(86_400)) => {}
+                }
+                if let Err(e) = service.prune_audit(days).await {
+                    tracing::warn!(error = %e, "cannot prune the audit log");
+                }
+            }
+        });
+    }
     let ssh_config = Arc::new(ssh::server::russh_config(host_key));
     tasks.spawn(ssh::server::serve(
         ssh_listener,
@@ -388,12 +461,13 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     ));
     let proxy_shutdown = shutdown.clone();
     let (http_routes, http_challenges) = (routes.clone(), challenges.clone());
+    let http_proxy_config = proxy_config.clone();
     tasks.spawn(async move {
         if let Err(e) = proxy::serve_http(
             http_std,
             http_routes,
             http_challenges,
-            ProxyConfig::default(),
+            http_proxy_config,
             proxy_shutdown,
         )
         .await
@@ -409,7 +483,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             https_routes,
             challenges,
             tls_config,
-            ProxyConfig::default(),
+            proxy_config,
             https_shutdown,
         )
         .await

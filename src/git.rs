@@ -40,6 +40,31 @@ pub struct GitEnv {
     pub hooks_dir: PathBuf,
 }
 
+/// The PATH git and its hook run with.
+pub const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+impl GitEnv {
+    /// `git SUBCOMMAND` as every front door (SSH, smart HTTP) runs it: an
+    /// environment built from nothing, Cygni's own config files, `home`
+    /// as HOME, piped stdio, killed when dropped. The caller adds the
+    /// arguments (the repo's absolute path last).
+    pub fn command(&self, subcommand: &str, home: &Path) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new("git");
+        cmd.arg(subcommand)
+            .env_clear()
+            .env("PATH", SAFE_PATH)
+            .env("HOME", home)
+            .env("LANG", "C.UTF-8")
+            .env("GIT_CONFIG_GLOBAL", &self.global_config)
+            .env("GIT_CONFIG_SYSTEM", &self.system_config)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+}
+
 /// The largest pack a push may send.
 const MAX_INPUT_SIZE: &str = "2g";
 

@@ -92,7 +92,8 @@ enum Frame {
 #[derive(Debug, Clone)]
 pub struct PushSession {
     pub app: AppName,
-    pub key_name: String,
+    /// Who pushes, and through which door (for the audit log).
+    pub actor: crate::actor::Actor,
 }
 
 /// A push as the daemon's handler sees it.

@@ -13,6 +13,8 @@
 //! ```
 
 pub mod acme;
+pub mod actor;
+pub mod api;
 pub mod build;
 pub mod config;
 pub mod daemon;

@@ -184,7 +184,7 @@ fn a_deployer_without_a_grant_gets_app_not_found_from_every_command() {
         // Creating is the one command about an app that does not exist
         // yet: it is for admins, whatever the name.
         let expected = if line[0] == "apps:create" {
-            "error: only admin keys can create apps"
+            "error: only admins can create apps"
         } else {
             "error: app not found: secret"
         };
@@ -273,7 +273,7 @@ fn roles_admin_developer_viewer_over_ssh() {
     let out = d.git(&viewer, &repo, &["push", &d.remote("shared"), "main"]);
     assert_ne!(out.code, 0, "{out:#?}");
     assert!(
-        out.stderr.contains("viewer keys can only read shared"),
+        out.stderr.contains("viewers can only read shared"),
         "{out:#?}"
     );
     let after = d

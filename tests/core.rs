@@ -128,7 +128,7 @@ fn refusals_are_clear_and_write_nothing() {
 
     // Deployers cannot create apps, and cannot see ungranted ones.
     d.ssh(&deployer, "apps:create mine")
-        .fails_with("only admin keys can create apps");
+        .fails_with("only admins can create apps");
     d.ssh(&d.admin, "apps:create secret").ok();
     d.ssh(&deployer, "apps:info secret")
         .fails_with("app not found");
@@ -229,10 +229,7 @@ fn auth_bypass_regression_offered_key_grants_nothing() {
         "did not log in: {stderr}"
     );
     assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr.contains("only admin keys can create apps"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("only admins can create apps"), "{stderr}");
     d.ssh(&d.admin, "apps:info stolen")
         .fails_with("app not found");
 }

@@ -911,6 +911,30 @@ fn set_mode(path: &Path, mode: u32) {
 #[async_trait::async_trait]
 impl PushHandler for Platform {
     async fn pre_receive(&self, push: Push, out: PushOutput) -> Result<(), String> {
+        let actor = push.session.actor.clone();
+        let app = push.session.app.clone();
+        let detail = push
+            .updates
+            .iter()
+            .map(|u| format!("{} {}", u.name, &u.new[..u.new.len().min(12)]))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let result = self.receive(push, out).await;
+        let (outcome, message) = match &result {
+            Ok(()) => ("ok", String::new()),
+            Err(m) => ("failed", m.clone()),
+        };
+        let entry = actor.audit_entry("push", Some(&app), detail, outcome, message);
+        if let Err(e) = self.db.call(move |c| state::audit::append(c, &entry)).await {
+            tracing::error!(error = %e, "cannot write the audit log");
+        }
+        result
+    }
+}
+
+impl Platform {
+    /// The push itself: deploy the deploy branch, store the others.
+    async fn receive(&self, push: Push, out: PushOutput) -> Result<(), String> {
         let app = push.session.app.clone();
         let a = app.clone();
         let record = self

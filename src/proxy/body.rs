@@ -23,6 +23,8 @@ use super::routes::InFlight;
 pub(crate) enum ProxyBody {
     Upstream(UpstreamBody),
     Full(Option<Bytes>),
+    /// Cygni's own responses on the control host (API, git over HTTPS).
+    Control(super::ControlBody),
 }
 
 impl ProxyBody {
@@ -101,6 +103,7 @@ impl Body for ProxyBody {
                 polled
             }
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Control(body) => Pin::new(body).poll_frame(cx),
         }
     }
 
@@ -108,6 +111,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Upstream(up) => up.done || up.body.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
+            ProxyBody::Control(body) => body.is_end_stream(),
         }
     }
 
@@ -116,6 +120,7 @@ impl Body for ProxyBody {
             ProxyBody::Upstream(up) => up.body.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
+            ProxyBody::Control(body) => body.size_hint(),
         }
     }
 }

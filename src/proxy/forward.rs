@@ -245,12 +245,31 @@ async fn proxy(
             .lookup_bytes(host.as_bytes())
             .map_err(|_| ProxyError::BadRequest {
                 reason: "malformed Host header",
-            })?
-            .ok_or(ProxyError::UnknownHost)?;
-        if entry.redirect_https && cx.scheme == Scheme::Http {
-            return redirect_https(&host, req.uri());
+            })?;
+        match entry {
+            Some(entry) if entry.redirect_https && cx.scheme == Scheme::Http => {
+                return redirect_https(&host, req.uri());
+            }
+            Some(entry) => Some(Arc::clone(&entry.route)),
+            None => None,
         }
-        Arc::clone(&entry.route)
+    };
+    let Some(route) = route else {
+        // No app there: Cygni's own host, or nothing.
+        return match &cx.worker.control {
+            Some(control) if is_host(&host, control.0.host()) => {
+                let resp = control
+                    .0
+                    .serve(super::ControlRequest {
+                        req,
+                        peer: cx.peer,
+                        https: cx.scheme == Scheme::Https,
+                    })
+                    .await;
+                Ok(resp.map(ProxyBody::Control))
+            }
+            _ => Err(ProxyError::UnknownHost),
+        };
     };
     let start = route.start().ok_or_else(|| ProxyError::NoEndpoints {
         app: route.app.clone(),
@@ -258,6 +277,16 @@ async fn proxy(
 
     let upgrade = prepare_request(cx, &mut req, host);
     forward(cx, req, &route, start, upgrade).await
+}
+
+/// `raw` (a Host header) names `host` (already normalized).
+fn is_host(raw: &HeaderValue, host: &str) -> bool {
+    let mut buf = [0u8; MAX_HOST_LEN];
+    match normalize_host(raw.as_bytes(), &mut buf) {
+        Ok(super::routes::Normal::Ascii(h)) => h == host,
+        Ok(super::routes::Normal::Mapped(h)) => h.as_str() == host,
+        Err(_) => false,
+    }
 }
 
 fn challenge(cx: &ConnCtx, token: &str) -> Response<ProxyBody> {

@@ -52,6 +52,7 @@
 
 mod body;
 mod challenges;
+pub mod control;
 mod forward;
 mod pool;
 pub mod routes;
@@ -64,6 +65,7 @@ use std::time::Duration;
 use hyper::StatusCode;
 
 pub use challenges::Challenges;
+pub use control::{Control, ControlBody, ControlHook, ControlRequest};
 pub use routes::{AppRoute, Route, RouteTable, Routes, RoutesBuilder, DEFAULT_RESPONSE_TIMEOUT};
 pub use server::{serve_http, serve_https};
 pub use tls::CertStore;
@@ -125,6 +127,9 @@ pub struct ProxyConfig {
     pub connect_timeout: Duration,
     /// On shutdown, in-flight requests get this long to finish.
     pub drain_timeout: Duration,
+    /// Where requests for the control host (`cygni.DOMAIN`) go: Cygni's
+    /// API and git over HTTPS. `None`: such a Host is unknown, like any.
+    pub control: Option<ControlHook>,
 }
 
 impl Default for ProxyConfig {
@@ -144,6 +149,7 @@ impl Default for ProxyConfig {
             max_handshakes_per_addr: 256,
             trusted_proxies: Vec::new(),
             listen_backlog: 4096,
+            control: None,
         }
     }
 }

@@ -80,6 +80,7 @@ pub(crate) struct Worker {
     idle_timeout: Duration,
     pub(crate) body_rate: BodyRate,
     pub(crate) trusted_proxies: Vec<IpAddr>,
+    pub(crate) control: Option<super::ControlHook>,
     /// Milliseconds since `epoch`, advanced by the worker's ticker: what
     /// connections stamp their activity with, without a clock read per I/O.
     clock: Arc<AtomicU64>,
@@ -135,6 +136,7 @@ impl Worker {
                 .iter()
                 .map(|ip| ip.to_canonical())
                 .collect(),
+            control: config.control.clone(),
             clock: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
             conns: Arc::clone(&limits.0),

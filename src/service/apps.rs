@@ -8,14 +8,14 @@ use crate::state;
 impl Service {
     /// The apps `actor` may see: all for admins, the granted ones otherwise.
     pub async fn visible_apps(&self, actor: &Actor) -> Result<Vec<state::apps::App>, ServiceError> {
-        let fp = actor.fingerprint.clone();
-        let (mut apps, key) = self
+        let principal = actor.principal.clone();
+        let (mut apps, grants) = self
             .db
-            .call(move |c| Ok((state::apps::list(c)?, state::keys::by_fingerprint(c, &fp)?)))
+            .call(move |c| Ok((state::apps::list(c)?, super::current_grants(c, &principal)?)))
             .await?;
-        match key {
-            Some(k) if k.role == state::keys::Role::Admin => {}
-            Some(k) => apps.retain(|a| k.apps.contains(&a.name)),
+        match grants {
+            Some((state::keys::Role::Admin, _)) => {}
+            Some((_, granted)) => apps.retain(|a| granted.contains(&a.name)),
             None => apps.clear(),
         }
         Ok(apps)
@@ -24,17 +24,20 @@ impl Service {
     /// Create an app and its repository, and route its host at once (it
     /// answers 503 until a deploy, not 404).
     pub async fn create_app(&self, actor: &Actor, app: &AppName) -> Result<(), ServiceError> {
-        self.require_admin(actor, "create apps")?;
-        let name = app.clone();
-        self.db.call(move |c| state::apps::create(c, &name)).await?;
-        if let Err(e) = self.platform.repos.create(app) {
-            // Keep the database and the disk in step: no app without a repo.
+        self.audited(actor, "apps:create", Some(app), "", async {
+            self.require_admin(actor, "create apps")?;
             let name = app.clone();
-            let _ = self.db.call(move |c| state::apps::delete(c, &name)).await;
-            return Err(e.into());
-        }
-        self.republish("apps:create").await;
-        Ok(())
+            self.db.call(move |c| state::apps::create(c, &name)).await?;
+            if let Err(e) = self.platform.repos.create(app) {
+                // Keep the database and the disk in step: no app without a repo.
+                let name = app.clone();
+                let _ = self.db.call(move |c| state::apps::delete(c, &name)).await;
+                return Err(e.into());
+            }
+            self.republish("apps:create").await;
+            Ok(())
+        })
+        .await
     }
 
     /// Destroy an app and everything it owns, once `confirm` repeats its
@@ -45,17 +48,20 @@ impl Service {
         app: &AppName,
         confirm: Option<&str>,
     ) -> Result<(), ServiceError> {
-        self.app(actor, app, Access::Admin).await?;
-        if confirm != Some(app.as_str()) {
-            return Err(ServiceError::Invalid(format!(
-                "this destroys {app} and all its data: confirm with `apps:destroy {app} --confirm {app}`"
-            )));
-        }
-        self.platform
-            .destroy_app(app)
-            .await
-            .map_err(|e| ServiceError::Internal(e.message))?;
-        self.acme.notify();
-        Ok(())
+        self.audited(actor, "apps:destroy", Some(app), "", async {
+            self.app(actor, app, Access::Admin).await?;
+            if confirm != Some(app.as_str()) {
+                return Err(ServiceError::Invalid(format!(
+                    "this destroys {app} and all its data: confirm with `apps:destroy {app} --confirm {app}`"
+                )));
+            }
+            self.platform
+                .destroy_app(app)
+                .await
+                .map_err(|e| ServiceError::Internal(e.message))?;
+            self.acme.notify();
+            Ok(())
+        })
+        .await
     }
 }

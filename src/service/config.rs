@@ -101,39 +101,49 @@ impl Service {
         restart: bool,
         progress: &mut Progress,
     ) -> Result<Outcome, ServiceError> {
-        self.app(actor, app, Access::Manage).await?;
-        for name in set.keys().chain(unset.iter()) {
-            check_name(name)?;
-        }
-        let a = app.clone();
-        let mut after = self
-            .db
-            .call(move |c| state::config_vars::get_all(c, &a))
-            .await?;
-        for k in &unset {
-            after.remove(k);
-        }
-        after.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let total: usize = after.iter().map(|(k, v)| k.len() + v.len()).sum();
-        if total > MAX_TOTAL {
-            return Err(ServiceError::Invalid(format!(
-                "{app}'s config would exceed {} KiB in all",
-                MAX_TOTAL / 1024
-            )));
-        }
-        if after.len() > MAX_KEYS {
-            return Err(ServiceError::Invalid(format!(
-                "{app} would have {} config vars; the most is {MAX_KEYS}",
-                after.len()
-            )));
-        }
-        // Limits are typed here, when they are set, not in the middle of
-        // a deploy.
-        Limits::from_vars(&after).map_err(|e| ServiceError::Invalid(e.to_string()))?;
-        Ok(self
-            .platform
-            .change_config(app, set, unset, restart, progress)
-            .await?)
+        let mut detail: Vec<String> = set.keys().map(|k| format!("set {k}")).collect();
+        detail.extend(unset.iter().map(|k| format!("unset {k}")));
+        let action = if set.is_empty() {
+            "config:unset"
+        } else {
+            "config:set"
+        };
+        self.audited(actor, action, Some(app), detail.join(" "), async {
+            self.app(actor, app, Access::Manage).await?;
+            for name in set.keys().chain(unset.iter()) {
+                check_name(name)?;
+            }
+            let a = app.clone();
+            let mut after = self
+                .db
+                .call(move |c| state::config_vars::get_all(c, &a))
+                .await?;
+            for k in &unset {
+                after.remove(k);
+            }
+            after.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+            let total: usize = after.iter().map(|(k, v)| k.len() + v.len()).sum();
+            if total > MAX_TOTAL {
+                return Err(ServiceError::Invalid(format!(
+                    "{app}'s config would exceed {} KiB in all",
+                    MAX_TOTAL / 1024
+                )));
+            }
+            if after.len() > MAX_KEYS {
+                return Err(ServiceError::Invalid(format!(
+                    "{app} would have {} config vars; the most is {MAX_KEYS}",
+                    after.len()
+                )));
+            }
+            // Limits are typed here, when they are set, not in the middle of
+            // a deploy.
+            Limits::from_vars(&after).map_err(|e| ServiceError::Invalid(e.to_string()))?;
+            Ok(self
+                .platform
+                .change_config(app, set, unset, restart, progress)
+                .await?)
+        })
+        .await
     }
 }
 

@@ -29,25 +29,28 @@ impl Service {
         app: &AppName,
         host: &Hostname,
     ) -> Result<(), ServiceError> {
-        self.app(actor, app, Access::Manage).await?;
-        // NAME.DOMAIN is where app NAME lives (or will): never a custom domain.
-        if let Some(label) = host
-            .as_str()
-            .strip_suffix(&format!(".{}", self.domain))
-            .filter(|l| !l.contains('.'))
-        {
-            return Err(ServiceError::Invalid(format!(
-                "{host} is reserved for the app named {label:?}: hosts like NAME.{} are apps' default hosts",
-                self.domain
-            )));
-        }
-        let (a, h) = (app.clone(), host.clone());
-        self.db
-            .call(move |c| state::domains::add(c, &a, &h))
-            .await?;
-        self.republish("domains:add").await;
-        self.acme.notify();
-        Ok(())
+        self.audited(actor, "domains:add", Some(app), format!("host={host}"), async {
+            self.app(actor, app, Access::Manage).await?;
+            // NAME.DOMAIN is where app NAME lives (or will): never a custom domain.
+            if let Some(label) = host
+                .as_str()
+                .strip_suffix(&format!(".{}", self.domain))
+                .filter(|l| !l.contains('.'))
+            {
+                return Err(ServiceError::Invalid(format!(
+                    "{host} is reserved for the app named {label:?}: hosts like NAME.{} are apps' default hosts",
+                    self.domain
+                )));
+            }
+            let (a, h) = (app.clone(), host.clone());
+            self.db
+                .call(move |c| state::domains::add(c, &a, &h))
+                .await?;
+            self.republish("domains:add").await;
+            self.acme.notify();
+            Ok(())
+        })
+        .await
     }
 
     pub async fn remove_domain(
@@ -56,13 +59,22 @@ impl Service {
         app: &AppName,
         host: &Hostname,
     ) -> Result<(), ServiceError> {
-        self.app(actor, app, Access::Manage).await?;
-        let (a, h) = (app.clone(), host.clone());
-        self.db
-            .call(move |c| state::domains::remove(c, &a, &h))
-            .await?;
-        self.republish("domains:remove").await;
-        self.acme.notify();
-        Ok(())
+        self.audited(
+            actor,
+            "domains:remove",
+            Some(app),
+            format!("host={host}"),
+            async {
+                self.app(actor, app, Access::Manage).await?;
+                let (a, h) = (app.clone(), host.clone());
+                self.db
+                    .call(move |c| state::domains::remove(c, &a, &h))
+                    .await?;
+                self.republish("domains:remove").await;
+                self.acme.notify();
+                Ok(())
+            },
+        )
+        .await
     }
 }

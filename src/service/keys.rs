@@ -19,22 +19,29 @@ impl Service {
         fingerprint: &str,
         public: &str,
     ) -> Result<(), ServiceError> {
-        self.require_admin(actor, "add keys")?;
-        let (n, fp, p) = (name.clone(), fingerprint.to_owned(), public.to_owned());
-        self.db
-            .call(move |c| {
-                state::keys::add(
-                    c,
-                    state::keys::NewKey {
-                        name: &n,
-                        fingerprint: &fp,
-                        public_key: &p,
-                        role,
-                    },
-                )
-            })
-            .await?;
-        Ok(())
+        let detail = format!(
+            "name={name} role={} fingerprint={fingerprint}",
+            role.as_str()
+        );
+        self.audited(actor, "keys:add", None, detail, async {
+            self.require_admin(actor, "add keys")?;
+            let (n, fp, p) = (name.clone(), fingerprint.to_owned(), public.to_owned());
+            self.db
+                .call(move |c| {
+                    state::keys::add(
+                        c,
+                        state::keys::NewKey {
+                            name: &n,
+                            fingerprint: &fp,
+                            public_key: &p,
+                            role,
+                        },
+                    )
+                })
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     pub async fn remove_key(
@@ -42,9 +49,13 @@ impl Service {
         actor: &Actor,
         name_or_fingerprint: &str,
     ) -> Result<state::keys::Key, ServiceError> {
-        self.require_admin(actor, "remove keys")?;
-        let k = name_or_fingerprint.to_owned();
-        Ok(self.db.call(move |c| state::keys::remove(c, &k)).await?)
+        let detail = format!("key={name_or_fingerprint}");
+        self.audited(actor, "keys:remove", None, detail, async {
+            self.require_admin(actor, "remove keys")?;
+            let k = name_or_fingerprint.to_owned();
+            Ok(self.db.call(move |c| state::keys::remove(c, &k)).await?)
+        })
+        .await
     }
 
     /// Let a deployer key push to and manage `app` (`grant`), or take
@@ -56,17 +67,21 @@ impl Service {
         app: &AppName,
         grant: bool,
     ) -> Result<(), ServiceError> {
-        self.app(actor, app, Access::Admin).await?;
-        let (k, a) = (key.to_owned(), app.clone());
-        self.db
-            .call(move |c| {
-                if grant {
-                    state::keys::grant(c, &k, &a)
-                } else {
-                    state::keys::revoke(c, &k, &a)
-                }
-            })
-            .await?;
-        Ok(())
+        let action = if grant { "keys:grant" } else { "keys:revoke" };
+        self.audited(actor, action, Some(app), format!("key={key}"), async {
+            self.app(actor, app, Access::Admin).await?;
+            let (k, a) = (key.to_owned(), app.clone());
+            self.db
+                .call(move |c| {
+                    if grant {
+                        state::keys::grant(c, &k, &a)
+                    } else {
+                        state::keys::revoke(c, &k, &a)
+                    }
+                })
+                .await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -15,10 +15,13 @@
 //! so a missing grant and a missing app look the same.
 
 pub mod apps;
+pub mod audit;
 pub mod config;
 pub mod domains;
 pub mod keys;
 pub mod ps;
+pub mod releases;
+pub mod tokens;
 
 use std::sync::Arc;
 
@@ -27,23 +30,22 @@ use crate::deploy::Platform;
 use crate::names::AppName;
 use crate::state::{self, keys::Role, Db};
 
-/// Who asks: a key (or, later, a token) with a role.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub key_name: String,
-    pub fingerprint: String,
-    pub role: Role,
-}
+pub use crate::actor::{Actor, Principal, Source};
 
-impl Actor {
-    pub fn is_admin(&self) -> bool {
-        self.role == Role::Admin
-    }
-
-    /// Viewers see config values masked, whatever they ask for.
-    pub fn sees_secrets(&self) -> bool {
-        self.role != Role::Viewer
-    }
+/// The role and grants the actor's credential has now, or `None` when it
+/// is gone (removed, revoked or expired).
+fn current_grants(
+    c: &rusqlite::Connection,
+    principal: &Principal,
+) -> Result<Option<(Role, Vec<AppName>)>, state::StateError> {
+    Ok(match principal {
+        Principal::Key { fingerprint } => {
+            state::keys::by_fingerprint(c, fingerprint)?.map(|k| (k.role, k.apps))
+        }
+        Principal::Token { id } => state::tokens::by_id(c, *id)?
+            .filter(|t| !t.expired(state::now()))
+            .map(|t| (t.role, t.apps)),
+    })
 }
 
 /// What an operation needs from the actor on one app.
@@ -66,6 +68,9 @@ pub enum ServiceError {
     /// A bad request the actor can fix; the message says how.
     #[error("{0}")]
     Invalid(String),
+    /// Something named that is not there (a release, a token, a key).
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Name(#[from] crate::names::InvalidName),
     #[error(transparent)]
@@ -81,7 +86,9 @@ impl From<state::StateError> for ServiceError {
             state::StateError::Exists(what) => {
                 ServiceError::Invalid(format!("{what} already exists"))
             }
-            state::StateError::NotFound(what) => ServiceError::Invalid(format!("{what} not found")),
+            state::StateError::NotFound(what) => {
+                ServiceError::NotFound(format!("{what} not found"))
+            }
             other if other.is_busy() => {
                 tracing::warn!(error = %other, "database busy");
                 ServiceError::Invalid(state::BUSY_MESSAGE.to_owned())
@@ -132,22 +139,17 @@ impl Service {
         access: Access,
     ) -> Result<state::apps::App, ServiceError> {
         let name = app.clone();
-        let fingerprint = actor.fingerprint.clone();
-        let (found, key) = self
+        let principal = actor.principal.clone();
+        let (found, grants) = self
             .db
-            .call(move |c| {
-                Ok((
-                    state::apps::get(c, &name)?,
-                    state::keys::by_fingerprint(c, &fingerprint)?,
-                ))
-            })
+            .call(move |c| Ok((state::apps::get(c, &name)?, current_grants(c, &principal)?)))
             .await?;
-        // Re-read the key: a grant, its role or the key itself may have
-        // changed since the actor signed in.
-        let role = key.as_ref().map(|k| k.role);
-        let visible = match &key {
-            Some(k) if k.role == Role::Admin => true,
-            Some(k) => k.apps.contains(app),
+        // Re-read the credential: a grant, its role or the key or token
+        // itself may have changed since the actor signed in.
+        let role = grants.as_ref().map(|g| g.0);
+        let visible = match &grants {
+            Some((Role::Admin, _)) => true,
+            Some((_, apps)) => apps.contains(app),
             None => false,
         };
         let record = match found {
@@ -159,10 +161,10 @@ impl Service {
                 Ok(record)
             }
             (Access::Manage, _) => Err(ServiceError::Forbidden(format!(
-                "viewer keys can only read {app}"
+                "viewers can only read {app}"
             ))),
             (Access::Admin, _) => Err(ServiceError::Forbidden(format!(
-                "only admin keys can do that to {app}"
+                "only admins can do that to {app}"
             ))),
         }
     }
@@ -172,9 +174,53 @@ impl Service {
         if actor.is_admin() {
             Ok(())
         } else {
-            Err(ServiceError::Forbidden(format!(
-                "only admin keys can {what}"
-            )))
+            Err(ServiceError::Forbidden(format!("only admins can {what}")))
+        }
+    }
+
+    /// Run a change and append its outcome to the audit log: who, what,
+    /// which app, from where, and the result, refusals included. `detail`
+    /// names what changed (keys, hosts, counts), never a secret value.
+    pub async fn audited<T>(
+        &self,
+        actor: &Actor,
+        action: &str,
+        app: Option<&AppName>,
+        detail: impl Into<String>,
+        change: impl std::future::Future<Output = Result<T, ServiceError>>,
+    ) -> Result<T, ServiceError> {
+        let result = change.await;
+        let (outcome, message) = match &result {
+            Ok(_) => ("ok", String::new()),
+            Err(ServiceError::Forbidden(_)) => ("denied", result_message(&result)),
+            Err(ServiceError::AppNotFound(_)) if !actor.is_admin() => {
+                ("denied", result_message(&result))
+            }
+            Err(_) => ("failed", result_message(&result)),
+        };
+        self.record(actor, action, app, detail.into(), outcome, message)
+            .await;
+        result
+    }
+
+    /// Append one audit entry. A failure to write it is logged, not
+    /// returned: the change it describes has already happened.
+    pub async fn record(
+        &self,
+        actor: &Actor,
+        action: &str,
+        app: Option<&AppName>,
+        detail: String,
+        outcome: &str,
+        message: String,
+    ) {
+        let entry = actor.audit_entry(action, app, detail, outcome, message);
+        tracing::info!(
+            actor = %entry.actor, source = %entry.source, action = %entry.action,
+            app = entry.app.as_deref().unwrap_or("-"), result = %entry.result, "audit"
+        );
+        if let Err(e) = self.db.call(move |c| state::audit::append(c, &entry)).await {
+            tracing::error!(error = %e, "cannot write the audit log");
         }
     }
 
@@ -184,5 +230,12 @@ impl Service {
         if let Err(e) = self.platform.publish_routes().await {
             tracing::warn!(error = %e, "route update after {after}");
         }
+    }
+}
+
+fn result_message<T>(r: &Result<T, ServiceError>) -> String {
+    match r {
+        Ok(_) => String::new(),
+        Err(e) => e.to_string(),
     }
 }

@@ -18,25 +18,33 @@ impl Service {
         changes: BTreeMap<ProcessType, u32>,
         progress: &mut Progress,
     ) -> Result<(), ServiceError> {
-        self.app(actor, app, Access::Manage).await?;
-        if changes.is_empty() {
-            return Err(ServiceError::Invalid(
-                "give TYPE=COUNT pairs, e.g. web=2".into(),
-            ));
-        }
-        for (process, count) in &changes {
-            if process.as_str() == "release" {
+        let detail = changes
+            .iter()
+            .map(|(p, n)| format!("{p}={n}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        self.audited(actor, "ps:scale", Some(app), detail, async {
+            self.app(actor, app, Access::Manage).await?;
+            if changes.is_empty() {
                 return Err(ServiceError::Invalid(
-                    "release runs once per release and cannot be scaled".into(),
+                    "give TYPE=COUNT pairs, e.g. web=2".into(),
                 ));
             }
-            if *count > MAX_SCALE {
-                return Err(ServiceError::Invalid(format!(
-                    "{process}: count must be a number from 0 to {MAX_SCALE}"
-                )));
+            for (process, count) in &changes {
+                if process.as_str() == "release" {
+                    return Err(ServiceError::Invalid(
+                        "release runs once per release and cannot be scaled".into(),
+                    ));
+                }
+                if *count > MAX_SCALE {
+                    return Err(ServiceError::Invalid(format!(
+                        "{process}: count must be a number from 0 to {MAX_SCALE}"
+                    )));
+                }
             }
-        }
-        Ok(self.platform.scale(app, changes, progress).await?)
+            Ok(self.platform.scale(app, changes, progress).await?)
+        })
+        .await
     }
 
     /// Returns how many instances were restarted.
@@ -47,8 +55,12 @@ impl Service {
         only: Option<&ProcessType>,
         progress: &mut Progress,
     ) -> Result<usize, ServiceError> {
-        self.app(actor, app, Access::Manage).await?;
-        Ok(self.platform.restart(app, only, progress).await?)
+        let detail = only.map(|p| format!("process={p}")).unwrap_or_default();
+        self.audited(actor, "ps:restart", Some(app), detail, async {
+            self.app(actor, app, Access::Manage).await?;
+            Ok(self.platform.restart(app, only, progress).await?)
+        })
+        .await
     }
 
     /// `ps:stop` (true) and `ps:start` (false).
@@ -59,8 +71,12 @@ impl Service {
         stopped: bool,
         progress: &mut Progress,
     ) -> Result<(), ServiceError> {
-        self.app(actor, app, Access::Manage).await?;
-        Ok(self.platform.set_stopped(app, stopped, progress).await?)
+        let action = if stopped { "ps:stop" } else { "ps:start" };
+        self.audited(actor, action, Some(app), "", async {
+            self.app(actor, app, Access::Manage).await?;
+            Ok(self.platform.set_stopped(app, stopped, progress).await?)
+        })
+        .await
     }
 
     /// Returns the new release's version.
@@ -71,7 +87,11 @@ impl Service {
         version: Option<u32>,
         progress: &mut Progress,
     ) -> Result<u32, ServiceError> {
-        self.app(actor, app, Access::Manage).await?;
-        Ok(self.platform.rollback(app, version, progress).await?)
+        let detail = version.map(|v| format!("to=v{v}")).unwrap_or_default();
+        self.audited(actor, "rollback", Some(app), detail, async {
+            self.app(actor, app, Access::Manage).await?;
+            Ok(self.platform.rollback(app, version, progress).await?)
+        })
+        .await
     }
 }

@@ -6,20 +6,13 @@
 //! get further than the parser. git runs with the repo's absolute path, an
 //! environment built from nothing, and config files Cygni owns.
 
-use std::process::Stdio;
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 use super::commands::CommandError;
 use super::terminal::{Cr, Escaper};
 use super::{visible_app, Exec};
 use crate::hook::PushSession;
 use crate::names::AppName;
-use crate::state;
-
-/// The PATH git and its hook run with.
-const SAFE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Service {
@@ -69,36 +62,23 @@ async fn serve_inner(exec: &mut Exec, words: &[String]) -> Result<u32, CommandEr
         Err(CommandError::AppNotFound(_))
             if service == Service::Receive && exec.identity.is_admin() =>
         {
-            let name = app.clone();
-            match ctx.db.call(move |c| state::apps::create(c, &name)).await {
-                Ok(_) | Err(state::StateError::Exists(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-            if let Err(e) = ctx.platform.publish_routes().await {
-                tracing::warn!(error = %e, "route update after create");
-            }
+            ctx.service
+                .create_app(&exec.identity.via(crate::service::Source::GitSsh), &app)
+                .await?;
             exec.stderr(format!("-----> Created app {app}\n")).await;
         }
         Err(e) => return Err(e),
     }
     let repo_path = ctx.repos.create(&app)?;
 
-    let mut cmd = Command::new("git");
-    cmd.arg(match service {
-        Service::Receive => "receive-pack",
-        Service::Upload => "upload-pack",
-    })
-    .arg(&repo_path)
-    .env_clear()
-    .env("PATH", SAFE_PATH)
-    .env("HOME", &ctx.data_dir)
-    .env("LANG", "C.UTF-8")
-    .env("GIT_CONFIG_GLOBAL", &ctx.git_env.global_config)
-    .env("GIT_CONFIG_SYSTEM", &ctx.git_env.system_config)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
+    let mut cmd = ctx.git_env.command(
+        match service {
+            Service::Receive => "receive-pack",
+            Service::Upload => "upload-pack",
+        },
+        &ctx.data_dir,
+    );
+    cmd.arg(&repo_path);
     if let Some(proto) = &exec.git_protocol {
         cmd.env("GIT_PROTOCOL", proto);
     }
@@ -107,7 +87,7 @@ async fn serve_inner(exec: &mut Exec, words: &[String]) -> Result<u32, CommandEr
         Service::Receive => {
             let token = ctx.pushes.register(PushSession {
                 app: app.clone(),
-                key_name: exec.identity.key_name.clone(),
+                actor: exec.identity.via(crate::service::Source::GitSsh),
             });
             cmd.env("CYGNI_BIN", &ctx.cygni_bin)
                 .env("CYGNI_HOOK_SOCKET", &ctx.hook_socket)

@@ -198,7 +198,7 @@ pub(crate) async fn run_exec(mut exec: Exec, command: String) {
             }
         },
     };
-    tracing::info!(peer = %exec.peer, key = %exec.identity.key_name, command = %first_word(&command), status, "ssh exec");
+    tracing::info!(peer = %exec.peer, key = %exec.identity.name, command = %first_word(&command), status, "ssh exec");
     // Drop stdin first so a pump blocked on a full queue moves on.
     exec.stdin.close();
     let _ = exec.out.exit_status(status).await;

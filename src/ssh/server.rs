@@ -400,9 +400,11 @@ impl Handler for Connection {
             Ok(Some(k)) => {
                 tracing::info!(peer = %self.peer, key = %k.name, role = k.role.as_str(), "ssh login");
                 self.identity = Some(Identity {
-                    key_name: k.name,
-                    fingerprint,
+                    name: k.name,
+                    principal: crate::service::Principal::Key { fingerprint },
                     role: k.role,
+                    source: crate::service::Source::Ssh,
+                    address: Some(self.peer.ip()),
                 });
                 Ok(Auth::Accept)
             }

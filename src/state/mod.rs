@@ -10,12 +10,14 @@
 //! an async worker.
 
 pub mod apps;
+pub mod audit;
 pub mod certs;
 pub mod config_vars;
 pub mod domains;
 pub mod formation;
 pub mod keys;
 pub mod releases;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -192,6 +194,40 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, name, fingerprint, public_key, role, created_at FROM keys;
     DROP TABLE keys;
     ALTER TABLE keys_new RENAME TO keys;",
+    // 7: API tokens (stored as SHA-256 hashes only) with per-app grants,
+    // and the audit log (who changed what, from where, and the result).
+    "CREATE TABLE tokens (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        lookup TEXT NOT NULL UNIQUE,
+        secret_hash BLOB NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'deployer', 'viewer')),
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        last_used_at INTEGER
+    );
+    CREATE TABLE token_grants (
+        token_id INTEGER NOT NULL REFERENCES tokens(id) ON DELETE CASCADE,
+        app_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        PRIMARY KEY (token_id, app_id)
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        actor_kind TEXT NOT NULL,
+        role TEXT NOT NULL,
+        source TEXT NOT NULL,
+        address TEXT,
+        action TEXT NOT NULL,
+        app TEXT,
+        detail TEXT NOT NULL DEFAULT '',
+        result TEXT NOT NULL,
+        message TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_at ON audit(at);
+    CREATE INDEX audit_app ON audit(app, at);",
     // The registry: the manifest digest of a release's published image.
     "ALTER TABLE releases ADD COLUMN image_digest TEXT;",
 ];

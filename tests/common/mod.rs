@@ -92,6 +92,8 @@ pub struct TestDaemon {
     pub https_port: u16,
     /// The registry's port with `--registry-listen`, else 0.
     pub registry_port: u16,
+    /// The API's loopback listener (`--api-listen`).
+    pub api_port: u16,
     pub host_fingerprint: String,
     extra_args: Vec<String>,
     child: Option<Child>,
@@ -116,6 +118,7 @@ impl TestDaemon {
             http_port: 0,
             https_port: 0,
             registry_port: 0,
+            api_port: 0,
             host_fingerprint: String::new(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             child: None,
@@ -137,6 +140,11 @@ impl TestDaemon {
             .args(["--ssh-listen", "127.0.0.1:0"])
             .args(["--http-listen", "127.0.0.1:0"])
             .args(["--https-listen", "127.0.0.1:0"])
+            .args(if self.extra_args.iter().any(|a| a == "--api-listen") {
+                &[][..]
+            } else {
+                &["--api-listen", "127.0.0.1:0"][..]
+            })
             .arg("--admin-key")
             .arg(&self.admin.public)
             .args(&self.extra_args)
@@ -162,9 +170,16 @@ impl TestDaemon {
         });
         let deadline = Instant::now() + Duration::from_secs(30);
         let (mut ssh, mut http, mut https, mut fp) = (None, None, None, None);
+        let mut api: Option<u16> = None;
+        let want_api = !self.extra_args.iter().any(|a| a == "--api-listen");
         let (mut registry, mut printed_all) = (None, false);
         // `push:` is the last line of the banner.
-        while ssh.is_none() || http.is_none() || https.is_none() || !printed_all {
+        while ssh.is_none()
+            || http.is_none()
+            || https.is_none()
+            || (want_api && api.is_none())
+            || !printed_all
+        {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match rx.recv_timeout(left) {
                 Ok(l) => l,
@@ -191,12 +206,16 @@ impl TestDaemon {
                 registry = addr.rsplit(':').next().and_then(|p| p.parse().ok());
             } else if line.trim().starts_with("push:") {
                 printed_all = true;
+            } else if let Some(rest) = line.trim().strip_prefix("api:") {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                api = addr.rsplit(':').next().and_then(|p| p.parse().ok());
             }
         }
         self.ssh_port = ssh.expect("ssh port");
         self.http_port = http.expect("http port");
         self.https_port = https.expect("https port");
         self.registry_port = registry.unwrap_or(0);
+        self.api_port = api.unwrap_or(0);
         self.host_fingerprint = fp.unwrap_or_default();
         self.child = Some(child);
     }

@@ -7,16 +7,7 @@ use crate::state;
 
 pub(super) async fn list(exec: &mut Exec, as_json: bool) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let mut apps = ctx.db.call(|c| state::apps::list(c)).await?;
-    if !exec.identity.is_admin() {
-        let fp = exec.identity.fingerprint.clone();
-        let key = ctx
-            .db
-            .call(move |c| state::keys::by_fingerprint(c, &fp))
-            .await?;
-        let granted = key.map(|k| k.apps).unwrap_or_default();
-        apps.retain(|a| granted.contains(&a.name));
-    }
+    let apps = ctx.service.visible_apps(&exec.identity).await?;
     let text = if as_json {
         let rows: Vec<_> = apps
             .iter()

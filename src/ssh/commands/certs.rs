@@ -3,9 +3,9 @@
 //! Reads and marks rows in `certificates`; the renewer (acme) does the
 //! ordering, so `certs:renew` returns at once and `certs` shows progress.
 
-use super::{json, require_admin, time, CommandError};
+use super::{json, time, CommandError};
 use crate::names::AppName;
-use crate::ssh::{readable_app, visible_app, Exec};
+use crate::ssh::Exec;
 use crate::state::{self, certs::CertRecord};
 
 impl From<crate::acme::AcmeError> for CommandError {
@@ -39,27 +39,7 @@ pub(super) async fn list(
     as_json: bool,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let app = match app {
-        Some(a) => {
-            readable_app(&ctx, &exec.identity, &a).await?;
-            Some(a)
-        }
-        None => {
-            require_admin(exec, "list every app's certificates (give an app)")?;
-            None
-        }
-    };
-    let a = app.clone();
-    let mut rows = ctx
-        .db
-        .call(move |c| state::certs::list(c, a.as_ref()))
-        .await?;
-    if let Some(app) = &app {
-        // Rows of hosts no longer wanted (a domain removed) stay in the
-        // database until the app goes; show only the current ones.
-        let hosts = ctx.acme.hosts_of(app).await?;
-        rows.retain(|r| hosts.contains(&r.host));
-    }
+    let rows = ctx.service.certs(&exec.identity, app.as_ref()).await?;
     let now = state::now();
     let text = if as_json {
         json(&rows)?
@@ -112,14 +92,7 @@ pub(super) async fn list(
 }
 
 pub(super) async fn renew(exec: &mut Exec, app: AppName) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    visible_app(&ctx, &exec.identity, &app).await?;
-    let hosts = ctx.acme.request_renewal(&app).await?;
-    if hosts.is_empty() {
-        return Err(CommandError::Invalid(format!(
-            "{app} is only served at local names, which get no certificates"
-        )));
-    }
+    let hosts = exec.ctx.service.renew_certs(&exec.identity, &app).await?;
     exec.stdout(format!(
         "renewal requested for {}; follow it with `certs {app}`\n",
         hosts.join(", ")
@@ -129,15 +102,10 @@ pub(super) async fn renew(exec: &mut Exec, app: AppName) -> Result<(), CommandEr
 }
 
 pub(super) async fn redirect(exec: &mut Exec, app: AppName, on: bool) -> Result<(), CommandError> {
-    let ctx = exec.ctx.clone();
-    visible_app(&ctx, &exec.identity, &app).await?;
-    let a = app.clone();
-    ctx.db
-        .call(move |c| state::certs::set_redirect(c, &a, on))
+    exec.ctx
+        .service
+        .set_https_redirect(&exec.identity, &app, on)
         .await?;
-    if let Err(e) = ctx.platform.publish_routes().await {
-        tracing::warn!(error = %e, "route update after certs:redirect");
-    }
     exec.stdout(format!(
         "{app}: plain HTTP {}\n",
         if on {

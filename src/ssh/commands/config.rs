@@ -36,7 +36,7 @@ pub(super) async fn show(
     let (app, vars) = app_vars(exec, &app).await?;
     if reveal && !exec.identity.sees_secrets() {
         return Err(CommandError::Forbidden(format!(
-            "viewer keys see {app}'s config values masked"
+            "viewers see {app}'s config values masked"
         )));
     }
     let shown = |v: &String| {
@@ -78,7 +78,7 @@ pub(super) async fn get(
     let (app, vars) = app_vars(exec, &app).await?;
     if !exec.identity.sees_secrets() {
         return Err(CommandError::Forbidden(format!(
-            "viewer keys see {app}'s config values masked"
+            "viewers see {app}'s config values masked"
         )));
     }
     let Some(value) = vars.get(&key) else {

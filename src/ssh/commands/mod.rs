@@ -18,6 +18,7 @@ mod keys;
 mod ps;
 mod releases;
 mod status;
+mod tokens;
 
 use super::Exec;
 use crate::names::{AppName, InvalidName, ProcessType};
@@ -264,6 +265,36 @@ enum Cmd {
     /// Take a deployer key's access to an app away
     #[command(name = "keys:revoke")]
     KeysRevoke { name: String, app: AppName },
+    /// List API tokens (admins)
+    Tokens {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an API token; it is printed once, alone on stdout
+    #[command(name = "tokens:create")]
+    TokensCreate {
+        name: String,
+        #[arg(long, value_parser = state::keys::Role::from_arg)]
+        role: state::keys::Role,
+        /// An app a developer or viewer token may reach (repeat for more)
+        #[arg(long = "app", value_name = "APP")]
+        apps: Vec<AppName>,
+        /// Expire after this long: 90m, 12h, 30d, 2w
+        #[arg(long, value_name = "DURATION")]
+        expires: Option<String>,
+    },
+    /// Revoke an API token by name; it is refused from then on
+    #[command(name = "tokens:revoke")]
+    TokensRevoke { name: String },
+    /// Show who changed what: every change and refused attempt
+    Audit {
+        app: Option<AppName>,
+        /// How many entries, newest last
+        #[arg(short = 'n', long = "num", default_value_t = 50)]
+        num: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show TLS certificates: hosts, issuer, expiry, next renewal, last error
     #[command(
         after_help = "APP.DOMAIN and every custom domain get a certificate, except local \
@@ -382,9 +413,7 @@ pub(super) fn require_admin(exec: &Exec, what: &str) -> Result<(), CommandError>
     if exec.identity.is_admin() {
         Ok(())
     } else {
-        Err(CommandError::Forbidden(format!(
-            "only admin keys can {what}"
-        )))
+        Err(CommandError::Forbidden(format!("only admins can {what}")))
     }
 }
 
@@ -415,7 +444,7 @@ impl From<crate::service::ServiceError> for CommandError {
         match e {
             S::AppNotFound(app) => CommandError::AppNotFound(app.to_string()),
             S::Forbidden(m) => CommandError::Forbidden(m),
-            S::Invalid(m) => CommandError::Invalid(m),
+            S::Invalid(m) | S::NotFound(m) => CommandError::Invalid(m),
             S::Name(n) => CommandError::Name(n),
             S::Deploy(d) => CommandError::Invalid(d.to_string()),
             S::Internal(m) => CommandError::Internal(m),
@@ -515,6 +544,19 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
         Cmd::KeysRemove { key } => keys::remove(exec, key).await?,
         Cmd::KeysGrant { name, app } => keys::grant(exec, name, app).await?,
         Cmd::KeysRevoke { name, app } => keys::revoke(exec, name, app).await?,
+        Cmd::Tokens { json: as_json } => tokens::list(exec, as_json).await?,
+        Cmd::TokensCreate {
+            name,
+            role,
+            apps,
+            expires,
+        } => tokens::create(exec, name, role, apps, expires).await?,
+        Cmd::TokensRevoke { name } => tokens::revoke(exec, name).await?,
+        Cmd::Audit {
+            app,
+            num,
+            json: as_json,
+        } => tokens::audit(exec, app, num, as_json).await?,
         Cmd::Certs { app, json: as_json } => certs::list(exec, app, as_json).await?,
         Cmd::CertsRenew { app } => certs::renew(exec, app).await?,
         Cmd::CertsRedirect { app, on } => certs::redirect(exec, app, on).await?,

@@ -214,7 +214,10 @@ pub(super) async fn run(
     command: Vec<String>,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    visible_app(&ctx, &exec.identity, &app).await?;
+    let program = command.first().map(String::as_str).unwrap_or("");
+    ctx.service
+        .authorize_run(&exec.identity, &app, program)
+        .await?;
     let platform = ctx.platform.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(256);
     // The command owns stdin from here; the exec keeps an ended one.

@@ -4,7 +4,7 @@ use super::{json, parse_version, time, with_progress, CommandError};
 use crate::deploy::Progress;
 use crate::names::AppName;
 use crate::ssh::{readable_app, visible_app, Exec};
-use crate::state::{self, releases};
+use crate::state::releases;
 
 pub(super) async fn list(
     exec: &mut Exec,
@@ -13,12 +13,7 @@ pub(super) async fn list(
     num: u32,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    readable_app(&ctx, &exec.identity, &app).await?;
-    let a = app.clone();
-    let list = ctx
-        .db
-        .call(move |c| state::releases::list(c, &a, num.min(1000)))
-        .await?;
+    let list = ctx.service.releases(&exec.identity, &app, num).await?;
     let text = if as_json {
         json(&list)?
     } else if list.is_empty() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::{json, CommandError};
 use crate::runtime::InstanceState;
 use crate::ssh::Exec;
-use crate::state::{self, formation, releases};
+use crate::state::{formation, releases};
 
 #[derive(serde::Serialize)]
 struct Host {
@@ -64,18 +64,10 @@ pub(super) async fn show(exec: &mut Exec, as_json: bool) -> Result<(), CommandEr
         .await
         .map_err(|e| CommandError::Internal(e.to_string()))?;
 
-    let fp = exec.identity.fingerprint.clone();
-    let is_admin = exec.identity.is_admin();
+    let apps = ctx.service.visible_apps(&exec.identity).await?;
     let (apps, live, formations) = ctx
         .db
         .call(move |c| {
-            let mut apps = state::apps::list(c)?;
-            if !is_admin {
-                let granted = state::keys::by_fingerprint(c, &fp)?
-                    .map(|k| k.apps)
-                    .unwrap_or_default();
-                apps.retain(|a| granted.contains(&a.name));
-            }
             let live = releases::all_live(c)?;
             let formations = apps
                 .iter()
