@@ -487,8 +487,10 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         db: db.clone(),
         runtime: platform.runtime.clone(),
     }));
+    let health = Arc::new(readiness(&db, &platform.runtime, &stopped));
+    // The control host answers them too (/metrics behind a token).
+    api.observe(metrics.clone(), health.clone());
     if let Some(listener) = metrics_listener {
-        let health = Arc::new(readiness(&db, &platform.runtime, &stopped));
         tasks.spawn(metrics::http::serve(
             listener,
             metrics.clone(),

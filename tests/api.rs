@@ -977,3 +977,46 @@ fn schemathesis_finds_no_server_error_and_no_schema_break() {
         d.log()
     );
 }
+
+/// The control host serves /metrics to admin and viewer tokens, and the
+/// health endpoints to anyone, as the metrics listener does.
+#[test]
+fn metrics_and_health_on_the_control_host() {
+    let d = TestDaemon::start();
+    d.ssh(&d.admin, "apps:create obs").ok();
+    let viewer = token(&d, "prom --role viewer --app obs");
+    let dev = token(&d, "dev --role developer --app obs");
+    let get = |tok: Option<&str>, path: &str| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-m",
+            "10",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "Host: cygni.localhost",
+        ]);
+        if let Some(t) = tok {
+            c.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        let out = c
+            .arg(format!("http://127.0.0.1:{}{path}", d.http_port))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse::<u16>().unwrap(), body.to_owned())
+    };
+    let (code, body) = get(Some(&viewer), "/metrics");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("# TYPE cygni_proxy_requests"), "{body}");
+    assert_eq!(get(Some(&dev), "/metrics").0, 403);
+    assert_eq!(get(None, "/metrics").0, 401);
+    let (code, body) = get(None, "/readyz");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("sqlite"), "{body}");
+    assert_eq!(get(None, "/healthz").0, 200);
+}

@@ -62,6 +62,8 @@ pub struct Api {
     shutdown: CancellationToken,
     /// The `Arc` this lives in, for tasks that outlive a request.
     me: std::sync::Weak<Api>,
+    /// `/metrics`, `/healthz`, `/readyz`, as on the metrics listener.
+    observability: std::sync::OnceLock<(Arc<crate::metrics::Metrics>, Arc<crate::metrics::Health>)>,
 }
 
 /// One request as the handlers see it.
@@ -80,6 +82,7 @@ impl Api {
     ) -> Arc<Api> {
         Arc::new_cyclic(|me| Api {
             me: me.clone(),
+            observability: std::sync::OnceLock::new(),
             service,
             host,
             plain_http_ok,
@@ -97,6 +100,48 @@ impl Api {
         self.me
             .upgrade()
             .ok_or_else(|| ApiError::internal("the daemon is stopping"))
+    }
+
+    /// Serve `/metrics` (admin and viewer tokens), `/healthz` and
+    /// `/readyz` (no token: they say only whether Cygni works).
+    pub fn observe(
+        &self,
+        metrics: Arc<crate::metrics::Metrics>,
+        health: Arc<crate::metrics::Health>,
+    ) {
+        let _ = self.observability.set((metrics, health));
+    }
+
+    async fn observability_answer(&self, call: &Call, path: &str) -> Response<ControlBody> {
+        let Some((metrics, health)) = self.observability.get() else {
+            return ApiError::not_found("metrics are not served here").into_response();
+        };
+        if path == "/metrics" {
+            let actor = match self.actor(call.req.headers(), call.peer, Source::Api).await {
+                Ok(a) => a,
+                Err(e) => return e.into_response(),
+            };
+            if !matches!(
+                actor.role,
+                crate::state::keys::Role::Admin | crate::state::keys::Role::Viewer
+            ) {
+                return ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "forbidden",
+                    "metrics need an admin or viewer token",
+                )
+                .into_response();
+            }
+        }
+        let (status, content_type, text) =
+            crate::metrics::http::respond(metrics, health, call.req.method(), path).await;
+        let mut resp = Response::new(body::full(text));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(content_type),
+        );
+        resp
     }
 
     pub fn host(&self) -> &str {
@@ -119,6 +164,9 @@ impl Api {
         }
         let path = req.uri().path().to_owned();
         let call = Call { req, peer };
+        if matches!(path.as_str(), "/metrics" | "/healthz" | "/readyz") {
+            return self.observability_answer(&call, &path).await;
+        }
         if path == "/api/v1/openapi.json" {
             return body::json_text(StatusCode::OK, OPENAPI);
         }

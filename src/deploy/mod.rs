@@ -220,7 +220,6 @@ impl Platform {
         boot_timeout: Duration,
         build_as: Option<(u32, u32)>,
     ) -> Platform {
-
         let converger = Arc::new(
             Converger::new(
                 db.clone(),
@@ -667,7 +666,21 @@ impl Platform {
             .publish(&app, release.version, &built.artifact, progress)
             .await?;
         release.builder = Some(built.builder.clone());
-        release.artifact = Some(built.artifact.clone());
+        // A cluster's nodes pull the image from Cygni's registry, by
+        // digest; a runtime on this host runs the engine's own tag.
+        let pulled = match (
+            &self.registry,
+            self.runtime.cluster(),
+            &release.image_digest,
+        ) {
+            (Some(registry), Some(_), Some(d)) => {
+                crate::registry::Digest::parse(d).map(|d| Artifact::Image {
+                    reference: registry.reference(&app, &d),
+                })
+            }
+            _ => None,
+        };
+        release.artifact = Some(pulled.unwrap_or_else(|| built.artifact.clone()));
         release.env = env;
         release.processes = processes;
         release.check = Some(manifest.health_check(self.boot_timeout));

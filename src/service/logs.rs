@@ -37,14 +37,23 @@ impl Service {
         setting: &str,
         on: bool,
     ) -> Result<(), ServiceError> {
-        // The app first: an actor without a grant learns nothing of it.
-        self.app(actor, app, Access::Manage).await?;
-        match setting {
-            "access-log" => self.set_access_log(actor, app, on).await,
-            other => Err(ServiceError::Invalid(format!(
-                "unknown log setting {other:?}; known: {}",
-                SETTINGS.join(", ")
-            ))),
-        }
+        self.audited(
+            actor,
+            "logs:set",
+            Some(app),
+            format!("{setting}={}", if on { "on" } else { "off" }),
+            async {
+                // The app first: an actor without a grant learns nothing of it.
+                self.app(actor, app, Access::Manage).await?;
+                match setting {
+                    "access-log" => self.set_access_log(actor, app, on).await,
+                    other => Err(ServiceError::Invalid(format!(
+                        "unknown log setting {other:?}; known: {}",
+                        SETTINGS.join(", ")
+                    ))),
+                }
+            },
+        )
+        .await
     }
 }

@@ -23,8 +23,8 @@ pub mod keys;
 pub mod logs;
 pub mod ps;
 pub mod releases;
-pub mod tokens;
 pub mod storage;
+pub mod tokens;
 
 use std::sync::Arc;
 

@@ -82,7 +82,11 @@ impl Service {
     ) -> Result<(), ServiceError> {
         let detail = format!(
             "{name}:{path}{}",
-            if host_path.is_some() { " (host path)" } else { "" }
+            if host_path.is_some() {
+                " (host path)"
+            } else {
+                ""
+            }
         );
         self.audited(actor, "storage:mount", Some(app), detail, async {
             self.app(actor, app, Access::Manage).await?;
@@ -138,14 +142,20 @@ impl Service {
         name: &StorageName,
         path: &MountPath,
     ) -> Result<(), ServiceError> {
-        self.audited(actor, "storage:unmount", Some(app), format!("{name}:{path}"), async {
-            self.app(actor, app, Access::Manage).await?;
-            let (a, n, p) = (app.clone(), name.clone(), path.clone());
-            self.db
-                .call(move |c| state::storage::remove(c, &a, &n, &p))
-                .await?;
-            Ok(())
-        })
+        self.audited(
+            actor,
+            "storage:unmount",
+            Some(app),
+            format!("{name}:{path}"),
+            async {
+                self.app(actor, app, Access::Manage).await?;
+                let (a, n, p) = (app.clone(), name.clone(), path.clone());
+                self.db
+                    .call(move |c| state::storage::remove(c, &a, &n, &p))
+                    .await?;
+                Ok(())
+            },
+        )
         .await
     }
 }

@@ -17,8 +17,8 @@ pub mod domains;
 pub mod formation;
 pub mod keys;
 pub mod releases;
-pub mod tokens;
 pub mod storage;
+pub mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -20,8 +20,8 @@ mod logs;
 mod ps;
 mod releases;
 mod status;
-mod tokens;
 mod storage;
+mod tokens;
 
 use super::Exec;
 use crate::names::{AppName, InvalidName, ProcessType};
