@@ -126,7 +126,7 @@ impl LogLine {
 
     /// `web` selects `web.1`, `web.2`, ... (not `webhook.1`); `web.1`
     /// selects exactly `web.1` (not `web.10`).
-    fn is_from(&self, prefix: &str) -> bool {
+    pub fn is_from(&self, prefix: &str) -> bool {
         match self.source.strip_prefix(prefix) {
             Some(rest) => rest.is_empty() || rest.starts_with('.'),
             None => false,

@@ -124,12 +124,12 @@ fn bad_storage_commands_are_refused_and_change_nothing() {
         (
             &viewer,
             "storage:mount shop logs:/logs",
-            "viewer keys can only read",
+            "viewers can only read",
         ),
         (
             &viewer,
             "storage:unmount shop data:/data",
-            "viewer keys can only read",
+            "viewers can only read",
         ),
         (&stranger, "storage:mount shop logs:/logs", "app not found"),
         (&stranger, "storage shop", "app not found"),
@@ -219,7 +219,7 @@ fn admin_host_paths_only_under_the_allowed_directories() {
         &dev,
         &format!("storage:mount shop media:/media --host-path {media}"),
     )
-    .fails_with("only admin keys can mount host directories");
+    .fails_with("only admins can mount host directories");
     let outside = shared.path().display().to_string();
     d.ssh(
         &d.admin,

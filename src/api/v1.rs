@@ -713,15 +713,6 @@ async fn logs(api: &Api, actor: &Actor, app: &AppName, query: &Query) -> Reply {
                 return;
             }
         }
-        let wanted = |source: &str| match &process {
-            None => true,
-            Some(p) => {
-                source == p
-                    || source
-                        .strip_prefix(p.as_str())
-                        .is_some_and(|r| r.starts_with('.'))
-            }
-        };
         let mut keepalive = tokio::time::interval(std::time::Duration::from_secs(15));
         loop {
             let chunk = tokio::select! {
@@ -729,7 +720,7 @@ async fn logs(api: &Api, actor: &Actor, app: &AppName, query: &Query) -> Reply {
                 _ = tx.closed() => return,
                 _ = keepalive.tick() => bytes::Bytes::from_static(b": keep-alive\n\n"),
                 line = rx.recv() => match line {
-                    Ok(l) if wanted(&l.source) => event(&l),
+                    Ok(l) if process.as_deref().is_none_or(|p| l.is_from(p)) => event(&l),
                     Ok(_) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                         bytes::Bytes::from(format!("event: lagged\ndata: {n}\n\n"))

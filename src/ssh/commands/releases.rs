@@ -82,21 +82,12 @@ pub(super) async fn logs(
     let Some(rx) = live.as_mut() else {
         return Ok(());
     };
-    let wanted = |source: &str| match &process {
-        None => true,
-        Some(p) => {
-            source == p
-                || source
-                    .strip_prefix(p.as_str())
-                    .is_some_and(|r| r.starts_with('.'))
-        }
-    };
     let closed = exec.closed.clone();
     loop {
         tokio::select! {
             _ = closed.cancelled() => return Ok(()),
             line = rx.recv() => match line {
-                Ok(l) if wanted(&l.source) => exec.stdout(format!("{l}\n")).await,
+                Ok(l) if process.as_deref().is_none_or(|p| l.is_from(p)) => exec.stdout(format!("{l}\n")).await,
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                     exec.stdout(format!("[... {n} lines skipped: the reader fell behind]\n")).await
