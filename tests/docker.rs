@@ -12,9 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -23,39 +21,6 @@ use cygni::logs::LogStore;
 use cygni::names::{AppName, ProcessType};
 use cygni::runtime::docker::{DockerConfig, DockerRuntime};
 use cygni::runtime::{InstanceSpec, InstanceState, OneOffSpec, Runtime, RuntimeError};
-
-/// Whether an engine answers, with the test images made (once per run).
-fn engine_ready() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    let ready = *READY.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-test-setup.sh");
-        let out = Command::new(&script)
-            .output()
-            .expect("run scripts/docker-test-setup.sh");
-        match out.status.code() {
-            Some(0) => true,
-            Some(3) => false,
-            _ => panic!(
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
-    });
-    if !ready {
-        skip_or_fail("docker engine not available");
-    }
-    ready
-}
-
-/// `docker ARGS`: stdout, trimmed ("" when it failed).
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// Removes the containers and images of some apps, now and when dropped.
 /// Declare it before the daemon, so it runs after the daemon has stopped.

@@ -12,30 +12,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
 use common::*;
 
-/// Whether an engine answers, with the test images made (once per run).
-fn engine_ready() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    let ready = *READY.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-test-setup.sh");
-        let out = Command::new(&script)
-            .output()
-            .expect("run scripts/docker-test-setup.sh");
-        match out.status.code() {
-            Some(0) => true,
-            Some(3) => false,
-            _ => panic!(
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
-    });
-    if !ready {
-        skip_or_fail("docker engine not available");
+/// An engine with the test images (see `common::engine_ready`), and skopeo.
+fn engine_and_skopeo() -> bool {
+    if !common::engine_ready() {
         return false;
     }
     let skopeo = Command::new("skopeo")
@@ -272,7 +254,7 @@ const ZERO: &str = "sha256:00000000000000000000000000000000000000000000000000000
 
 #[test]
 fn published_images_are_pulled_by_real_clients_with_the_credential_only() {
-    if !engine_ready() {
+    if !engine_and_skopeo() {
         return;
     }
     let app = "regweb";
@@ -566,7 +548,7 @@ fn published_images_are_pulled_by_real_clients_with_the_credential_only() {
 
 #[test]
 fn a_publish_failure_fails_the_deploy_and_the_running_release_keeps_serving() {
-    if !engine_ready() {
+    if !engine_and_skopeo() {
         return;
     }
     let app = "regfail";
@@ -642,7 +624,7 @@ fn a_publish_failure_fails_the_deploy_and_the_running_release_keeps_serving() {
 
 #[test]
 fn images_of_pruned_releases_and_destroyed_apps_are_collected() {
-    if !engine_ready() {
+    if !engine_and_skopeo() {
         return;
     }
     let app = "reggc";
@@ -695,7 +677,7 @@ fn images_of_pruned_releases_and_destroyed_apps_are_collected() {
 
 #[test]
 fn without_the_flag_nothing_is_published_and_turning_it_on_publishes_the_next_release() {
-    if !engine_ready() {
+    if !engine_and_skopeo() {
         return;
     }
     let app = "regoff";

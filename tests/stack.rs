@@ -23,14 +23,6 @@ use common::*;
 
 const BASE: &str = "cygni-stack-base:test";
 
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 /// An engine, with the local images made (once per run), including the
 /// Debian base.
 fn stack_ready() -> bool {

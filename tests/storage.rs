@@ -12,9 +12,6 @@
 mod common;
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use common::*;
@@ -297,37 +294,6 @@ fn local_app_keeps_its_storage_across_deploys_restarts_and_rollbacks() {
 }
 
 // ---- docker ------------------------------------------------------------
-
-fn engine_ready() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    let ready = *READY.get_or_init(|| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-test-setup.sh");
-        let out = Command::new(&script)
-            .output()
-            .expect("run scripts/docker-test-setup.sh");
-        match out.status.code() {
-            Some(0) => true,
-            Some(3) => false,
-            _ => panic!(
-                "{} failed: {}",
-                script.display(),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-        }
-    });
-    if !ready {
-        skip_or_fail("docker engine not available");
-    }
-    ready
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("run docker");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// Removes an app's containers and images now and when dropped.
 struct Cleanup(&'static str);

@@ -482,6 +482,41 @@ pub fn skip_or_fail(reason: &str) {
     eprintln!("SKIPPED: {reason}");
 }
 
+/// Whether a Docker engine answers, with the local test images made (once
+/// per test binary, by `scripts/docker-test-setup.sh`). Prints `SKIPPED`
+/// (and fails under `CI=true`) when there is no engine.
+pub fn engine_ready() -> bool {
+    static READY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ready = *READY.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/docker-test-setup.sh");
+        let out = Command::new(&script)
+            .output()
+            .expect("run scripts/docker-test-setup.sh");
+        match out.status.code() {
+            Some(0) => true,
+            Some(3) => false,
+            _ => panic!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    });
+    if !ready {
+        skip_or_fail("docker engine not available");
+    }
+    ready
+}
+
+/// `docker ARGS`: stdout, trimmed ("" when it failed).
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A fixture app's directory under tests/fixtures.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
