@@ -17,7 +17,6 @@ use super::{Api, ApiError, Call};
 use crate::deploy::Progress;
 use crate::names::{AppName, Hostname, KeyName, ProcessType};
 use crate::proxy::ControlBody;
-use crate::runtime::InstanceState;
 use crate::service::{config as cfg, Access, Actor, Source};
 use crate::state::{self, keys::Role};
 
@@ -592,15 +591,6 @@ async fn patch_formation(api: &Api, actor: &Actor, app: &AppName, req: Request<I
     ))
 }
 
-fn state_name(s: &InstanceState) -> &'static str {
-    match s {
-        InstanceState::Starting => "starting",
-        InstanceState::Running => "running",
-        InstanceState::CrashLoop => "crashed",
-        InstanceState::Stopped => "stopped",
-    }
-}
-
 async fn dynos(api: &Api, actor: &Actor, app: &AppName) -> Reply {
     let svc = &api.service;
     svc.app(actor, app, Access::Read).await?;
@@ -622,7 +612,7 @@ async fn dynos(api: &Api, actor: &Actor, app: &AppName) -> Reply {
         .iter()
         .map(|i| {
             let state = if Some(i.release) == live_version {
-                state_name(&i.state)
+                i.state.as_str()
             } else {
                 "draining"
             };

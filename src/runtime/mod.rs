@@ -271,6 +271,18 @@ pub enum InstanceState {
     Stopped,
 }
 
+impl InstanceState {
+    /// The name `ps` and the API show.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::CrashLoop => "crashed",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+}
+
 /// A running (or recently running) instance, as the runtime sees it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Instance {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use super::{json, with_progress, CommandError};
 use crate::deploy::Progress;
 use crate::names::{AppName, ProcessType};
-use crate::runtime::{Attach, InstanceState, PtySize};
+use crate::runtime::{Attach, PtySize};
 use crate::ssh::{readable_app, visible_app, Exec};
 use crate::state::{formation, releases};
 
@@ -25,15 +25,6 @@ fn uptime(since: SystemTime) -> String {
         60..=3599 => format!("{}m", secs / 60),
         3600..=86399 => format!("{}h{}m", secs / 3600, secs % 3600 / 60),
         _ => format!("{}d{}h", secs / 86400, secs % 86400 / 3600),
-    }
-}
-
-fn state_name(s: &InstanceState) -> &'static str {
-    match s {
-        InstanceState::Starting => "starting",
-        InstanceState::Running => "running",
-        InstanceState::CrashLoop => "crashed",
-        InstanceState::Stopped => "stopped",
     }
 }
 
@@ -71,7 +62,7 @@ pub(super) async fn list(exec: &mut Exec, app: AppName, as_json: bool) -> Result
                     "name": format!("{}.{}", i.process, i.index),
                     "process": i.process,
                     "release": i.release,
-                    "state": state_name(&i.state),
+                    "state": i.state.as_str(),
                     "started_at": i.started_at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
                     "restarts": i.restarts,
                     "endpoint": i.endpoint.map(|e| e.to_string()),
@@ -112,7 +103,7 @@ pub(super) async fn list(exec: &mut Exec, app: AppName, as_json: bool) -> Result
             s.push_str(&format!(
                 "{:<12} {:<9} up {:<7} restarts {:<3} v{:<4} {}\n",
                 format!("{}.{}", i.process, i.index),
-                state_name(&i.state),
+                i.state.as_str(),
                 uptime(i.started_at),
                 i.restarts,
                 i.release,
