@@ -22,44 +22,6 @@ use cygni::names::{AppName, ProcessType};
 use cygni::runtime::docker::{DockerConfig, DockerRuntime};
 use cygni::runtime::{InstanceSpec, InstanceState, OneOffSpec, Runtime, RuntimeError};
 
-/// Removes the containers and images of some apps, now and when dropped.
-/// Declare it before the daemon, so it runs after the daemon has stopped.
-struct Cleanup(Vec<String>);
-
-impl Cleanup {
-    fn new(apps: &[&str]) -> Cleanup {
-        let cleanup = Cleanup(apps.iter().map(|a| a.to_string()).collect());
-        cleanup.remove();
-        cleanup
-    }
-
-    fn remove(&self) {
-        for app in &self.0 {
-            let filter = format!("label=cygni.app={app}");
-            let ids = docker(&["ps", "-aq", "--filter", &filter]);
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f"];
-                args.extend(ids.lines());
-                docker(&args);
-            }
-            let images = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-            let prefix = format!("cygni/{app}:");
-            let mine: Vec<&str> = images.lines().filter(|i| i.starts_with(&prefix)).collect();
-            if !mine.is_empty() {
-                let mut args = vec!["rmi", "-f"];
-                args.extend(mine);
-                docker(&args);
-            }
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
 /// A daemon on the docker runtime, with `config` as its config file.
 fn docker_daemon(config: &str) -> (TestDaemon, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -101,7 +63,7 @@ fn dockerfile_app_is_served_logged_and_redeployed_with_zero_downtime() {
         return;
     }
     let app = "dkweb";
-    let _cleanup = Cleanup::new(&[app]);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = docker_daemon(CONFIG);
     let repo = fixture_repo(&d, "dockerfile-app", app);
 
@@ -173,7 +135,7 @@ fn failing_health_check_is_rejected_and_the_old_container_keeps_serving() {
         return;
     }
     let app = "dkfail";
-    let _cleanup = Cleanup::new(&[app]);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = docker_daemon(CONFIG);
     let repo = fixture_repo(&d, "dockerfile-app", app);
     push(&d, &repo, app).ok();
@@ -208,7 +170,7 @@ fn a_restarted_daemon_adopts_running_containers_without_restarting_them() {
         return;
     }
     let app = "dkadopt";
-    let _cleanup = Cleanup::new(&[app]);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (mut d, _config) = docker_daemon(CONFIG);
     let repo = fixture_repo(&d, "dockerfile-app", app);
     push(&d, &repo, app).ok();
@@ -242,7 +204,7 @@ fn images_of_recent_releases_are_kept_and_older_ones_pruned() {
         return;
     }
     let app = "dkkeep";
-    let _cleanup = Cleanup::new(&[app]);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = docker_daemon(&format!("{CONFIG}keep_releases = 2\n"));
     let repo = fixture_repo(&d, "dockerfile-app", app);
     let image = |v: u32| !docker(&["images", "-q", &format!("cygni/{app}:v{v}")]).is_empty();
@@ -273,7 +235,7 @@ fn buildpack_app_runs_on_the_run_image() {
         return;
     }
     let app = "dkbp";
-    let _cleanup = Cleanup::new(&[app]);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = docker_daemon(CONFIG);
     let repo = fixture_repo(&d, "procfile-app", app);
     let out = push(&d, &repo, app).ok();
@@ -344,7 +306,7 @@ async fn two_web_instances_are_two_containers_and_both_serve() {
         return;
     }
     let app = AppName::parse("dkscale").unwrap();
-    let _cleanup = Cleanup::new(&["dkscale"]);
+    let _cleanup = DockerCleanup::new(&["dkscale"]);
     let case = runtime_case().await;
 
     let one = case.runtime.start(web_spec(&app, 1)).await.unwrap();
@@ -406,7 +368,7 @@ async fn one_off_containers_stream_output_return_the_code_and_are_removed() {
         return;
     }
     let app = AppName::parse("dkonce").unwrap();
-    let _cleanup = Cleanup::new(&["dkonce"]);
+    let _cleanup = DockerCleanup::new(&["dkonce"]);
     let case = runtime_case().await;
     let spec = |argv: &[&str], timeout: u64| OneOffSpec {
         app: app.clone(),
@@ -480,7 +442,7 @@ fn rollback_reuses_the_kept_image_without_building() {
         return;
     }
     let app = "dkroll";
-    let _cleanup = Cleanup::new(&[app]);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = docker_daemon(CONFIG);
     let repo = fixture_repo(&d, "dockerfile-app", app);
     push(&d, &repo, app).ok();
@@ -518,7 +480,7 @@ fn ps_scale_runs_two_containers_that_both_serve() {
         return;
     }
     let app = "dkscale";
-    let _cleanup = Cleanup::new(&[app]);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = docker_daemon(CONFIG);
     let repo = fixture_repo(&d, "dockerfile-app", app);
     push(&d, &repo, app).ok();
@@ -548,7 +510,7 @@ fn run_on_docker_passes_stdin_exit_status_and_a_pty() {
         return;
     }
     let app = "dkrun";
-    let _cleanup = Cleanup::new(&[app]);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = docker_daemon(CONFIG);
     let repo = fixture_repo(&d, "dockerfile-app", app);
     push(&d, &repo, app).ok();
@@ -607,7 +569,7 @@ fn dockerignore_keeps_files_out_of_the_image() {
         return;
     }
     let app = "dkignore";
-    let _cleanup = Cleanup::new(&[app]);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = docker_daemon(CONFIG);
     let repo = fixture_repo(&d, "dockerfile-app", app);
     std::fs::write(

@@ -38,46 +38,6 @@ fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Removes an app's containers and images, now and when dropped (declare
-/// it before the daemon, so it runs after the daemon has stopped).
-struct Cleanup(String);
-
-impl Cleanup {
-    fn new(app: &str) -> Cleanup {
-        let c = Cleanup(app.to_owned());
-        c.remove();
-        c
-    }
-
-    fn remove(&self) {
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=cygni.app={}", self.0),
-        ]);
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids.lines());
-            docker(&args);
-        }
-        let images = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-        let prefix = format!("cygni/{}:", self.0);
-        let mine: Vec<&str> = images.lines().filter(|i| i.starts_with(&prefix)).collect();
-        if !mine.is_empty() {
-            let mut args = vec!["rmi", "-f"];
-            args.extend(mine);
-            docker(&args);
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
 /// A daemon on the docker runtime with the registry on, and `config` as
 /// its config file (in the dir returned, to keep while the daemon runs).
 fn registry_daemon_with(config: &str) -> (TestDaemon, tempfile::TempDir) {
@@ -258,7 +218,7 @@ fn published_images_are_pulled_by_real_clients_with_the_credential_only() {
         return;
     }
     let app = "regweb";
-    let _cleanup = Cleanup::new(app);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = registry_daemon_with("");
     let port = d.registry_port;
     let cred = credential(&d);
@@ -552,7 +512,7 @@ fn a_publish_failure_fails_the_deploy_and_the_running_release_keeps_serving() {
         return;
     }
     let app = "regfail";
-    let _cleanup = Cleanup::new(app);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = registry_daemon_with("");
     let repo = fixture_repo(&d, "dockerfile-app", app);
     push(&d, &repo, app).ok();
@@ -628,7 +588,7 @@ fn images_of_pruned_releases_and_destroyed_apps_are_collected() {
         return;
     }
     let app = "reggc";
-    let _cleanup = Cleanup::new(app);
+    let _cleanup = DockerCleanup::new(&[app]);
     let (d, _config) = registry_daemon_with("keep_releases = 1\n");
     let cred = credential(&d);
     let repo = fixture_repo(&d, "dockerfile-app", app);
@@ -681,7 +641,7 @@ fn without_the_flag_nothing_is_published_and_turning_it_on_publishes_the_next_re
         return;
     }
     let app = "regoff";
-    let _cleanup = Cleanup::new(app);
+    let _cleanup = DockerCleanup::new(&[app]);
     let config = tempfile::tempdir().unwrap();
     let file = config.path().join("cygni.toml");
     std::fs::write(&file, "").unwrap();

@@ -55,56 +55,6 @@ fn stack_ready() -> bool {
     }
 }
 
-/// Removes an app's containers and images, and the stack images a test
-/// built, now and when dropped.
-struct Cleanup {
-    apps: Vec<String>,
-    images: Mutex<Vec<String>>,
-}
-
-impl Cleanup {
-    fn new(apps: &[&str]) -> Cleanup {
-        let c = Cleanup {
-            apps: apps.iter().map(|a| a.to_string()).collect(),
-            images: Mutex::default(),
-        };
-        c.remove();
-        c
-    }
-
-    fn also_image(&self, image: &str) {
-        self.images.lock().unwrap().push(image.to_owned());
-    }
-
-    fn remove(&self) {
-        let all = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-        for app in &self.apps {
-            let ids = docker(&["ps", "-aq", "--filter", &format!("label=cygni.app={app}")]);
-            if !ids.is_empty() {
-                let mut args = vec!["rm", "-f"];
-                args.extend(ids.lines());
-                docker(&args);
-            }
-            let prefix = format!("cygni/{app}:");
-            let mine: Vec<&str> = all.lines().filter(|i| i.starts_with(&prefix)).collect();
-            if !mine.is_empty() {
-                let mut args = vec!["rmi", "-f"];
-                args.extend(mine);
-                docker(&args);
-            }
-        }
-        for image in self.images.lock().unwrap().iter() {
-            docker(&["rmi", "-f", image]);
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
 /// A copy of the shipped buildpacks with a marker of this run, so the
 /// stack's key is new and its images are built here, on first use.
 fn fresh_buildpacks(dir: &Path) -> PathBuf {
@@ -213,7 +163,7 @@ fn readme_apps_deploy_on_the_stack_built_from_a_local_base_and_compile_in_a_cont
     if !stack_ready() {
         return;
     }
-    let cleanup = Cleanup::new(&["myapp", "pyapp"]);
+    let cleanup = DockerCleanup::new(&["myapp", "pyapp"]);
     let dir = tempfile::tempdir().unwrap();
     let d = stack_daemon(dir.path(), "");
 
@@ -317,7 +267,7 @@ fn a_base_image_that_is_not_there_is_refused_with_what_to_do() {
     if !stack_ready() {
         return;
     }
-    let _cleanup = Cleanup::new(&["nobase"]);
+    let _cleanup = DockerCleanup::new(&["nobase"]);
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cygni.toml");
     std::fs::write(
@@ -344,7 +294,7 @@ fn config_vars_reach_an_image_build_only_when_cygni_toml_asks() {
     if !stack_ready() {
         return;
     }
-    let _cleanup = Cleanup::new(&["argsapp"]);
+    let _cleanup = DockerCleanup::new(&["argsapp"]);
     let dir = tempfile::tempdir().unwrap();
     let d = stack_daemon(dir.path(), "");
     d.ssh(&d.admin, "apps:create argsapp").ok();
@@ -381,7 +331,7 @@ fn config_vars_reach_an_image_build_only_when_cygni_toml_asks() {
     // A buildpack compile in the build container: ENV_DIR holds only the
     // vars cygni.toml lists, and it runs as uid 10001 on the container's
     // host name.
-    let more = Cleanup::new(&["probeapp"]);
+    let more = DockerCleanup::new(&["probeapp"]);
     d.ssh(&d.admin, "apps:create probeapp").ok();
     d.ssh(&d.admin, "config:set probeapp GREETING=psst OTHER=nope")
         .ok();

@@ -295,47 +295,13 @@ fn local_app_keeps_its_storage_across_deploys_restarts_and_rollbacks() {
 
 // ---- docker ------------------------------------------------------------
 
-/// Removes an app's containers and images now and when dropped.
-struct Cleanup(&'static str);
-
-impl Cleanup {
-    fn remove(&self) {
-        let ids = docker(&[
-            "ps",
-            "-aq",
-            "--filter",
-            &format!("label=cygni.app={}", self.0),
-        ]);
-        if !ids.is_empty() {
-            let mut args = vec!["rm", "-f"];
-            args.extend(ids.lines());
-            docker(&args);
-        }
-        let images = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
-        let prefix = format!("cygni/{}:", self.0);
-        let mine: Vec<&str> = images.lines().filter(|i| i.starts_with(&prefix)).collect();
-        if !mine.is_empty() {
-            let mut args = vec!["rmi", "-f"];
-            args.extend(mine);
-            docker(&args);
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        self.remove();
-    }
-}
-
 #[test]
 fn docker_app_keeps_its_storage_across_redeploys_and_rollbacks() {
     if !engine_ready() {
         return;
     }
     let app = "dkkeeper";
-    let cleanup = Cleanup(app);
-    cleanup.remove();
+    let _cleanup = DockerCleanup::new(&[app]);
     let d = TestDaemon::start_with(&["--runtime", "docker"]);
     d.ssh(&d.admin, &format!("apps:create {app}")).ok();
     d.ssh(&d.admin, &format!("storage:mount {app} data:/data"))

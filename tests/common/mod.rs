@@ -517,6 +517,60 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
+/// Removes the containers and images of some apps (and any extra images
+/// a test names), now and when dropped.
+pub struct DockerCleanup {
+    apps: Vec<String>,
+    images: std::sync::Mutex<Vec<String>>,
+}
+
+impl DockerCleanup {
+    pub fn new(apps: &[&str]) -> DockerCleanup {
+        let c = DockerCleanup {
+            apps: apps.iter().map(|a| a.to_string()).collect(),
+            images: std::sync::Mutex::default(),
+        };
+        c.remove();
+        c
+    }
+
+    /// Remove `image` too (a stack image a test built).
+    pub fn also_image(&self, image: &str) {
+        self.images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(image.to_owned());
+    }
+
+    pub fn remove(&self) {
+        let all = docker(&["images", "--format", "{{.Repository}}:{{.Tag}}"]);
+        for app in &self.apps {
+            let ids = docker(&["ps", "-aq", "--filter", &format!("label=cygni.app={app}")]);
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.lines());
+                docker(&args);
+            }
+            let prefix = format!("cygni/{app}:");
+            let mine: Vec<&str> = all.lines().filter(|i| i.starts_with(&prefix)).collect();
+            if !mine.is_empty() {
+                let mut args = vec!["rmi", "-f"];
+                args.extend(mine);
+                docker(&args);
+            }
+        }
+        for image in self.images.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            docker(&["rmi", "-f", image]);
+        }
+    }
+}
+
+impl Drop for DockerCleanup {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
 /// A fixture app's directory under tests/fixtures.
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
