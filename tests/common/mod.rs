@@ -519,6 +519,7 @@ pub fn docker(args: &[&str]) -> String {
 
 /// Removes the containers and images of some apps (and any extra images
 /// a test names), now and when dropped.
+/// Declare it before the daemon, so it runs after the daemon has stopped.
 pub struct DockerCleanup {
     apps: Vec<String>,
     images: std::sync::Mutex<Vec<String>>,
