@@ -212,11 +212,23 @@ fn session_wedge_regression_env_flood_before_exec() {
         assert!(out.starts_with("cygni "), "{out:?}");
     };
     // Bounded as a whole: a wedged session fails the test, never hangs it.
-    rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(90), flood)
-            .await
-            .expect("the whole exchange finished within 90 s: the session wedged");
-    });
+    // On failure the daemon's log says why the server ended the session.
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(90), flood)
+                .await
+                .expect("the whole exchange finished within 90 s: the session wedged");
+        });
+    }));
+    if let Err(panic) = outcome {
+        let log = d.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        eprintln!("daemon log, last lines:");
+        for line in tail.iter().rev() {
+            eprintln!("  {line}");
+        }
+        std::panic::resume_unwind(panic);
+    }
     drop(rt);
     assert_eq!(world(&d, &repo, "calm"), before, "nothing changed");
 }

@@ -164,7 +164,12 @@ impl TestDaemon {
             } else {
                 &["--runtime", "local"][..]
             })
-            .env("RUST_LOG", "info,cygni=debug")
+            // CYGNI_TEST_RUST_LOG widens it when chasing a failure
+            // (say `info,cygni=debug,russh=debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("CYGNI_TEST_RUST_LOG").unwrap_or_else(|_| "info,cygni=debug".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
