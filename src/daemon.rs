@@ -565,6 +565,9 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     };
     tasks.spawn(acme.run(routes, republish, shutdown.clone()));
+    // Before the first reconcile: a release whose push died between live
+    // and git's ref update is settled, so reconcile starts the right one.
+    platform.settle_lost_ref_updates().await;
     tasks.spawn(deploy::reconcile::run_every(
         platform,
         shutdown.clone(),

@@ -141,28 +141,6 @@ fn config_key_flood_regression_is_refused_with_nothing_stored() {
     assert!(cfg.stdout.contains("has no config vars"), "{cfg:#?}");
 }
 
-/// The app processes whose working directory is under this daemon's
-/// slugs: everything the local runtime started, however deep.
-fn app_processes(d: &TestDaemon) -> Vec<u32> {
-    let slugs = d.data_dir.join("slugs");
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
-            if cwd.starts_with(&slugs) {
-                pids.push(pid);
-            }
-        }
-    }
-    pids
-}
-
 /// Regression: `kill -9` of the daemon left every app process it started
 /// running as an orphan (parent 1), and the restarted daemon started new
 /// instances beside them: 13, 26, then 65 after three kills. Now each

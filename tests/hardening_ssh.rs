@@ -557,18 +557,6 @@ fn terminal_injection_regression_escape_sequences_are_shown_not_run() {
 // ---------------------------------------------------------------------------
 // 4. A push whose client goes away during a chatty build
 
-/// The `receive-pack` processes working on the daemon's repos.
-fn receive_packs(data_dir: &Path) -> usize {
-    let needle = data_dir.join("repos").display().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("receive-pack") && c.contains(&needle))
-        .count()
-}
-
 /// A push whose client was killed during a build printing ~300k lines left
 /// the release `building` for good, with `receive-pack`, the hook and the
 /// build stuck on a pipe nobody read; every later push or `config:set` of

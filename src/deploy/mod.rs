@@ -421,6 +421,13 @@ impl Platform {
             })
             .await
             .map_err(|e| internal(Stage::Export, e))?;
+        // What git must do once this release is live; start-up settles it
+        // if the daemon dies before git does (see reconcile).
+        let (id, refname, old) = (release.id, update.name.clone(), expected.clone());
+        self.db
+            .call(move |c| releases::set_pending_ref(c, id, &refname, old.as_deref()))
+            .await
+            .map_err(|e| internal(Stage::Export, e))?;
         progress.log = self.logs.build_log(app, release.version).ok();
         progress
             .step(format!(
@@ -479,7 +486,7 @@ impl Platform {
     }
 
     /// Where a ref points in the repository proper (not the quarantine).
-    async fn branch_head(&self, app: &AppName, refname: &str) -> Option<String> {
+    pub(super) async fn branch_head(&self, app: &AppName, refname: &str) -> Option<String> {
         let path = self.repos.path(app);
         let refname = refname.to_owned();
         tokio::task::spawn_blocking(move || {

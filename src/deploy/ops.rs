@@ -202,6 +202,19 @@ impl Platform {
         version: Option<u32>,
         progress: &mut Progress,
     ) -> Result<u32, DeployError> {
+        self.rollback_as(app, version, |v| format!("Rollback to v{v}"), progress)
+            .await
+    }
+
+    /// [`Platform::rollback`], with the new release described by
+    /// `describe(target version)`.
+    pub(super) async fn rollback_as(
+        &self,
+        app: &AppName,
+        version: Option<u32>,
+        describe: impl FnOnce(u32) -> String,
+        progress: &mut Progress,
+    ) -> Result<u32, DeployError> {
         let guard = self.lock_app(app, progress).await;
         let a = app.clone();
         let history = self
@@ -240,7 +253,7 @@ impl Platform {
                 ));
             }
         }
-        let description = format!("Rollback to v{}", target.version);
+        let description = describe(target.version);
         let version = self
             .release_from(
                 target,

@@ -244,6 +244,10 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 10: the per-app access log (`logs:set APP access-log on`), off by default.
     "ALTER TABLE apps ADD COLUMN access_log INTEGER NOT NULL DEFAULT 0;",
+    // 11: the ref update a push's release waits for (settled at start-up
+    // when the daemon died between going live and git moving the branch).
+    "ALTER TABLE releases ADD COLUMN pending_ref TEXT;
+     ALTER TABLE releases ADD COLUMN pending_old TEXT;",
 ];
 
 /// A handle to the database, cheap to clone.

@@ -317,6 +317,59 @@ pub fn all_live(conn: &Connection) -> Result<Vec<Release>, StateError> {
     Ok(rows)
 }
 
+/// A push's release waits for git to move `refname` from `old` (None: a
+/// new branch) to its sha. git does that only after the pre-receive hook
+/// returns, so a daemon killed in between leaves a live release the
+/// branch never reached; start-up settles those ([`live_pending_refs`]).
+pub fn set_pending_ref(
+    conn: &mut Connection,
+    id: i64,
+    refname: &str,
+    old: Option<&str>,
+) -> Result<(), StateError> {
+    conn.execute(
+        "UPDATE releases SET pending_ref = ?2, pending_old = ?3 WHERE id = ?1",
+        params![id, refname, old],
+    )?;
+    Ok(())
+}
+
+/// The ref update a live release was waiting for.
+#[derive(Debug, Clone)]
+pub struct PendingRef {
+    pub release: Release,
+    pub refname: String,
+    pub old: Option<String>,
+}
+
+/// Live releases whose push's ref update was never confirmed.
+pub fn live_pending_refs(conn: &Connection) -> Result<Vec<PendingRef>, StateError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS}, pending_ref, pending_old FROM releases
+         JOIN apps ON apps.id = releases.app_id
+         WHERE status = 'live' AND pending_ref IS NOT NULL ORDER BY apps.name"
+    ))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(PendingRef {
+                release: row_to_release(r)?,
+                refname: r.get(17)?,
+                old: r.get(18)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// The ref update is settled (the branch agrees, or start-up dealt with it).
+pub fn clear_pending_ref(conn: &mut Connection, id: i64) -> Result<(), StateError> {
+    conn.execute(
+        "UPDATE releases SET pending_ref = NULL, pending_old = NULL WHERE id = ?1",
+        [id],
+    )?;
+    Ok(())
+}
+
 /// Releases left mid-pipeline by a daemon that died are failed at start-up:
 /// nothing is driving them any more. Returns them (app, version), so their
 /// half-built directories can go too.

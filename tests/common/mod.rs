@@ -272,6 +272,13 @@ impl TestDaemon {
         self.spawn();
     }
 
+    /// Start the daemon again after [`TestDaemon::stop`], on the same data
+    /// dir (for tests that change what it left behind in between).
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.spawn();
+    }
+
     pub fn restart(&mut self) {
         let code = self.stop();
         assert_eq!(code, Some(0), "clean exit on SIGTERM; log:\n{}", self.log());
@@ -764,4 +771,38 @@ pub fn assert_push_refused(
     assert_eq!(code, 200, "{body}");
     assert!(body.contains(still_serving), "{body}");
     out
+}
+
+/// The app processes whose working directory is under this daemon's
+/// slugs: everything the local runtime started, however deep.
+pub fn app_processes(d: &TestDaemon) -> Vec<u32> {
+    let slugs = d.data_dir.join("slugs");
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(entry.path().join("cwd")) {
+            if cwd.starts_with(&slugs) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// The `receive-pack` processes working on the daemon's repos.
+pub fn receive_packs(data_dir: &Path) -> usize {
+    let needle = data_dir.join("repos").display().to_string();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains("receive-pack") && c.contains(&needle))
+        .count()
 }
