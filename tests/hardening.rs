@@ -320,3 +320,55 @@ fn disk_full_regression_push_is_refused_before_anything_is_written() {
     assert!(!releases.contains("\"live\""), "{releases}");
     assert!(!d.data_dir.join("slugs/full/v1").exists());
 }
+
+/// Regression: an operator's setup fault (here a stray file where the
+/// next release's directory goes) reached an admin's push as "internal
+/// error; see the server log", though only the admin can fix it and the
+/// log had the actionable line. Now an admin's push names the cause; a
+/// developer's still gets the generic line (the cause names server paths).
+/// Either way the push is refused and v1 serves.
+#[test]
+fn operator_fault_regression_admin_push_names_the_cause() {
+    let d = TestDaemon::start();
+    let repo = fixture_repo(&d, "procfile-app", "setup");
+    push(&d, &repo, "setup").ok();
+    let dev = d.add_key("dev", "developer");
+    d.ssh(&d.admin, "keys:grant dev setup").ok();
+    let good = head_sha(&repo);
+    edit(&repo.join("index.html"), "hello from", "changed in");
+    commit_all(&repo, "change");
+
+    let stray = d.data_dir.join("slugs/setup/v2");
+    std::fs::write(&stray, "not a directory").expect("stray file");
+    let dev_out = d.git(&dev, &repo, &["push", &d.remote("setup"), "main"]);
+    assert_ne!(dev_out.code, 0, "{dev_out:#?}");
+    assert!(
+        dev_out
+            .stderr
+            .contains("internal error; see the server log"),
+        "{dev_out:#?}"
+    );
+    assert!(!dev_out.stderr.contains("slugs/setup"), "{dev_out:#?}");
+
+    // The developer's failed push was v2; the admin's is v3.
+    let stray = d.data_dir.join("slugs/setup/v3");
+    std::fs::write(&stray, "not a directory").expect("stray file");
+    let admin_out = assert_push_refused(
+        &d,
+        &repo,
+        "setup",
+        &good,
+        "internal error:",
+        "hello from procfile-app",
+    );
+    let line = admin_out
+        .stderr
+        .lines()
+        .find(|l| l.contains("export failed: internal error:"))
+        .unwrap_or_else(|| panic!("no cause line: {admin_out:#?}"));
+    assert!(!line.contains("see the server log"), "{line}");
+    assert!(
+        line.contains("slugs/setup/v3") || line.contains("exists"),
+        "{line}"
+    );
+}

@@ -84,12 +84,48 @@ pub struct DeployError {
     pub stage: Stage,
     /// One line the pusher can act on; internal detail goes to the log.
     pub message: String,
+    /// For an internal error, what the server log says: an operator's
+    /// setup fault (a data dir the build user cannot traverse, a full
+    /// disk) is fixed by an admin, who is shown it ([`DeployError::for_admin`]).
+    pub operator_detail: Option<String>,
+}
+
+impl DeployError {
+    /// The error as an admin sees it: an internal error names its cause,
+    /// on one line. Others keep the generic line (the detail may name
+    /// paths and other apps).
+    #[must_use]
+    pub fn for_admin(mut self) -> DeployError {
+        if let Some(detail) = self.operator_detail.take() {
+            let line: String = detail
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(400)
+                .collect();
+            self.message = format!("internal error: {line}");
+        }
+        self
+    }
+
+    /// [`DeployError::for_admin`] when `admin`, else as it is.
+    #[must_use]
+    pub fn shown_to(self, admin: bool) -> DeployError {
+        if admin {
+            self.for_admin()
+        } else {
+            self
+        }
+    }
 }
 
 fn fail(stage: Stage, message: impl Into<String>) -> DeployError {
     DeployError {
         stage,
         message: message.into(),
+        operator_detail: None,
     }
 }
 
@@ -102,7 +138,21 @@ fn internal(stage: Stage, e: impl std::error::Error + 'static) -> DeployError {
         return fail(stage, state::BUSY_MESSAGE);
     }
     tracing::error!(stage = stage.as_str(), error = %e, "deploy error");
-    fail(stage, "internal error; see the server log")
+    let mut detail = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        // Many errors already print their source; say each cause once.
+        let text = cause.to_string();
+        if !detail.contains(&text) {
+            detail.push_str(": ");
+            detail.push_str(&text);
+        }
+        source = cause.source();
+    }
+    DeployError {
+        operator_detail: Some(detail),
+        ..fail(stage, "internal error; see the server log")
+    }
 }
 
 /// What a deploy's end line and metrics need from its steps.
@@ -1097,10 +1147,11 @@ impl Platform {
                     .await;
                 continue;
             }
+            let admin = push.session.actor.is_admin();
             let (_, guard) = self
                 .deploy(&app, update, object_dirs.clone(), &mut progress)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.shown_to(admin).to_string())?;
             push.holder.keep_until_push_ends(Box::new(guard));
             deployed = true;
         }

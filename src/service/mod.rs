@@ -193,6 +193,11 @@ impl Service {
         change: impl std::future::Future<Output = Result<T, ServiceError>>,
     ) -> Result<T, ServiceError> {
         let result = change.await;
+        // An operator's setup fault reaches an admin as its cause.
+        let result = match result {
+            Err(ServiceError::Deploy(e)) => Err(ServiceError::Deploy(e.shown_to(actor.is_admin()))),
+            other => other,
+        };
         let (outcome, message) = match &result {
             Ok(_) => ("ok", String::new()),
             Err(ServiceError::Forbidden(_)) => ("denied", result_message(&result)),
