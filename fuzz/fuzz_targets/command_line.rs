@@ -3,16 +3,11 @@
 //! name, safe as a path segment.
 #![no_main]
 
+#[path = "../checks.rs"]
+mod checks;
+
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|command: &str| {
-    let Ok(words) = shell_words::split(command) else {
-        return;
-    };
-    for w in &words {
-        if let Ok(app) = cygni::ssh::git::parse_repo_arg(w) {
-            let name = app.as_str();
-            assert!(!name.contains('/') && !name.contains("..") && !name.starts_with('-'));
-        }
-    }
+    checks::command_line(command);
 });

@@ -2,8 +2,11 @@
 //! request round-trips.
 #![no_main]
 
+#[path = "../checks.rs"]
+mod checks;
+
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|line: &str| {
-    cygni::hook::fuzz_decode(line);
+    checks::hook_protocol(line);
 });

@@ -432,6 +432,17 @@ fn parse(words: &[String]) -> Result<Result<Cmd, String>, CommandError> {
     }
 }
 
+/// The parser on any words, for the fuzz checks (`fuzz/checks.rs`): no
+/// panic, and a refusal is one non-empty line, as every error must be.
+#[doc(hidden)]
+pub fn fuzz_parse(words: &[String]) {
+    if let Err(e) = parse(words) {
+        let line = e.to_string();
+        assert!(!line.is_empty(), "an empty error for {words:?}");
+        assert!(!line.contains('\n'), "{line:?} for {words:?}");
+    }
+}
+
 /// clap's errors span several lines with usage; users get the first.
 fn one_line(e: &clap::Error) -> String {
     let text = e.to_string();
