@@ -456,6 +456,14 @@ fi
 exposure=$(in_machine systemd-analyze security cygni.service --no-pager 2>/dev/null | tail -n 1) || true
 [ -z "$exposure" ] || log "systemd-analyze security: $exposure"
 
+# Local apps' cgroups: the unit delegates its subtree (Delegate=yes).
+cg=$(in_machine journalctl -u cygni.service --no-pager -o cat 2>/dev/null | grep -E 'cgroup of its own|without cgroups' | tail -n 1) || true
+if printf '%s' "$cg" | grep -q 'cgroup of its own'; then
+    ok "unit: local app processes get a cgroup each ($(printf '%s' "$cg" | sed 's/.*cgroups=//'))"
+else
+    log "unit: local apps run without cgroups here: ${cg:-nothing in the journal}"
+fi
+
 # 2. push and serve
 repo="$work/$APP"
 cp -R "$here/tests/fixtures/$APP" "$repo"

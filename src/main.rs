@@ -66,7 +66,10 @@ fn main() -> ExitCode {
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info,russh=warn".into()),
                 )
-                .with_writer(std::io::stderr);
+                .with_writer(std::io::stderr)
+                // Colours only for a person at a terminal: the journal and
+                // log files get plain text.
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
             match config.log_format {
                 // One object per line, the event's fields at the top level
                 // (`app`, `release`, ...) beside `timestamp`, `level`, `message`.

@@ -372,3 +372,92 @@ fn operator_fault_regression_admin_push_names_the_cause() {
         "{line}"
     );
 }
+
+/// The pids whose command line is exactly `sleep SECONDS`.
+fn sleepers(seconds: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if let Ok(c) = std::fs::read(entry.path().join("cmdline")) {
+            if c == format!("sleep\0{seconds}\0").as_bytes() {
+                pids.push(pid);
+            }
+        }
+    }
+    pids
+}
+
+/// Regression: a process an app started that left its process group
+/// (`setsid`, as daemonizing tools do) outlived `ps:stop`, and outlived a
+/// `kill -9` of the daemon, running on beside the instances the next start
+/// made. Now every local process runs in a cgroup of its own: stop kills
+/// the whole cgroup, and a start sweeps what a killed daemon left.
+#[test]
+fn escaped_process_regression_stop_and_restart_kill_what_left_the_group() {
+    let mut d = TestDaemon::start();
+    if !d.log().contains("runs in a cgroup of its own") {
+        skip_or_fail("no writable cgroup2 hierarchy here (the daemon said why in its log)");
+        return;
+    }
+    // A marker no other test's process has.
+    let seconds = format!("8{}{}", std::process::id(), d.ssh_port);
+    let repo = make_repo(
+        &d.dir.path().join("escape"),
+        &[(
+            "Procfile",
+            format!(
+                "web: setsid sleep {seconds} & exec python3 -m http.server \"$PORT\" --bind 127.0.0.1\n"
+            )
+            .as_str(),
+        )],
+    );
+    push(&d, &repo, "escape").ok();
+    let first = wait_for("the escaped sleeper", Duration::from_secs(10), || {
+        let s = sleepers(&seconds);
+        (s.len() == 1).then_some(s)
+    });
+    // It really left the instance's process group.
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", first[0])).expect("stat");
+    let web = app_processes(&d);
+    assert!(
+        web.iter().all(|p| !stat.contains(&format!(") S {p} {p} "))),
+        "{stat}"
+    );
+
+    d.ssh(&d.admin, "ps:stop escape").ok();
+    wait_for(
+        "ps:stop to kill the escaped sleeper",
+        Duration::from_secs(15),
+        || sleepers(&seconds).is_empty().then_some(()),
+    );
+
+    d.ssh(&d.admin, "ps:start escape").ok();
+    let second = wait_for("a new sleeper", Duration::from_secs(20), || {
+        let s = sleepers(&seconds);
+        (s.len() == 1).then_some(s)
+    });
+    d.crash_and_restart();
+    wait_for("the app to serve again", Duration::from_secs(30), || {
+        (d.curl(&host("escape"), "/").0 == 200).then_some(())
+    });
+    let now = wait_for(
+        "exactly one sleeper after the restart",
+        Duration::from_secs(15),
+        || {
+            let s = sleepers(&seconds);
+            (s.len() == 1 && s != second).then_some(s)
+        },
+    );
+    assert!(
+        !now.contains(&second[0]),
+        "the killed daemon's sleeper survived: {now:?}"
+    );
+    d.ssh(&d.admin, "apps:destroy escape --confirm escape").ok();
+    wait_for(
+        "apps:destroy to kill the sleeper",
+        Duration::from_secs(15),
+        || sleepers(&seconds).is_empty().then_some(()),
+    );
+}

@@ -37,10 +37,14 @@
 //! Adopting still-running processes is not worth it here: their pipes
 //! pointed at the old daemon, so their logs would be lost.
 //!
-//! Limits, on purpose: a process that leaves its group (`setsid`, double
-//! fork into a new session) escapes stop; containing that needs cgroups,
-//! which the docker and kube runtimes provide.
+//! Each process also runs in a cgroup (v2) of its own where the host has a
+//! writable hierarchy ([`cgroup`]): stop then kills everything it started,
+//! including what left its group (`setsid`, a double fork), and the next
+//! start after a `kill -9` of the daemon sweeps what it left. Without one,
+//! such an escapee outlives stop, as it would without cgroups anywhere;
+//! the start says so in the log.
 
+pub mod cgroup;
 mod process;
 pub mod records;
 mod user;
@@ -138,6 +142,8 @@ pub struct LocalConfig {
     /// was killed finds what it left behind ([`LocalRuntime::reap_orphans`]).
     /// None records nothing.
     pub records: Option<records::Records>,
+    /// A cgroup per process, when the host allows it.
+    pub cgroups: Option<Arc<cgroup::Cgroups>>,
 }
 
 impl Default for LocalConfig {
@@ -148,6 +154,7 @@ impl Default for LocalConfig {
             backoff: Backoff::default(),
             path: "/usr/local/bin:/usr/bin:/bin".to_owned(),
             records: None,
+            cgroups: None,
         }
     }
 }
@@ -243,6 +250,8 @@ impl LocalRuntime {
                 .into_iter()
                 .collect(),
             run_as: self.config.run_as.clone(),
+            cgroups: self.config.cgroups.clone(),
+            name: format!("{}.run.v{}", spec.app, spec.release),
         };
         Ok((launch, what))
     }
@@ -251,10 +260,13 @@ impl LocalRuntime {
     /// instances' process groups, as recorded), before anything starts.
     /// Returns how many processes were killed.
     pub fn reap_orphans(&self) -> usize {
-        self.config
+        let grouped = self
+            .config
             .records
             .as_ref()
-            .map_or(0, records::Records::reap)
+            .map_or(0, records::Records::reap);
+        // What left its group is still in its cgroup.
+        grouped + self.config.cgroups.as_ref().map_or(0, |c| c.sweep())
     }
 
     pub fn pid(&self, id: &InstanceId) -> Option<u32> {
@@ -422,6 +434,8 @@ impl Runtime for LocalRuntime {
             cwd: slug.to_owned(),
             env: env.into_iter().collect(),
             run_as: self.config.run_as.clone(),
+            cgroups: self.config.cgroups.clone(),
+            name: id.to_string(),
         };
 
         let spawn_error = |source| RuntimeError::Spawn {

@@ -627,12 +627,23 @@ pub async fn connect(
             local: None,
         },
         None => {
+            let cgroups = match local::cgroup::Cgroups::open(&options.data_dir) {
+                Ok(c) => {
+                    tracing::info!(cgroups = %c.base().display(), "each local process runs in a cgroup of its own");
+                    Some(Arc::new(c))
+                }
+                Err(why) => {
+                    tracing::warn!(%why, "local processes run without cgroups: stop reaches only their process group");
+                    None
+                }
+            };
             let local = Arc::new(local::LocalRuntime::new(
                 local::LocalConfig {
                     run_as: options.run_as,
                     records: Some(local::records::Records::new(
                         options.data_dir.join("run").join("local"),
                     )),
+                    cgroups,
                     ..local::LocalConfig::default()
                 },
                 options.logs,

@@ -36,6 +36,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::net::unix::pipe;
 use tokio::sync::oneshot;
 
+use super::cgroup::{self, Cgroup, Cgroups};
 use super::RunAs;
 
 /// How often the leader is polled for exit on kernels without pidfd (< 5.3).
@@ -50,6 +51,26 @@ pub(super) struct Launch {
     /// The whole environment: nothing is inherited from the daemon.
     pub env: Vec<(OsString, OsString)>,
     pub run_as: Option<RunAs>,
+    /// Where each process gets a cgroup of its own, named after `name`
+    /// (None: a process group only; see `cgroup`).
+    pub cgroups: Option<Arc<Cgroups>>,
+    /// The instance (`shop.web.1`) or one-off it runs, for its cgroup.
+    pub name: String,
+}
+
+impl Launch {
+    /// A fresh cgroup for one process of this launch; without one (none
+    /// configured, or it cannot be made) the process runs in its group only.
+    fn cgroup(&self) -> Option<Cgroup> {
+        let cgroups = self.cgroups.as_ref()?;
+        match cgroups.create(&self.name) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(instance = %self.name, error = %e, "cannot create a cgroup; the process runs in its process group only");
+                None
+            }
+        }
+    }
 }
 
 /// Owns the thread every child is forked from; see the module docs.
@@ -95,42 +116,72 @@ pub(super) async fn spawn(
     launch: &Launch,
 ) -> io::Result<(ProcessGroup, pipe::Receiver)> {
     let (read, write) = pipe_cloexec()?;
-    let mut command = command_for(launch, false);
+    let cgroup = launch.cgroup();
+    let mut command = command_for(launch, false, cgroup.as_ref());
     command
         .stdin(Stdio::null())
         .stdout(Stdio::from(write.try_clone()?))
         .stderr(Stdio::from(write))
         .process_group(0);
-    let child = spawner.spawn(command).await?;
-    let group = ProcessGroup::new(child, spawner);
+    let child = spawn_in(spawner, command, cgroup.as_ref()).await?;
+    let group = ProcessGroup::new(child, spawner, cgroup);
     // From here on, an error drops `group`, which kills it.
     let output = pipe::Receiver::from_owned_fd(read)?;
     Ok((group, output))
 }
 
+/// Spawn `command`; if it fails, its unused cgroup goes too.
+async fn spawn_in(
+    spawner: &Arc<Spawner>,
+    command: Command,
+    cgroup: Option<&Cgroup>,
+) -> io::Result<Child> {
+    let child = spawner.spawn(command).await;
+    if child.is_err() {
+        if let Some(c) = cgroup {
+            c.kill();
+        }
+    }
+    child
+}
+
 /// The command for `launch`, with everything every child gets: a cleared
-/// environment, the privilege drop, and the death signal. A
+/// environment, its cgroup, the privilege drop, and the death signal. A
 /// `session_leader` also becomes the leader of a new session whose
 /// controlling terminal is its stdin (a pty's slave side).
-fn command_for(launch: &Launch, session_leader: bool) -> Command {
+fn command_for(launch: &Launch, session_leader: bool, cgroup: Option<&Cgroup>) -> Command {
     let mut command = Command::new(&launch.program);
     command
         .args(&launch.args)
         .current_dir(&launch.cwd)
         .env_clear()
         .envs(launch.env.iter().map(|(k, v)| (k, v)));
-    let drop_privileges = launch.run_as.is_some();
-    if let Some(run_as) = &launch.run_as {
-        // std calls setgroups(0, NULL) before setuid when a uid is set and
-        // no groups are given; the check in pre_exec makes sure it did.
-        command.gid(run_as.gid).uid(run_as.uid);
-    }
+    let drop_privileges = launch.run_as.as_ref().map(|r| (r.uid, r.gid));
+    let cgroup_procs = cgroup.map(Cgroup::procs_fd);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: the closure runs between fork and exec, so it only makes
-    // async-signal-safe calls (prctl, getppid, getgroups, setsid, ioctl) and
-    // does not allocate: io::Error from an OS code is not heap allocated.
+    // async-signal-safe calls (write, setgroups, setgid, setuid, prctl,
+    // getppid, getgroups, setsid, ioctl) and does not allocate: io::Error
+    // from an OS code is not heap allocated.
     unsafe {
         command.pre_exec(move || {
+            // The cgroup first, while still the daemon's user: moving a
+            // process needs write access that the app's user lacks.
+            if let Some(fd) = cgroup_procs {
+                cgroup::join_in_child(fd)?;
+            }
+            // Then the privilege drop, here rather than through
+            // Command::uid (which runs before this closure): groups, gid,
+            // uid, in that order, no supplementary groups.
+            if let Some((uid, gid)) = drop_privileges {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            // After setuid, which clears it.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -138,7 +189,7 @@ fn command_for(launch: &Launch, session_leader: bool) -> Command {
             if libc::getppid() != parent {
                 return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
-            if drop_privileges && libc::getgroups(0, std::ptr::null_mut()) != 0 {
+            if drop_privileges.is_some() && libc::getgroups(0, std::ptr::null_mut()) != 0 {
                 // Supplementary groups survived the switch (no CAP_SETGID?):
                 // root's groups must not reach an app.
                 return Err(io::Error::from_raw_os_error(libc::EPERM));
@@ -200,15 +251,16 @@ pub(super) async fn spawn_attached(
     let attached = match terminal {
         Terminal::Pipes => {
             let (read, write) = pipe_cloexec()?;
-            let mut command = command_for(launch, false);
+            let cgroup = launch.cgroup();
+            let mut command = command_for(launch, false, cgroup.as_ref());
             command
                 .stdin(Stdio::piped())
                 .stdout(Stdio::from(write.try_clone()?))
                 .stderr(Stdio::from(write))
                 .process_group(0);
-            let mut child = spawner.spawn(command).await?;
+            let mut child = spawn_in(spawner, command, cgroup.as_ref()).await?;
             let stdin = child.stdin.take();
-            let group = ProcessGroup::new(child, spawner);
+            let group = ProcessGroup::new(child, spawner, cgroup);
             let stdin = stdin.ok_or_else(|| io::Error::other("no stdin pipe"))?;
             let io = Attached {
                 output: Box::new(pipe::Receiver::from_owned_fd(read)?),
@@ -226,13 +278,14 @@ pub(super) async fn spawn_attached(
             }
             // No process_group(0): setsid makes the command leader of a new
             // session *and* group (a group leader could not call setsid).
-            let mut command = command_for(launch, true);
+            let cgroup = launch.cgroup();
+            let mut command = command_for(launch, true, cgroup.as_ref());
             command
                 .stdin(Stdio::from(slave.try_clone()?))
                 .stdout(Stdio::from(slave.try_clone()?))
                 .stderr(Stdio::from(slave));
-            let child = spawner.spawn(command).await?;
-            let group = ProcessGroup::new(child, spawner);
+            let child = spawn_in(spawner, command, cgroup.as_ref()).await?;
+            let group = ProcessGroup::new(child, spawner, cgroup);
             let io = Attached {
                 input: Box::new(PtyMaster::new(master.try_clone()?)?),
                 pty: Some(master.try_clone()?),
@@ -375,22 +428,25 @@ impl tokio::io::AsyncWrite for PtyMaster {
     }
 }
 
-/// A running process and everything it started (unless it left the group).
-/// Dropping it kills the group.
+/// A running process and everything it started: the process group, and
+/// with a cgroup also whatever left the group. Dropping it kills them all.
 pub(super) struct ProcessGroup {
     /// Some until reaped.
     child: Option<Child>,
     pid: libc::pid_t,
     exit: ExitWatch,
+    /// Its cgroup, until reaped.
+    cgroup: Option<Cgroup>,
     /// Keeps the thread alive whose death would SIGKILL the leader.
     _spawner: Arc<Spawner>,
 }
 
 impl ProcessGroup {
-    fn new(child: Child, spawner: &Arc<Spawner>) -> ProcessGroup {
+    fn new(child: Child, spawner: &Arc<Spawner>, cgroup: Option<Cgroup>) -> ProcessGroup {
         let pid = child.id() as libc::pid_t;
         ProcessGroup {
             exit: ExitWatch::new(pid),
+            cgroup,
             child: Some(child),
             pid,
             _spawner: spawner.clone(),
@@ -420,6 +476,12 @@ impl ProcessGroup {
     /// leftover holding the port or the output pipe) and reaps the leader.
     pub async fn reap(&mut self) -> Exit {
         self.signal(libc::SIGKILL);
+        if let Some(cgroup) = self.cgroup.take() {
+            // Everything it started, in or out of the group; removing it
+            // waits (bounded) for the kills, so off the runtime's workers.
+            cgroup.kill();
+            let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+        }
         let Some(mut child) = self.child.take() else {
             return Exit::Unknown;
         };
@@ -448,10 +510,21 @@ impl ProcessGroup {
 
 impl Drop for ProcessGroup {
     fn drop(&mut self) {
+        let cgroup = self.cgroup.take();
+        if let Some(c) = &cgroup {
+            c.kill();
+        }
         if let Some(child) = self.child.take() {
             // Owner gone (task aborted, runtime shutting down): nothing may
             // outlive the handle that was meant to stop it.
-            std::thread::spawn(move || kill_and_reap(child));
+            std::thread::spawn(move || {
+                kill_and_reap(child);
+                if let Some(c) = cgroup {
+                    c.remove();
+                }
+            });
+        } else if let Some(c) = cgroup {
+            std::thread::spawn(move || c.remove());
         }
     }
 }
