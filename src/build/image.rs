@@ -21,7 +21,9 @@
 //! lists them (cygni.toml `build.config_vars`); otherwise only at run time. A Dockerfile build's context is the pushed tree less what its
 //! `.dockerignore` leaves out (see `dockerignore.rs`).
 
-use std::collections::{BTreeMap, HashMap};
+#[cfg(feature = "nixpacks")]
+use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
 
 use super::dockerignore::DockerIgnore;
@@ -512,6 +514,7 @@ pub(crate) fn append_tree(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn tags_and_references() {
