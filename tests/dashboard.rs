@@ -253,6 +253,20 @@ fn sign_in_sessions_csrf_and_viewers_over_http() {
         "the change is audited as the dashboard's: {audit}"
     );
 
+    // A developer key's link: the session has the key's role, and ends
+    // when the key is removed.
+    let dev_key = d.add_key("dev", "developer");
+    d.ssh(&d.admin, "keys:grant dev shop").ok();
+    let dev = Web::new(dir, "dev");
+    let r = sign_in_link(&dev, &login_links(&d, &dev_key)[1]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = dev.get(&format!("{base}/apps/shop"));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("developer") && page.body.contains("data-config-set"));
+    assert_eq!(dev.get(&format!("{base}/apps/other")).status, 404);
+    d.ssh(&d.admin, "keys:remove dev").ok();
+    assert_eq!(dev.get(&format!("{base}/apps/shop")).status, 303);
+
     // A viewer token: sees the app, gets no buttons, and is refused anyway.
     let viewer_token = token(&d, "watcher --role viewer --app shop");
     let viewer = Web::new(dir, "viewer");
@@ -421,6 +435,12 @@ fn chromium_signs_in_streams_logs_and_rolls_back() {
         }
         if line.trim() == "READY-FOR-DEPLOY" {
             replace_with_fixture(&repo, "fail-build");
+            // pip echoes the line: build output with markup in it.
+            edit(
+                &repo.join("requirements.txt"),
+                "./does-not-exist",
+                "./does-not-exist-<i>cygni</i>",
+            );
             commit_all(&repo, "a build that fails");
             let out = push(&d, &repo, "shop");
             assert_ne!(out.code, 0, "the failing build is refused: {out:#?}");

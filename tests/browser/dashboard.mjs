@@ -94,6 +94,9 @@ try {
   await page.locator("#deploy .deploy.failed h2", { hasText: "Deploy of v4 failed" }).waitFor();
   await page.locator("#deploy pre.build-log", { hasText: "does-not-exist" }).waitFor();
   await page.locator('tr[data-version="v4"] [data-status="failed"]').waitFor();
+  const buildLog = await page.locator("#deploy pre.build-log").textContent();
+  expect(buildLog.includes("<i>cygni</i>") && (await page.locator("#deploy i").count()) === 0,
+    "build output with markup shows as text, never as HTML");
   expect(await page.evaluate(() => window.__stillHere === true),
     "the failed deploy, its stage and its build log show without a reload");
   await page.locator('tr[data-version="v3"] [data-status="live"]').waitFor();
