@@ -478,6 +478,7 @@ fn chromium_signs_in_streams_logs_and_rolls_back() {
         "app-live-log",
         "app-rolled-back",
         "deploy-failed",
+        "login-form",
         "token-login",
         "viewer",
     ] {

@@ -108,6 +108,7 @@ try {
   const vpage = await browser.newPage();
   vpage.setDefaultTimeout(TIMEOUT);
   await vpage.goto(`${BASE}/login`);
+  await shot(vpage, "login-form");
   await vpage.fill("#token", env("VIEWER_TOKEN"));
   await vpage.click('button[type="submit"]');
   await vpage.waitForURL(`${BASE}/`);
