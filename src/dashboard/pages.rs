@@ -145,12 +145,10 @@ pub(super) async fn app(
     let domains = svc.domains(actor, name).await?;
     let config = svc.config_vars(actor, name).await?;
     let certs = svc.certs(actor, Some(name)).await?;
-    let mut instances = svc
-        .platform
-        .runtime
-        .list(Some(name))
-        .await
-        .map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let mut instances = svc.platform.runtime.list(Some(name)).await.map_err(|e| {
+        tracing::warn!(app = %name, error = %e, "dashboard: cannot list instances");
+        ServiceError::Internal("cannot list the app's instances; see the server log".into())
+    })?;
     instances.sort_by(|a, b| (&a.process, a.index).cmp(&(&b.process, b.index)));
     let change = may_change(actor);
     let n = esc(name.as_str());
