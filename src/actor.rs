@@ -1,5 +1,5 @@
 //! Who asks: the identity every front door (SSH, the HTTP API, git over
-//! HTTPS) hands to the service layer, and the audit entry it leaves.
+//! HTTPS, the dashboard) hands to the service layer, and the audit entry it leaves.
 //!
 //! It sits below `service`, `hook` and `deploy` so that all of them can
 //! carry it: a push is audited where its outcome is known, in the deploy
@@ -24,6 +24,8 @@ pub enum Source {
     GitSsh,
     Api,
     GitHttp,
+    /// A browser session of the web dashboard.
+    Dashboard,
 }
 
 impl Source {
@@ -33,6 +35,7 @@ impl Source {
             Source::GitSsh => "git-ssh",
             Source::Api => "api",
             Source::GitHttp => "git-http",
+            Source::Dashboard => "dashboard",
         }
     }
 }

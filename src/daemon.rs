@@ -337,44 +337,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             source,
         })?;
 
-    let pushes = Arc::new(PushRegistry::default());
-    let ctx = Arc::new(SshContext {
-        db: db.clone(),
-        repos,
-        git_env,
-        pushes: pushes.clone(),
-        hook_socket: hook::socket_path(&data),
-        cygni_bin: std::env::current_exe().map_err(DaemonError::SelfPath)?,
-        data_dir: data.clone(),
-        domain: config.domain.clone(),
-        platform: platform.clone(),
-        started: std::time::Instant::now(),
-        acme: acme.clone(),
-        service: Arc::new(crate::service::Service::new(
-            db.clone(),
-            platform.clone(),
-            acme.clone(),
-            config.domain.clone(),
-        )),
-    });
-
-    // The control host: the API and git over HTTPS, through the proxy and
-    // on the loopback listener.
-    let shutdown = CancellationToken::new();
-    let control_host = format!("cygni.{}", config.domain);
-    let api = crate::api::Api::new(
-        ctx.service.clone(),
-        control_host.clone(),
-        crate::acme::is_local_host(&control_host),
-        crate::api::GitHttpEnv {
-            git_env: ctx.git_env.clone(),
-            pushes: pushes.clone(),
-            hook_socket: ctx.hook_socket.clone(),
-            cygni_bin: ctx.cygni_bin.clone(),
-            data_dir: data.clone(),
-        },
-        shutdown.clone(),
-    );
     let api_listener =
         match config.api_listen {
             None => None,
@@ -395,6 +357,61 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
                 Err(e) => return Err(e),
             },
         };
+    // Where a `dashboard:login` link points: the control host on the
+    // proxy, and the loopback listener.
+    let control_host = format!("cygni.{}", config.domain);
+    let mut dashboard_urls = vec![if crate::acme::is_local_host(&control_host) {
+        match http_addr.port() {
+            80 => format!("http://{control_host}"),
+            port => format!("http://{control_host}:{port}"),
+        }
+    } else {
+        match https_addr.port() {
+            443 => format!("https://{control_host}"),
+            port => format!("https://{control_host}:{port}"),
+        }
+    }];
+    if let Some(addr) = api_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+        dashboard_urls.push(format!("http://{addr}"));
+    }
+    let pushes = Arc::new(PushRegistry::default());
+    let ctx = Arc::new(SshContext {
+        db: db.clone(),
+        repos,
+        git_env,
+        pushes: pushes.clone(),
+        hook_socket: hook::socket_path(&data),
+        cygni_bin: std::env::current_exe().map_err(DaemonError::SelfPath)?,
+        data_dir: data.clone(),
+        domain: config.domain.clone(),
+        dashboard_urls,
+        platform: platform.clone(),
+        started: std::time::Instant::now(),
+        acme: acme.clone(),
+        service: Arc::new(crate::service::Service::new(
+            db.clone(),
+            platform.clone(),
+            acme.clone(),
+            config.domain.clone(),
+        )),
+    });
+
+    // The control host: the API and git over HTTPS, through the proxy and
+    // on the loopback listener.
+    let shutdown = CancellationToken::new();
+    let api = crate::api::Api::new(
+        ctx.service.clone(),
+        control_host.clone(),
+        crate::acme::is_local_host(&control_host),
+        crate::api::GitHttpEnv {
+            git_env: ctx.git_env.clone(),
+            pushes: pushes.clone(),
+            hook_socket: ctx.hook_socket.clone(),
+            cygni_bin: ctx.cygni_bin.clone(),
+            data_dir: data.clone(),
+        },
+        shutdown.clone(),
+    );
     let proxy_config = ProxyConfig {
         control: Some(proxy::ControlHook(Arc::new(crate::api::ControlHost(
             api.clone(),
@@ -460,6 +477,18 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     );
 
     let tasks = TaskTracker::new();
+    {
+        // The dashboard's host chart: one hour of samples, taken in the
+        // background so no page load waits on sysinfo.
+        let history = Arc::new(metrics::history::HostHistory::default());
+        api.dashboard().show_history(history.clone());
+        tasks.spawn(metrics::history::run(
+            history,
+            data.clone(),
+            metrics::history::EVERY,
+            shutdown.clone(),
+        ));
+    }
     if let Some(l) = api_listener {
         tasks.spawn(crate::api::serve_loopback(l, api.clone(), shutdown.clone()));
     }

@@ -18,6 +18,7 @@ pub mod api;
 pub mod build;
 pub mod config;
 pub mod daemon;
+pub mod dashboard;
 pub mod deploy;
 pub mod git;
 pub mod hook;

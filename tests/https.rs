@@ -351,12 +351,33 @@ fn http01_issue_serve_redirect_renew_and_ca_down() {
         "a certificate for the control host",
         Duration::from_secs(60),
         || {
-            let (exit, code, body, _) = curl_https(d.https_port, &control, &pebble.root(), &[]);
-            (exit == 0 && code == 404 && body.contains("/api/v1/")).then_some(())
+            // `/` is the dashboard: without a session, it sends the
+            // browser to sign in.
+            let (exit, code, _, _) = curl_https(d.https_port, &control, &pebble.root(), &[]);
+            (exit == 0 && code == 303).then_some(())
         },
     );
     let (code, _) = d.curl(&control, "/api/v1/openapi.json");
     assert_eq!(code, 301, "plain HTTP on a public control host redirects");
+    // Over HTTPS the dashboard's cookies are Secure (and only then).
+    let out = Command::new("curl")
+        .args(["-s", "-m", "10", "-o", "/dev/null", "-D", "-"])
+        .arg("--cacert")
+        .arg(pebble.root())
+        .arg("--resolve")
+        .arg(format!("{control}:{}:127.0.0.1", d.https_port))
+        .arg(format!("https://{control}:{}/login", d.https_port))
+        .output()
+        .expect("run curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    let cookie = head
+        .lines()
+        .find(|l| l.starts_with("set-cookie: cygni_login="))
+        .unwrap_or_else(|| panic!("no sign-in cookie: {head}"));
+    assert!(
+        cookie.contains("; secure") && cookie.contains("httponly"),
+        "{cookie}"
+    );
 
     // Plain HTTP now redirects; ACME challenges never do.
     wait_for("the HTTPS redirect", Duration::from_secs(20), || {

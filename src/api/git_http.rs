@@ -122,7 +122,12 @@ async fn serve_inner(api: &Api, call: Call, path: &str) -> Result<Response<Contr
         _ => return Err(ApiError::not_found("repository not found")),
     };
     let actor = api
-        .actor(call.req.headers(), call.peer, Source::GitHttp)
+        .actor(
+            call.req.headers(),
+            call.req.method(),
+            call.peer,
+            Source::GitHttp,
+        )
         .await?;
     authorize(api, &actor, &app, pack, advertise).await?;
     let repo = api.git.git_env.clone();

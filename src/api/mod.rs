@@ -7,8 +7,13 @@
 //!  loopback listener ─────────┼─► Api::handle ─► rate limit (address) ─► credentials
 //!                             │      ├─ /api/v1/openapi.json (no token)
 //!                             │      ├─ /api/v1/...  ─► v1 ─► Service (the same rules as SSH)
-//!                             │      └─ /APP.git/... ─► git_http ─► git *-pack --stateless-rpc
+//!                             │      ├─ /APP.git/... ─► git_http ─► git *-pack --stateless-rpc
+//!                             │      └─ /, /login, /apps/... ─► dashboard (pages, sessions)
 //! ```
+//!
+//! A request to `/api/v1/` shows a token, or a dashboard session cookie;
+//! a session changes anything (any method but GET and HEAD) only with its
+//! CSRF token in `X-CSRF-Token`.
 //!
 //! Every handler runs on the daemon's main runtime, never on a proxy
 //! worker's: deploys it starts outlive the request's connection.
@@ -62,6 +67,8 @@ pub struct Api {
     shutdown: CancellationToken,
     /// The `Arc` this lives in, for tasks that outlive a request.
     me: std::sync::Weak<Api>,
+    /// The web dashboard's pages, at `/` on the same listeners.
+    dashboard: crate::dashboard::Dashboard,
     /// `/metrics`, `/healthz`, `/readyz`, as on the metrics listener.
     observability: std::sync::OnceLock<(Arc<crate::metrics::Metrics>, Arc<crate::metrics::Health>)>,
 }
@@ -83,6 +90,7 @@ impl Api {
         Arc::new_cyclic(|me| Api {
             me: me.clone(),
             observability: std::sync::OnceLock::new(),
+            dashboard: crate::dashboard::Dashboard::new(service.clone()),
             service,
             host,
             plain_http_ok,
@@ -117,7 +125,15 @@ impl Api {
             return ApiError::not_found("metrics are not served here").into_response();
         };
         if path == "/metrics" {
-            let actor = match self.actor(call.req.headers(), call.peer, Source::Api).await {
+            let actor = match self
+                .actor(
+                    call.req.headers(),
+                    call.req.method(),
+                    call.peer,
+                    Source::Api,
+                )
+                .await
+            {
                 Ok(a) => a,
                 Err(e) => return e.into_response(),
             };
@@ -148,13 +164,19 @@ impl Api {
         &self.host
     }
 
+    pub fn dashboard(&self) -> &crate::dashboard::Dashboard {
+        &self.dashboard
+    }
+
     /// Serve one request. `secure`: it came over TLS or on the loopback
-    /// listener, where a token may travel.
+    /// listener, where a token may travel. `tls`: it came over TLS (the
+    /// dashboard's cookies are `Secure` then).
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
         secure: bool,
+        tls: bool,
     ) -> Response<ControlBody> {
         if !secure && !self.plain_http_ok {
             return redirect_to_https(&self.host, &req);
@@ -184,6 +206,17 @@ impl Api {
         if git_http::is_git_path(&path) {
             return git_http::serve(&self, call, &path).await;
         }
+        if crate::dashboard::Dashboard::serves(&path) {
+            use http_body_util::BodyExt;
+            let answer = self.dashboard.handle(call.req, call.peer, tls).await;
+            if answer.failed_sign_in {
+                // As for a refused token on the API.
+                self.limits.failed_auth(call.peer.ip());
+            }
+            return answer
+                .response
+                .map(|b| b.map_err(|never| match never {}).boxed());
+        }
         ApiError::not_found(
             "nothing here: the API is under /api/v1/ and git repositories at /APP.git",
         )
@@ -192,13 +225,22 @@ impl Api {
 
     /// The credential of a request, as an actor: `Authorization: Bearer
     /// TOKEN`, or Basic with the token as the password (what git sends).
+    /// On the API (not git), a request without one may show a dashboard
+    /// session cookie instead; it changes things only with the session's
+    /// CSRF token.
     pub(crate) async fn actor(
         &self,
         headers: &HeaderMap,
+        method: &Method,
         peer: SocketAddr,
         source: Source,
     ) -> Result<Actor, ApiError> {
         let presented = credential(headers);
+        if presented.is_none() && source == Source::Api {
+            if let Some(id) = crate::dashboard::session::session_cookie(headers) {
+                return self.session_actor(headers, method, peer, &id).await;
+            }
+        }
         let actor = self
             .service
             .authenticate(presented.as_deref(), source, Some(peer.ip()))
@@ -209,6 +251,40 @@ impl Api {
                 self.limits.failed_auth(peer.ip());
                 ApiError::unauthorized(e)
             })?;
+        if let Err(wait) = self.limits.by_actor(&actor.name) {
+            return Err(ApiError::rate_limited(wait));
+        }
+        Ok(actor)
+    }
+}
+
+impl Api {
+    async fn session_actor(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        peer: SocketAddr,
+        id: &str,
+    ) -> Result<Actor, ApiError> {
+        let Some((session, actor)) = self.service.dashboard_session(id, Some(peer.ip())).await
+        else {
+            tracing::info!(%peer, "api session cookie refused");
+            self.limits.failed_auth(peer.ip());
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "the dashboard session has expired or was signed out: sign in again",
+            ));
+        };
+        let reads = matches!(*method, Method::GET | Method::HEAD);
+        if !reads && !session.csrf_matches(crate::dashboard::session::csrf_header(headers)) {
+            tracing::info!(%peer, actor = %actor.name, %method, "api request without the session's CSRF token");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                "a dashboard session changes things only with its CSRF token (X-CSRF-Token)",
+            ));
+        }
         if let Err(wait) = self.limits.by_actor(&actor.name) {
             return Err(ApiError::rate_limited(wait));
         }
@@ -270,7 +346,7 @@ impl Control for ControlHost {
         let api = Arc::clone(&self.0);
         let runtime = api.runtime.clone();
         Box::pin(async move {
-            let task = runtime.spawn(api.handle(r.req, r.peer, r.https));
+            let task = runtime.spawn(api.handle(r.req, r.peer, r.https, r.https));
             match task.await {
                 Ok(resp) => resp,
                 Err(e) => {
@@ -307,7 +383,9 @@ pub async fn serve_loopback(
             let io = hyper_util::rt::TokioIo::new(stream);
             let svc = hyper::service::service_fn(move |req| {
                 let api = Arc::clone(&api);
-                async move { Ok::<_, std::convert::Infallible>(api.handle(req, peer, true).await) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(api.handle(req, peer, true, false).await)
+                }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())

@@ -53,7 +53,12 @@ fn allow_for(segments: &[&str]) -> &'static str {
 
 async fn dispatch(api: &Api, call: Call, path: &str) -> Reply {
     let actor = api
-        .actor(call.req.headers(), call.peer, Source::Api)
+        .actor(
+            call.req.headers(),
+            call.req.method(),
+            call.peer,
+            Source::Api,
+        )
         .await?;
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let method = call.req.method().clone();

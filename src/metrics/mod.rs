@@ -10,6 +10,7 @@
 //! scrape ──► Sources::refresh (instances, restarts, cert expiry) ────┤
 //!        ──► host sample (sysinfo: CPU, memory, disk of the data dir)┘
 //!        ──► render(): Prometheus text 0.0.4
+//! every 15 s ──► history: the last hour of host samples (dashboard chart)
 //! ```
 //!
 //! The module depends on nothing of the daemon's (only `names`): the
@@ -23,6 +24,7 @@
 
 pub mod health;
 pub mod histogram;
+pub mod history;
 pub mod host;
 pub mod http;
 pub mod proxy;

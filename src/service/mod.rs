@@ -23,6 +23,7 @@ pub mod keys;
 pub mod logs;
 pub mod ps;
 pub mod releases;
+pub mod sessions;
 pub mod storage;
 pub mod tokens;
 
@@ -118,6 +119,8 @@ pub struct Service {
     pub acme: Acme,
     /// Apps live at `APP.DOMAIN`.
     pub domain: String,
+    /// Dashboard login codes and browser sessions (in memory).
+    pub sessions: sessions::Sessions,
 }
 
 impl Service {
@@ -127,6 +130,7 @@ impl Service {
             platform,
             acme,
             domain,
+            sessions: sessions::Sessions::default(),
         }
     }
 

@@ -41,6 +41,9 @@ pub struct SshContext {
     pub data_dir: PathBuf,
     /// Apps are at `http://APP.DOMAIN[:PORT]`.
     pub domain: String,
+    /// The dashboard's base URLs (control host, loopback listener), for
+    /// `dashboard:login`.
+    pub dashboard_urls: Vec<String>,
     pub platform: Arc<crate::deploy::Platform>,
     /// When the daemon started, for `status`.
     pub started: std::time::Instant,

@@ -238,6 +238,11 @@ impl TestDaemon {
         self.child = Some(child);
     }
 
+    /// The daemon's process id (for /proc figures).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The daemon's stderr so far, for failure messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()

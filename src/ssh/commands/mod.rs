@@ -14,6 +14,7 @@ mod apps;
 mod certs;
 mod cluster;
 mod config;
+mod dashboard;
 mod domains;
 mod keys;
 mod logs;
@@ -229,6 +230,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print a one-time link (valid 5 minutes) that signs a browser in to the web dashboard
+    #[command(name = "dashboard:login")]
+    DashboardLogin,
     /// Show the host and every app's state
     Status {
         #[arg(long)]
@@ -604,6 +608,7 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
         Cmd::PsStop { app } => ps::stop_start(exec, app, true).await?,
         Cmd::PsStart { app } => ps::stop_start(exec, app, false).await?,
         Cmd::Run { app, command } => ps::run(exec, app, command).await?,
+        Cmd::DashboardLogin => dashboard::login(exec).await?,
         Cmd::Status { json: as_json } => status::show(exec, as_json).await?,
         Cmd::ClusterNodes { json: as_json } => cluster::nodes(exec, as_json).await?,
         Cmd::ClusterJoinCommand { json: as_json } => cluster::join_command(exec, as_json).await?,
