@@ -24,6 +24,8 @@ pub enum Source {
     GitSsh,
     Api,
     GitHttp,
+    /// The daemon itself, on a schedule (`git:sync --every`).
+    Scheduler,
 }
 
 impl Source {
@@ -33,6 +35,7 @@ impl Source {
             Source::GitSsh => "git-ssh",
             Source::Api => "api",
             Source::GitHttp => "git-http",
+            Source::Scheduler => "scheduler",
         }
     }
 }

@@ -358,6 +358,24 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         )),
     });
 
+    // Syncs from repository URLs push through the same hook as any push.
+    ctx.service.enable_sync(crate::service::sync::Syncer {
+        policy: config.sync_policy.clone(),
+        fetcher: crate::sync::fetch::Fetcher {
+            home: data.join("sync").join("home"),
+            timeout: config.sync_timeout,
+            max_bytes: config.sync_max_bytes,
+        },
+        min_every: config.sync_min_interval,
+        push: Arc::new(crate::local_push::PushEnv {
+            git_env: ctx.git_env.clone(),
+            pushes: pushes.clone(),
+            hook_socket: ctx.hook_socket.clone(),
+            cygni_bin: ctx.cygni_bin.clone(),
+            data_dir: data.clone(),
+        }),
+    });
+
     // The control host: the API and git over HTTPS, through the proxy and
     // on the loopback listener.
     let shutdown = CancellationToken::new();
@@ -565,6 +583,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     };
     tasks.spawn(acme.run(routes, republish, shutdown.clone()));
+    tasks.spawn(ctx.service.clone().run_sync_schedule(shutdown.clone()));
     tasks.spawn(deploy::reconcile::run_every(
         platform,
         shutdown.clone(),

@@ -24,6 +24,7 @@ pub mod logs;
 pub mod ps;
 pub mod releases;
 pub mod storage;
+pub mod sync;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -118,6 +119,8 @@ pub struct Service {
     pub acme: Acme,
     /// Apps live at `APP.DOMAIN`.
     pub domain: String,
+    /// Syncs from repository URLs, once the daemon has enabled them.
+    sync: std::sync::OnceLock<Arc<sync::Syncer>>,
 }
 
 impl Service {
@@ -127,6 +130,7 @@ impl Service {
             platform,
             acme,
             domain,
+            sync: std::sync::OnceLock::new(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod formation;
 pub mod keys;
 pub mod releases;
 pub mod storage;
+pub mod sync;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -244,6 +245,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 10: the per-app access log (`logs:set APP access-log on`), off by default.
     "ALTER TABLE apps ADD COLUMN access_log INTEGER NOT NULL DEFAULT 0;",
+    // 11: where apps sync from and each sync's states (see state/sync.rs).
+    sync::MIGRATION,
 ];
 
 /// A handle to the database, cheap to clone.
