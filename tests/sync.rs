@@ -239,19 +239,32 @@ fn ssrf_and_scheme_refusals_are_one_line_and_change_nothing() {
     );
 }
 
-/// Credentials in an allowed URL are used but never shown: apps:info,
-/// the output, releases and the audit log say `***`.
+/// Credentials in an allowed URL are used (the server wants them) but
+/// never shown: apps:info, the output, releases and the audit log say
+/// `***`; without them the sync fails.
 #[test]
 fn credentials_in_a_url_are_masked_in_output_audit_and_info() {
     let work = tempfile::tempdir().expect("tempdir");
     let server = GitServer::start(&work.path().join("served"));
-    served_repo(&server, work.path(), "procfile-app", "site");
+    std::fs::create_dir_all(server.root.join("private")).expect("mkdir");
+    served_repo(&server, work.path(), "procfile-app", "private/site");
     let d = permissive_daemon(work.path());
-    let url = format!("http://deploy:s3cr3tpw@127.0.0.1:{}/site.git", server.port);
+    d.ssh(
+        &d.admin,
+        &format!(
+            "apps:create nocreds --from http://127.0.0.1:{}/private/site.git",
+            server.port
+        ),
+    )
+    .fails_with("failed");
+    let url = format!(
+        "http://deploy:s3cr3tpw@127.0.0.1:{}/private/site.git",
+        server.port
+    );
     let out = d
         .ssh(&d.admin, &format!("apps:create masked --from {url}"))
         .ok();
-    let masked = format!("http://***@127.0.0.1:{}/site.git", server.port);
+    let masked = format!("http://***@127.0.0.1:{}/private/site.git", server.port);
     assert!(out.stderr.contains(&masked), "{out:#?}");
     let info = d.ssh(&d.admin, "apps:info masked --json").ok().stdout;
     let releases = d.ssh(&d.admin, "releases masked").ok().stdout;
@@ -260,6 +273,10 @@ fn credentials_in_a_url_are_masked_in_output_audit_and_info() {
         assert!(!text.contains("s3cr3tpw"), "{text}");
     }
     assert!(info.contains(&masked), "{info}");
+    let (_, body) = d.curl(&host("masked"), "/");
+    assert!(body.contains("hello from procfile-app"), "{body}");
+    let log = d.log();
+    assert!(!log.contains("s3cr3tpw"), "the daemon log has the password");
 }
 
 /// Failed syncs (a ref that is not there, a host that does not answer, a
@@ -477,4 +494,44 @@ fn the_api_creates_from_a_url_and_syncs_with_a_record_to_poll() {
     assert_eq!(v["source"]["url"], server.url("site.git").as_str(), "{v}");
     let (code, _) = api("GET", "/apps/viaapi/syncs/999", None);
     assert_eq!(code, 404);
+}
+
+/// Figures, not a check: the median of three sync-deploys of a new
+/// commit against three `git push` deploys of a new commit, same fixture.
+#[test]
+#[ignore = "timing: run by hand with --ignored --nocapture"]
+fn timing_sync_deploy_against_push() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    let d = permissive_daemon(work.path());
+    let repo = served_repo(&server, work.path(), "procfile-app", "site");
+    d.ssh(
+        &d.admin,
+        &format!("apps:create bysync --from {}", server.url("site.git")),
+    )
+    .ok();
+    let pushed = fixture_repo(&d, "procfile-app", "bypush");
+    push(&d, &pushed, "bypush").ok();
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut syncs, mut pushes) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        std::fs::write(repo.join("n.txt"), format!("{i}")).expect("write");
+        publish(&server, &repo, "site", &format!("sync {i}"));
+        let t = Instant::now();
+        d.ssh(&d.admin, "git:sync bysync").ok();
+        syncs.push(t.elapsed());
+        std::fs::write(pushed.join("n.txt"), format!("{i}")).expect("write");
+        commit_all(&pushed, &format!("push {i}"));
+        let t = Instant::now();
+        push(&d, &pushed, "bypush").ok();
+        pushes.push(t.elapsed());
+    }
+    println!(
+        "TIMING sync-deploy median {:?} {syncs:?}; git push median {:?} {pushes:?}",
+        median(syncs.clone()),
+        median(pushes.clone())
+    );
 }

@@ -49,6 +49,7 @@ impl Fetcher {
         cwd: &Path,
     ) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new("git");
+        cmd.env_clear();
         let scheme = url.scheme().as_str();
         let mut configs = vec![
             "protocol.allow=never".to_owned(),
@@ -82,8 +83,13 @@ impl Fetcher {
         for c in &configs {
             cmd.arg("-c").arg(c);
         }
-        cmd.env_clear()
-            .env("PATH", crate::git::SAFE_PATH)
+        if let Some((_, header)) = url.http_auth() {
+            // Through the environment, not argv (see SourceUrl::http_auth).
+            cmd.env("GIT_CONFIG_COUNT", "1")
+                .env("GIT_CONFIG_KEY_0", "http.extraHeader")
+                .env("GIT_CONFIG_VALUE_0", header);
+        }
+        cmd.env("PATH", crate::git::SAFE_PATH)
             .env("HOME", &self.home)
             .env("LANG", "C.UTF-8")
             .env("GIT_CONFIG_NOSYSTEM", "1")
@@ -120,7 +126,7 @@ impl Fetcher {
             "--no-write-fetch-head",
             "--progress",
             "--",
-            &url.for_git(pinned),
+            &git_url(url, pinned),
             &spec,
         ]);
         let watch = repo.join("objects").join("pack");
@@ -136,7 +142,7 @@ impl Fetcher {
         reference: &str,
     ) -> Result<Option<String>, FetchError> {
         let mut cmd = self.command(url, pinned, &self.home);
-        cmd.args(["ls-remote", "--", &url.for_git(pinned), reference]);
+        cmd.args(["ls-remote", "--", &git_url(url, pinned), reference]);
         let out = self.run(cmd, url, None, |_| {}).await?;
         Ok(out.lines().find_map(|l| {
             let (sha, name) = l.split_once('\t')?;
@@ -240,6 +246,15 @@ impl Fetcher {
         } else {
             reason
         }))
+    }
+}
+
+/// The URL on git's command line: for http(s) without the credentials
+/// (they go in a header, through the environment).
+fn git_url(url: &SourceUrl, pinned: Option<IpAddr>) -> String {
+    match url.http_auth() {
+        Some((bare, _)) => bare,
+        None => url.for_git(pinned),
     }
 }
 

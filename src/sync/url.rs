@@ -218,6 +218,25 @@ impl SourceUrl {
         u.to_string()
     }
 
+    /// For http(s): the URL without credentials and an `Authorization`
+    /// header carrying them, so they reach git through its environment
+    /// (readable only by the daemon's user) and not its command line
+    /// (which every user on the host can read in `ps`).
+    pub fn http_auth(&self) -> Option<(String, String)> {
+        use base64::Engine;
+        if !matches!(self.scheme, Scheme::Https | Scheme::Http) {
+            return None;
+        }
+        let secret = self.secret.as_deref()?;
+        let (user, pw) = secret.split_once(':').unwrap_or((secret, ""));
+        let plain = format!("{}:{}", percent_decode(user), percent_decode(pw));
+        let header = format!(
+            "Authorization: Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(plain)
+        );
+        Some((self.bare.to_string(), header))
+    }
+
     /// Remove the credentials from text git printed about this URL.
     pub fn scrub(&self, text: &str) -> String {
         let Some(secret) = &self.secret else {
@@ -231,6 +250,26 @@ impl SourceUrl {
         }
         out
     }
+}
+
+/// `%41` → `A`, as userinfo is percent-encoded in a URL.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// `***@` in a stored URL stands for credentials kept elsewhere.
@@ -612,6 +651,21 @@ mod tests {
             assert!(e.contains(needle), "{s}: {e}");
             assert!(!e.contains('\n'));
         }
+    }
+
+    #[test]
+    fn http_credentials_go_in_a_header_not_the_url() {
+        let u = SourceUrl::parse("https://bob:p%40ss@example.org/r.git").unwrap();
+        let (url, header) = u.http_auth().unwrap();
+        assert_eq!(url, "https://example.org/r.git");
+        // base64("bob:p@ss")
+        assert_eq!(header, "Authorization: Basic Ym9iOnBAc3M=");
+        assert_eq!(
+            SourceUrl::parse("https://example.org/r")
+                .unwrap()
+                .http_auth(),
+            None
+        );
     }
 
     #[test]

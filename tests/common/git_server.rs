@@ -6,6 +6,9 @@
 //! let server = GitServer::start(&root);        // serves root/NAME.git
 //! let url = server.url("app.git");             // http://127.0.0.1:PORT/app.git
 //! ```
+//!
+//! Paths under `/private/` answer 401 unless the request carries
+//! [`PRIVATE_AUTH`] (HTTP Basic `deploy:s3cr3tpw`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -13,6 +16,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// The Basic credentials `/private/` repositories want (`deploy:s3cr3tpw`).
+pub const PRIVATE_AUTH: &str = "Basic ZGVwbG95OnMzY3IzdHB3";
 
 pub struct GitServer {
     pub port: u16,
@@ -121,6 +127,14 @@ fn serve(conn: TcpStream, root: &Path) -> std::io::Result<()> {
         }
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    if path.starts_with("/private/") && header("authorization").as_deref() != Some(PRIVATE_AUTH) {
+        let mut conn = conn;
+        write!(
+            conn,
+            "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"git\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        return conn.flush();
+    }
     let mut cgi = Command::new("git");
     cgi.arg("http-backend")
         .env_clear()
