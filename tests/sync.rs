@@ -17,7 +17,7 @@ fn permissive_daemon(cfg_dir: &Path) -> TestDaemon {
     let cfg = cfg_dir.join("cygni.toml");
     std::fs::write(
         &cfg,
-        "sync_allow_schemes = [\"http\"]\nsync_allow_private = true\nsync_min_interval_secs = 1\n",
+        "sync_allow_schemes = [\"http\", \"file\"]\nsync_allow_private = true\nsync_min_interval_secs = 1\n",
     )
     .expect("write cygni.toml");
     TestDaemon::start_with(&["--config", cfg.to_str().expect("utf-8 path")])
@@ -277,6 +277,28 @@ fn credentials_in_a_url_are_masked_in_output_audit_and_info() {
     assert!(body.contains("hello from procfile-app"), "{body}");
     let log = d.log();
     assert!(!log.contains("s3cr3tpw"), "the daemon log has the password");
+}
+
+/// file:// where the admin allowed it: an admin may sync from a path on
+/// the server; a developer, even on its own app, may not (a path can
+/// name another app's repository).
+#[test]
+fn file_urls_when_allowed_are_for_admins_only() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    served_repo(&server, work.path(), "procfile-app", "site");
+    let d = permissive_daemon(work.path());
+    let path = format!("file://{}", server.root.join("site.git").display());
+    d.ssh(&d.admin, &format!("apps:create local --from {path}"))
+        .ok();
+    let (_, body) = d.curl(&host("local"), "/");
+    assert!(body.contains("hello from procfile-app"), "{body}");
+    let dev = d.add_key("dev", "deployer");
+    d.ssh(&d.admin, "keys:grant dev local").ok();
+    d.ssh(&dev, &format!("git:sync local {path}"))
+        .fails_with("only admins can sync from file:// URLs");
+    // The stored source, chosen by an admin, the developer may sync.
+    d.ssh(&dev, "git:sync local").ok();
 }
 
 /// Failed syncs (a ref that is not there, a host that does not answer, a

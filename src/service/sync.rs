@@ -151,6 +151,14 @@ impl Service {
         let detail = url.map(crate::sync::url::mask_text).unwrap_or_default();
         self.audited(actor, "git:sync", Some(app), detail, async {
             self.app(actor, app, Access::Manage).await?;
+            // A path on this server can name another app's repository: only
+            // admins choose one (a stored one, an admin chose).
+            let is_file = url.is_some_and(|u| u.trim_start().starts_with("file:"));
+            if is_file && !actor.is_admin() {
+                return Err(ServiceError::Forbidden(
+                    "only admins can sync from file:// URLs".into(),
+                ));
+            }
             self.prepare_unchecked(app, url, reference, "manual").await
         })
         .await
