@@ -367,6 +367,10 @@ fn failed_syncs_leave_the_live_release_branch_and_source_alone() {
     );
     let releases = d.ssh(&d.admin, "releases keep").ok().stdout;
     assert!(releases.contains("failed (build)"), "{releases}");
+    assert!(releases.contains("(sync #"), "{releases}");
+    let log = d.ssh(&d.admin, "logs keep --build v2").ok().stdout;
+    assert!(log.contains("-----> Fetching"), "{log}");
+    assert!(log.contains("sync state: failed"), "{log}");
 }
 
 /// `--every`: a new commit upstream is picked up without anyone asking;
@@ -502,13 +506,13 @@ fn the_api_creates_from_a_url_and_syncs_with_a_record_to_poll() {
     let (code, v) = api(
         "POST",
         "/apps/viaapi/sync",
-        Some(serde_json::json!({"url": "file:///etc"})),
+        Some(serde_json::json!({"url": "ssh://git@example.org/x.git"})),
     );
     assert_eq!(code, 422, "{v}");
     assert!(
         v["message"]
             .as_str()
-            .is_some_and(|m| m.contains("file:// scheme is not allowed")),
+            .is_some_and(|m| m.contains("ssh:// scheme is not allowed")),
         "{v}"
     );
     let (code, v) = api("GET", "/apps/viaapi", None);

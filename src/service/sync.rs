@@ -67,6 +67,8 @@ pub fn scheduler_actor() -> Actor {
 struct Out {
     tx: Option<UnboundedSender<String>>,
     lines: Vec<String>,
+    /// The release the push made (live or failed), for its build log.
+    made: Option<u32>,
 }
 
 impl Out {
@@ -260,15 +262,10 @@ impl Service {
             let mut out = Out {
                 tx,
                 lines: Vec::new(),
+                made: None,
             };
             let result = self.sync_steps(actor, &prep, &mut out).await;
-            let (a, release) = (
-                app.clone(),
-                match &result {
-                    Ok(v) => *v,
-                    Err(_) => None,
-                },
-            );
+            let a = app.clone();
             if let Err(reason) = &result {
                 let r = reason.clone();
                 let _ = self
@@ -279,7 +276,7 @@ impl Service {
                 out.say(format!("       sync state: {}", SyncState::Failed.as_str()));
                 out.say(format!("       {app} keeps serving its live release"));
             }
-            if let Some(v) = release {
+            if let Some(v) = out.made {
                 self.prepend_build_log(&app, v, &out.lines);
             }
             self.drop_sync_ref(&app, id).await;
@@ -457,6 +454,7 @@ impl Service {
             // Keep the pipeline's lines in the sync's log without sending
             // them twice.
             out.lines.extend(lines);
+            out.made = made;
             if let Some(v) = made {
                 let _ = self
                     .db

@@ -66,17 +66,15 @@ impl Fetcher {
             "fetch.unpackLimit=1".to_owned(),
             "core.hooksPath=/dev/null".to_owned(),
         ];
-        if let (Some(ip), Scheme::Https | Scheme::Http, Some(host)) =
-            (pinned, url.scheme(), url.host())
-        {
+        // A literal address needs no pin: curl does not resolve it.
+        if let (Some(ip), Scheme::Https | Scheme::Http, Some(host)) = (
+            pinned,
+            url.scheme(),
+            url.host().filter(|h| h.parse::<IpAddr>().is_err()),
+        ) {
             let addr = match ip {
                 IpAddr::V4(v4) => v4.to_string(),
                 IpAddr::V6(v6) => format!("[{v6}]"),
-            };
-            let host = if host.contains(':') {
-                format!("[{host}]")
-            } else {
-                host
             };
             configs.push(format!("http.curloptResolve={host}:{}:{addr}", url.port()));
         }
@@ -97,7 +95,10 @@ impl Fetcher {
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("GIT_ASKPASS", "/bin/false")
             .env("SSH_ASKPASS", "/bin/false")
-            .env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
+            // ssh reads HOME/.ssh/config, which Cygni writes (see
+            // `ssh_config`): no prompts, first-use host keys kept in the
+            // data dir.
+            .env("GIT_SSH_VARIANT", "ssh")
             .current_dir(cwd)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -150,6 +151,22 @@ impl Fetcher {
         }))
     }
 
+    /// HOME/.ssh/config for ssh:// sources (an admin allowed them): no
+    /// prompts, host keys trusted on first use and kept beside it, and a
+    /// deploy key at HOME/.ssh/id_ed25519 when the admin put one there.
+    fn ssh_config(&self) {
+        let dir = self.home.join(".ssh");
+        if std::fs::create_dir_all(&dir).is_err() {
+            return;
+        }
+        let config = format!(
+            "Host *\n  BatchMode yes\n  StrictHostKeyChecking accept-new\n  UserKnownHostsFile {}\n  IdentityFile {}\n  IdentitiesOnly yes\n",
+            dir.join("known_hosts").display(),
+            dir.join("id_ed25519").display()
+        );
+        let _ = std::fs::write(dir.join("config"), config);
+    }
+
     /// Run git to the end within the bounds; its stdout on success.
     async fn run(
         &self,
@@ -159,6 +176,7 @@ impl Fetcher {
         mut on_line: impl FnMut(String),
     ) -> Result<String, FetchError> {
         let _ = std::fs::create_dir_all(&self.home);
+        self.ssh_config();
         let mut child = cmd.spawn().map_err(FetchError::Spawn)?;
         let mut stdout = child
             .stdout
@@ -269,4 +287,81 @@ fn incoming_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_and_env(cmd: &tokio::process::Command) -> (Vec<String>, Vec<(String, String)>) {
+        let std = cmd.as_std();
+        let args = std
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let env = std
+            .get_envs()
+            .filter_map(|(k, v)| {
+                Some((
+                    k.to_string_lossy().into_owned(),
+                    v?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        (args, env)
+    }
+
+    /// git is pinned to the checked address, allowed only the URL's
+    /// protocol, follows no redirects, reads no config of the host's, and
+    /// gets credentials through its environment, never argv.
+    #[test]
+    fn git_runs_pinned_bounded_and_without_credentials_in_argv() {
+        let f = Fetcher {
+            home: PathBuf::from("/nonexistent/home"),
+            timeout: Duration::from_secs(5),
+            max_bytes: 1 << 20,
+        };
+        let url = SourceUrl::parse("https://bob:s3cret@example.org/r.git").unwrap();
+        let ip: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut cmd = f.command(&url, Some(ip), Path::new("/"));
+        cmd.args(["fetch", "--", &git_url(&url, Some(ip))]);
+        let (args, env) = args_and_env(&cmd);
+        let joined = args.join(" ");
+        for needle in [
+            "-c protocol.allow=never",
+            "-c protocol.https.allow=always",
+            "-c http.followRedirects=false",
+            "-c http.curloptResolve=example.org:443:203.0.113.7",
+            "https://example.org/r.git",
+        ] {
+            assert!(joined.contains(needle), "{needle:?} not in {joined}");
+        }
+        assert!(!joined.contains("s3cret"), "{joined}");
+        let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        assert_eq!(get("GIT_CONFIG_NOSYSTEM"), Some("1"));
+        assert_eq!(get("GIT_CONFIG_GLOBAL"), Some("/dev/null"));
+        assert_eq!(get("GIT_TERMINAL_PROMPT"), Some("0"));
+        assert_eq!(get("HOME"), Some("/nonexistent/home"));
+        assert_eq!(get("GIT_CONFIG_KEY_0"), Some("http.extraHeader"));
+        assert!(get("GIT_CONFIG_VALUE_0").is_some_and(|v| v.starts_with("Authorization: Basic ")));
+
+        let v6 = SourceUrl::parse("https://[2606:4700::1111]:8443/r.git").unwrap();
+        let ip6: IpAddr = "2606:4700::1111".parse().unwrap();
+        let (args, _) = args_and_env(&f.command(&v6, Some(ip6), Path::new("/")));
+        assert!(
+            !args.iter().any(|a| a.starts_with("http.curloptResolve")),
+            "a literal address is dialled as it is: {args:?}"
+        );
+        let ssh = SourceUrl::parse("ssh://git@example.org/r.git").unwrap();
+        let (args, _) = args_and_env(&f.command(&ssh, Some(ip), Path::new("/")));
+        assert!(
+            args.iter().any(|a| a == "protocol.ssh.allow=always"),
+            "{args:?}"
+        );
+        assert!(
+            !args.iter().any(|a| a.starts_with("http.curloptResolve")),
+            "{args:?}"
+        );
+        assert_eq!(git_url(&ssh, Some(ip)), "ssh://git@203.0.113.7/r.git");
+    }
 }
