@@ -14,10 +14,14 @@ use common::*;
 /// A daemon whose syncs may reach the loopback git server (http, private
 /// addresses, a 1s minimum interval): what an admin sets in cygni.toml.
 fn permissive_daemon(cfg_dir: &Path) -> TestDaemon {
+    permissive_daemon_with(cfg_dir, "")
+}
+
+fn permissive_daemon_with(cfg_dir: &Path, extra: &str) -> TestDaemon {
     let cfg = cfg_dir.join("cygni.toml");
     std::fs::write(
         &cfg,
-        "sync_allow_schemes = [\"http\", \"file\"]\nsync_allow_private = true\nsync_min_interval_secs = 1\n",
+        format!("sync_allow_schemes = [\"http\", \"file\"]\nsync_allow_private = true\nsync_min_interval_secs = 1\n{extra}"),
     )
     .expect("write cygni.toml");
     TestDaemon::start_with(&["--config", cfg.to_str().expect("utf-8 path")])
@@ -371,6 +375,41 @@ fn failed_syncs_leave_the_live_release_branch_and_source_alone() {
     let log = d.ssh(&d.admin, "logs keep --build v2").ok().stdout;
     assert!(log.contains("-----> Fetching"), "{log}");
     assert!(log.contains("sync state: failed"), "{log}");
+}
+
+/// A server that never answers: the fetch gives up at sync_timeout_secs
+/// with a line that says so, and the app keeps serving.
+#[test]
+fn a_hanging_server_times_out_and_changes_nothing() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    served_repo(&server, work.path(), "procfile-app", "site");
+    let d = permissive_daemon_with(work.path(), "sync_timeout_secs = 2\n");
+    d.ssh(
+        &d.admin,
+        &format!("apps:create patient --from {}", server.url("site.git")),
+    )
+    .ok();
+    let started = Instant::now();
+    d.ssh(
+        &d.admin,
+        &format!("git:sync patient {}", server.url("hang/site.git")),
+    )
+    .fails_with("git gave up after 2s");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let (_, body) = d.curl(&host("patient"), "/");
+    assert!(body.contains("hello from procfile-app"), "{body}");
+    let info = info_json(&d, "patient");
+    assert_eq!(info["live_release"], 1, "{info}");
+    assert_eq!(
+        info["source"]["url"],
+        server.url("site.git").as_str(),
+        "{info}"
+    );
 }
 
 /// `--every`: a new commit upstream is picked up without anyone asking;

@@ -7,6 +7,7 @@
 //! let url = server.url("app.git");             // http://127.0.0.1:PORT/app.git
 //! ```
 //!
+//! Paths under `/hang/` never answer (the connection stays open 20s).
 //! Paths under `/private/` answer 401 unless the request carries
 //! [`PRIVATE_AUTH`] (HTTP Basic `deploy:s3cr3tpw`).
 
@@ -127,6 +128,10 @@ fn serve(conn: TcpStream, root: &Path) -> std::io::Result<()> {
         }
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    if path.starts_with("/hang/") {
+        std::thread::sleep(std::time::Duration::from_secs(20));
+        return Ok(());
+    }
     if path.starts_with("/private/") && header("authorization").as_deref() != Some(PRIVATE_AUTH) {
         let mut conn = conn;
         write!(
