@@ -26,6 +26,8 @@ pub enum Source {
     GitHttp,
     /// A browser session of the web dashboard.
     Dashboard,
+    /// The daemon itself, on a schedule (`git:sync --every`).
+    Scheduler,
 }
 
 impl Source {
@@ -36,6 +38,7 @@ impl Source {
             Source::Api => "api",
             Source::GitHttp => "git-http",
             Source::Dashboard => "dashboard",
+            Source::Scheduler => "scheduler",
         }
     }
 }

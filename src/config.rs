@@ -132,6 +132,11 @@ struct FileConfig {
     metrics_listen: Option<String>,
     log_format: Option<String>,
     metrics: Option<bool>,
+    sync_allow_schemes: Option<Vec<String>>,
+    sync_allow_private: Option<bool>,
+    sync_min_interval_secs: Option<u64>,
+    sync_timeout_secs: Option<u64>,
+    sync_max_mb: Option<u64>,
 }
 
 /// Which runtime backend to use.
@@ -240,6 +245,18 @@ pub struct Config {
     /// true; false is for measuring what recording costs).
     pub metrics: bool,
     pub log_format: LogFormat,
+    /// What `apps:create --from` / `git:sync` may fetch besides https from
+    /// public addresses (file keys `sync_allow_schemes`, e.g. `["file"]`,
+    /// and `sync_allow_private`; env `CYGNI_SYNC_ALLOW_SCHEMES` (comma
+    /// separated) and `CYGNI_SYNC_ALLOW_PRIVATE`).
+    pub sync_policy: crate::sync::url::Policy,
+    /// The shortest `git:sync --every` (file key `sync_min_interval_secs`,
+    /// default 60).
+    pub sync_min_interval: Duration,
+    /// How long one fetch may take (file key `sync_timeout_secs`, default 600).
+    pub sync_timeout: Duration,
+    /// The largest pack one fetch may bring (file key `sync_max_mb`, default 2048).
+    pub sync_max_bytes: u64,
 }
 
 impl Config {
@@ -444,7 +461,51 @@ impl Config {
                 .unwrap_or("text"),
         )?;
 
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let schemes: Vec<String> = match env("CYGNI_SYNC_ALLOW_SCHEMES") {
+            Some(v) => v.split(',').map(|s| s.trim().to_owned()).collect(),
+            None => file.sync_allow_schemes.unwrap_or_default(),
+        };
+        let mut allow_schemes = Vec::new();
+        for s in schemes.iter().filter(|s| !s.is_empty()) {
+            match crate::sync::url::Scheme::parse(s) {
+                Some(scheme) => allow_schemes.push(scheme),
+                None => {
+                    return Err(invalid(
+                        "sync_allow_schemes",
+                        format!("{s:?} is not one of https, http, ssh, git, file"),
+                    ))
+                }
+            }
+        }
+        let allow_private = match env("CYGNI_SYNC_ALLOW_PRIVATE").as_deref() {
+            Some("1" | "true" | "yes") => true,
+            Some("0" | "false" | "no") => false,
+            Some(other) => {
+                return Err(invalid(
+                    "sync_allow_private",
+                    format!("{other:?} is not true or false"),
+                ))
+            }
+            None => file.sync_allow_private.unwrap_or(false),
+        };
+        let sync_min_interval = Duration::from_secs(file.sync_min_interval_secs.unwrap_or(60));
+        if sync_min_interval.is_zero() {
+            return Err(invalid("sync_min_interval_secs", "must be at least 1"));
+        }
+        let sync_timeout = Duration::from_secs(file.sync_timeout_secs.unwrap_or(600));
+        if sync_timeout.is_zero() {
+            return Err(invalid("sync_timeout_secs", "must be at least 1"));
+        }
+
         Ok(Config {
+            sync_policy: crate::sync::url::Policy {
+                allow_schemes,
+                allow_private,
+            },
+            sync_min_interval,
+            sync_timeout,
+            sync_max_bytes: file.sync_max_mb.unwrap_or(2048).saturating_mul(1 << 20),
             api_listen,
             api_listen_is_default,
             audit_retention_days,

@@ -396,6 +396,24 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         )),
     });
 
+    // Syncs from repository URLs push through the same hook as any push.
+    ctx.service.enable_sync(crate::service::sync::Syncer {
+        policy: config.sync_policy.clone(),
+        fetcher: crate::sync::fetch::Fetcher {
+            home: data.join("sync").join("home"),
+            timeout: config.sync_timeout,
+            max_bytes: config.sync_max_bytes,
+        },
+        min_every: config.sync_min_interval,
+        push: Arc::new(crate::local_push::PushEnv {
+            git_env: ctx.git_env.clone(),
+            pushes: pushes.clone(),
+            hook_socket: ctx.hook_socket.clone(),
+            cygni_bin: ctx.cygni_bin.clone(),
+            data_dir: data.clone(),
+        }),
+    });
+
     // The control host: the API and git over HTTPS, through the proxy and
     // on the loopback listener.
     let shutdown = CancellationToken::new();
@@ -597,6 +615,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     // Before the first reconcile: a release whose push died between live
     // and git's ref update is settled, so reconcile starts the right one.
     platform.settle_lost_ref_updates().await;
+    tasks.spawn(ctx.service.clone().run_sync_schedule(shutdown.clone()));
     tasks.spawn(deploy::reconcile::run_every(
         platform,
         shutdown.clone(),

@@ -3,7 +3,7 @@
 //!
 //! The tarball becomes a commit on top of the app's deploy branch, and
 //! that commit is pushed into the app's repository by `git push` with the
-//! same environment, hook and push token as any push. So it runs exactly
+//! same environment, hook and push token as any push ([`crate::local_push`]). So it runs exactly
 //! the pipeline a `git push` runs (build, release, checks, routes), its
 //! output is the push's `remote:` output, and the repository keeps the
 //! history. The request returns 202 with a build record to poll.
@@ -15,11 +15,10 @@ use std::sync::{Arc, Mutex};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::body::json as reply;
 use super::{Api, ApiError};
-use crate::hook::PushSession;
 use crate::names::AppName;
 use crate::proxy::ControlBody;
 use crate::service::{Access, Actor};
@@ -28,8 +27,6 @@ use crate::service::{Access, Actor};
 const MAX_TARBALL: u64 = 512 * 1024 * 1024;
 /// Build records kept in memory (oldest go first).
 const KEPT: usize = 100;
-/// Output lines kept per build.
-const MAX_LINES: usize = 20_000;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Build {
@@ -231,17 +228,7 @@ async fn run(
         .await
         .map_err(|e| e.to_string())??;
     let repo = api.service.platform.repos.path(app);
-    let home = &api.git.data_dir;
-    let git = |args: &[&str]| {
-        let mut c = api.git.git_env.command(args[0], home);
-        c.args(&args[1..])
-            .current_dir(&src)
-            .env("GIT_AUTHOR_NAME", &actor.name)
-            .env("GIT_AUTHOR_EMAIL", "api@cygni")
-            .env("GIT_COMMITTER_NAME", "cygni")
-            .env("GIT_COMMITTER_EMAIL", "api@cygni");
-        c
-    };
+    let git = |args: &[&str]| api.git.git(actor, &src, args);
     let quiet = |mut c: tokio::process::Command| async move {
         c.output()
             .await
@@ -265,37 +252,23 @@ async fn run(
         return Err("cannot prepare the commit (git commit)".into());
     }
     // The push itself: receive-pack, the pre-receive hook and the deploy,
-    // as for any push; its token ties the hook to this build's actor.
-    let token = api.git.pushes.register(PushSession {
-        app: app.clone(),
-        actor: actor.clone(),
-    });
-    let mut push = git(&["push", "--progress", &repo_s, &format!("HEAD:{refspec}")]);
-    push.env("CYGNI_BIN", &api.git.cygni_bin)
-        .env("CYGNI_HOOK_SOCKET", &api.git.hook_socket)
-        .env("CYGNI_PUSH_TOKEN", &token.token)
-        .stdin(std::process::Stdio::null());
-    let mut child = push.spawn().map_err(|e| format!("cannot start git: {e}"))?;
-    let stderr = child.stderr.take().ok_or("git pipes missing")?;
-    let mut lines = tokio::io::BufReader::new(stderr).split(b'\n');
-    let mut kept = 0usize;
-    while let Ok(Some(raw)) = lines.next_segment().await {
-        // git splits progress on \r; keep the last state of each line.
-        let text = String::from_utf8_lossy(&raw);
-        let last = text
-            .rsplit('\r')
-            .find(|s| !s.trim().is_empty())
-            .unwrap_or("");
-        if let Some(line) = last.strip_prefix("remote: ") {
-            if kept < MAX_LINES {
-                say(line.trim_end().to_owned());
-                kept += 1;
-            }
-        }
-    }
-    let status = child.wait().await.map_err(|e| e.to_string())?;
-    drop(token);
-    if status.success() {
+    // as for any push.
+    let pushed = api
+        .git
+        .push(
+            actor,
+            crate::local_push::LocalPush {
+                app,
+                repo: &repo,
+                from: &src,
+                src: "HEAD",
+                branch,
+                force: false,
+            },
+            say,
+        )
+        .await?;
+    if pushed {
         Ok(())
     } else {
         Err("the deploy failed: see the output".into())

@@ -26,7 +26,6 @@ mod limit;
 mod v1;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
@@ -36,22 +35,15 @@ use tokio_util::sync::CancellationToken;
 pub use body::{empty, full};
 pub use error::ApiError;
 
-use crate::git::GitEnv;
-use crate::hook::PushRegistry;
 use crate::proxy::{Control, ControlBody, ControlRequest};
 use crate::service::{tokens::AuthError, Actor, Service, Source};
 
 /// The OpenAPI document, kept in the repo beside the code it describes.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// What git over HTTPS needs to run git as the SSH bridge does.
-pub struct GitHttpEnv {
-    pub git_env: GitEnv,
-    pub pushes: Arc<PushRegistry>,
-    pub hook_socket: PathBuf,
-    pub cygni_bin: PathBuf,
-    pub data_dir: PathBuf,
-}
+/// What git over HTTPS needs to run git as the SSH bridge does (the same
+/// as the daemon's own pushes need).
+pub use crate::local_push::PushEnv as GitHttpEnv;
 
 pub struct Api {
     service: Arc<Service>,

@@ -45,7 +45,10 @@ fn allow_for(segments: &[&str]) -> &'static str {
         ["apps", _, "domains"] | ["apps", _, "releases"] => "GET, POST",
         ["apps", _, "dynos"] => "GET, DELETE",
         ["apps", _, "domains" | "dynos", _] | ["keys", _] | ["tokens", _] => "DELETE",
-        ["apps", _, "actions", _] | ["apps", _, "certs", "renew"] | ["apps", _, "builds"] => "POST",
+        ["apps", _, "actions", _]
+        | ["apps", _, "certs", "renew"]
+        | ["apps", _, "builds"]
+        | ["apps", _, "sync"] => "POST",
         ["keys", _, "apps", _] => "PUT, DELETE",
         _ => "GET",
     }
@@ -257,11 +260,19 @@ async fn app_route(
         }
         (["builds"], Method::POST) => super::builds::create(api, actor, app, req).await,
         (["builds", id], Method::GET) => super::builds::get(api, actor, app, id).await,
+        (["sync"], Method::POST) => start_sync(api, actor, app, req).await,
+        (["syncs", id], Method::GET) => {
+            let id: i64 = id
+                .parse()
+                .map_err(|_| ApiError::not_found(format!("no sync {id:?} of {app}")))?;
+            let run = svc.sync_run(actor, app, id).await?;
+            Ok(reply(StatusCode::OK, &run))
+        }
         (
             []
             | ["config-vars" | "domains" | "formation" | "dynos" | "releases" | "logs" | "certs"
-            | "builds"]
-            | ["domains" | "dynos" | "releases" | "builds", _]
+            | "builds" | "sync"]
+            | ["domains" | "dynos" | "releases" | "builds" | "syncs", _]
             | ["certs", "renew"]
             | ["releases", _, "build-log"]
             | ["actions", "stop" | "start"],
@@ -449,14 +460,60 @@ async fn create_app(api: &Api, actor: &Actor, req: Request<Incoming>) -> Reply {
     #[derive(Deserialize)]
     struct Body {
         name: String,
+        /// Deploy from this repository URL (see `apps:create --from`).
+        from: Option<String>,
+        branch: Option<String>,
     }
     let b: Body = read_json(req).await?;
     let app = app_name(&b.name)?;
+    if let Some(url) = &b.from {
+        let prep = api
+            .service
+            .create_app_from(actor, &app, url, b.branch.as_deref())
+            .await?;
+        let run = prep.run.clone();
+        spawn_sync(api, actor, prep);
+        return Ok(reply(
+            StatusCode::CREATED,
+            &json!({"name": app, "url": api.service.platform.app_url(&app), "sync": run}),
+        ));
+    }
+    if b.branch.is_some() {
+        return Err(ApiError::invalid("branch goes with from"));
+    }
     api.service.create_app(actor, &app).await?;
     Ok(reply(
         StatusCode::CREATED,
         &json!({"name": app, "url": api.service.platform.app_url(&app)}),
     ))
+}
+
+/// Run a sync after the request has its answer; the record says how it went.
+fn spawn_sync(api: &Api, actor: &Actor, prep: crate::service::sync::PreparedSync) {
+    let (service, actor) = (api.service.clone(), actor.clone());
+    tokio::spawn(async move {
+        if let Err(e) = service.run_sync(&actor, prep, None).await {
+            tracing::info!(error = %e, "sync over the API failed");
+        }
+    });
+}
+
+/// `POST /apps/{app}/sync`: 202 with the sync's record to poll.
+async fn start_sync(api: &Api, actor: &Actor, app: &AppName, req: Request<Incoming>) -> Reply {
+    #[derive(Deserialize)]
+    struct Body {
+        url: Option<String>,
+        #[serde(rename = "ref")]
+        reference: Option<String>,
+    }
+    let b: Body = read_json(req).await?;
+    let prep = api
+        .service
+        .prepare_sync(actor, app, b.url.as_deref(), b.reference.as_deref())
+        .await?;
+    let run = prep.run.clone();
+    spawn_sync(api, actor, prep);
+    Ok(reply(StatusCode::ACCEPTED, &run))
 }
 
 async fn app_info(api: &Api, actor: &Actor, app: &AppName) -> Reply {
@@ -478,11 +535,14 @@ async fn app_info(api: &Api, actor: &Actor, app: &AppName) -> Reply {
         .as_ref()
         .map(|r| state::formation::desired(&stored, &r.processes))
         .unwrap_or_default();
+    let (source, last_sync) = svc.sync_info(actor, app).await?;
     Ok(reply(
         StatusCode::OK,
         &json!({
             "name": record.name,
             "url": svc.platform.app_url(app),
+            "source": source,
+            "last_sync": last_sync,
             "domains": domains,
             "created_at": record.created_at,
             "deploy_branch": record.deploy_branch.as_deref().unwrap_or("main"),

@@ -25,6 +25,7 @@ pub mod ps;
 pub mod releases;
 pub mod sessions;
 pub mod storage;
+pub mod sync;
 pub mod tokens;
 
 use std::sync::Arc;
@@ -121,6 +122,8 @@ pub struct Service {
     pub domain: String,
     /// Dashboard login codes and browser sessions (in memory).
     pub sessions: sessions::Sessions,
+    /// Syncs from repository URLs, once the daemon has enabled them.
+    sync: std::sync::OnceLock<Arc<sync::Syncer>>,
 }
 
 impl Service {
@@ -131,6 +134,7 @@ impl Service {
             acme,
             domain,
             sessions: sessions::Sessions::default(),
+            sync: std::sync::OnceLock::new(),
         }
     }
 

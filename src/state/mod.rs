@@ -18,6 +18,7 @@ pub mod formation;
 pub mod keys;
 pub mod releases;
 pub mod storage;
+pub mod sync;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -248,6 +249,8 @@ const MIGRATIONS: &[&str] = &[
     // when the daemon died between going live and git moving the branch).
     "ALTER TABLE releases ADD COLUMN pending_ref TEXT;
      ALTER TABLE releases ADD COLUMN pending_old TEXT;",
+    // 12: where apps sync from and each sync's states (see state/sync.rs).
+    sync::MIGRATION,
 ];
 
 /// A handle to the database, cheap to clone.

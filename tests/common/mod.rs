@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod git_server;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -101,6 +101,7 @@ pub(super) async fn info(exec: &mut Exec, app: AppName, as_json: bool) -> Result
     let cert_hosts = ctx.acme.hosts_of(&app).await?;
     certs.retain(|r| cert_hosts.contains(&r.host));
     let now = state::now();
+    let (source, last_sync) = ctx.service.sync_info(&exec.identity, &app).await?;
     // The live image as a cluster pulls it from Cygni's registry.
     let image = live.as_ref().and_then(|r| {
         ctx.platform
@@ -125,6 +126,8 @@ pub(super) async fn info(exec: &mut Exec, app: AppName, as_json: bool) -> Result
         "stopped": record.stopped,
         "repo_size_bytes": repo_bytes,
         "branches": branches.iter().map(|(b, sha)| serde_json::json!({"name": b, "sha": sha})).collect::<Vec<_>>(),
+        "source": source,
+        "last_sync": last_sync,
         "certificates": certs.iter().map(|r| serde_json::json!({"host": r.host, "status": super::certs::status(r, now), "not_after": r.not_after})).collect::<Vec<_>>(),
     });
     let text = if as_json {
@@ -192,6 +195,35 @@ pub(super) async fn info(exec: &mut Exec, app: AppName, as_json: bool) -> Result
             record.deploy_branch.as_deref().unwrap_or("main").into(),
         );
         row("repo size:", format!("{} KiB", repo_bytes / 1024));
+        if let Some(src) = &source {
+            row("source:", src.url.clone());
+            row("source ref:", crate::sync::short_ref(&src.reference).into());
+            row(
+                "sync every:",
+                src.every_secs
+                    .map(|s| format!("{s}s (when the source moves)"))
+                    .unwrap_or_else(|| "off".into()),
+            );
+        }
+        if let Some(run) = &last_sync {
+            let mut line = format!(
+                "#{} {} ({}) {}",
+                run.id,
+                run.state,
+                run.states.join(" > "),
+                run.sha
+                    .as_deref()
+                    .map(|s| &s[..s.len().min(7)])
+                    .unwrap_or("-"),
+            );
+            if let Some(v) = run.release {
+                line.push_str(&format!(" v{v}"));
+            }
+            if let Some(e) = &run.error {
+                line.push_str(&format!(": {e}"));
+            }
+            row("last sync:", line);
+        }
         for (b, sha) in &branches {
             row("branch:", format!("{b} {}", &sha[..sha.len().min(7)]));
         }

@@ -22,6 +22,7 @@ mod ps;
 mod releases;
 mod status;
 mod storage;
+mod sync;
 mod tokens;
 
 use super::Exec;
@@ -108,9 +109,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Create an app
+    /// Create an app (--from URL: and deploy it from that repository)
     #[command(name = "apps:create")]
-    AppsCreate { app: AppName },
+    AppsCreate {
+        app: AppName,
+        /// Deploy from this repository URL (https; others if the admin allows)
+        #[arg(long, value_name = "URL")]
+        from: Option<String>,
+        /// The branch of --from to deploy (default main)
+        #[arg(long, value_name = "BRANCH", requires = "from")]
+        branch: Option<String>,
+    },
+    /// Fetch the app's source URL (or URL) and deploy it, as a push would
+    #[command(
+        name = "git:sync",
+        after_help = "--every 10m checks the source on a schedule and deploys when its ref                       moved; --every off stops that. Progress goes to stderr."
+    )]
+    GitSync {
+        app: AppName,
+        /// The repository URL (default: the app's source)
+        url: Option<String>,
+        /// The branch or tag (main, refs/tags/v1; default: the source's)
+        #[arg(long = "ref", value_name = "REF")]
+        reference: Option<String>,
+        /// Check on a schedule: 10m, 1h, 1d, or off
+        #[arg(long, value_name = "INTERVAL")]
+        every: Option<String>,
+    },
     /// Destroy an app and everything it owns
     #[command(name = "apps:destroy")]
     AppsDestroy {
@@ -560,7 +585,22 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
                 .await;
         }
         Cmd::Apps { json: as_json } => apps::list(exec, as_json).await?,
-        Cmd::AppsCreate { app } => apps::create(exec, app).await?,
+        Cmd::AppsCreate {
+            app,
+            from: None,
+            branch: _,
+        } => apps::create(exec, app).await?,
+        Cmd::AppsCreate {
+            app,
+            from: Some(url),
+            branch,
+        } => sync::create_from(exec, app, url, branch).await?,
+        Cmd::GitSync {
+            app,
+            url,
+            reference,
+            every,
+        } => sync::sync(exec, app, url, reference, every).await?,
         Cmd::AppsDestroy { app, confirm } => apps::destroy(exec, app, confirm).await?,
         Cmd::AppsInfo { app, json: as_json } => apps::info(exec, app, as_json).await?,
         Cmd::Releases {
@@ -763,6 +803,7 @@ mod tests {
             "apps:destroy",
             "keys:add",
             "keys:grant",
+            "git:sync",
             "version",
         ] {
             assert!(text.contains(name), "{name} missing from help");

@@ -14,8 +14,19 @@ pub(super) async fn list(
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
     let list = ctx.service.releases(&exec.identity, &app, num).await?;
+    let synced = ctx.service.syncs_by_release(&exec.identity, &app).await?;
     let text = if as_json {
-        json(&list)?
+        let rows: Vec<serde_json::Value> = list
+            .iter()
+            .map(|r| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                if let (Some(run), Some(obj)) = (synced.get(&r.version), v.as_object_mut()) {
+                    obj.insert("sync".into(), serde_json::json!(run.id));
+                }
+                v
+            })
+            .collect();
+        json(&rows)?
     } else if list.is_empty() {
         format!("{app} has no releases yet: git push to deploy\n")
     } else {
@@ -35,8 +46,12 @@ pub(super) async fn list(
             } else {
                 " "
             };
+            let via = synced
+                .get(&r.version)
+                .map(|run| format!(" (sync #{} from {})", run.id, run.url))
+                .unwrap_or_default();
             s.push_str(&format!(
-                "{mark} v{:<4} {sha:<7}  {status:<20} {}  {}\n",
+                "{mark} v{:<4} {sha:<7}  {status:<20} {}  {}{via}\n",
                 r.version,
                 time(r.created_at),
                 r.description
