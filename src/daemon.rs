@@ -7,7 +7,7 @@
 //!                    ──► spawn under one CancellationToken:
 //!                          ssh::serve · hook::serve · proxy (HTTP, HTTPS) ·
 //!                          registry (with --registry-listen) ·
-//!                          reconcile loop · ACME renewer · metrics listener
+//!                          reconcile loop · preview sweep · ACME renewer · metrics listener
 //! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
 //!                  ──► the local runtime stops its instances (docker
 //!                      containers keep running, and are adopted at the
@@ -565,6 +565,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         }
     };
     tasks.spawn(acme.run(routes, republish, shutdown.clone()));
+    // Idle previews go at the reconcile pace (the test suite's 1 s too).
+    tasks.spawn(deploy::previews::sweep_every(
+        platform.clone(),
+        shutdown.clone(),
+        config.reconcile_interval,
+    ));
     tasks.spawn(deploy::reconcile::run_every(
         platform,
         shutdown.clone(),
