@@ -47,6 +47,7 @@ schemas={
  "AuditEntry": obj({"id":I,"at":I,"actor":S,"actor_kind":S,"role":S,"source":S,"address":N_S,"action":S,"app":N_S,"detail":S,"result":{"type":"string","enum":["ok","denied","failed"]},"message":S},["at","actor","action","result"]),
  "Status": obj({"version":S,"runtime":S,"domain":S,"apps":arr(obj({"name":S,"url":S}))},["version","runtime"]),
  "Output": obj({"output":arr(S)}),
+ "Preview": obj({"name":S,"app":S,"branch":S,"url":S,"release":N_S,"state":S,"last_deploy":N_I,"last_active":I},["name","app","branch","url","state"]),
  "Build": obj({"id":S,"app":S,"status":{"type":"string","enum":["pending","succeeded","failed"]},"release":N_I,"output":arr(S),"error":N_S},["id","app","status"]),
 }
 paths={
@@ -91,6 +92,9 @@ paths={
  "/apps/{app}/builds":{"parameters":[APP],"post":{**op("Deploy an uploaded source tarball (tar.gz), through the same pipeline as a push",202,ref("Build"),400,403,404,413,422,ok_desc="Accepted",opid="createBuild"),
      "requestBody":{"required":True,"content":{"application/gzip":{"schema":{"type":"string","format":"binary"}}}}}},
  "/apps/{app}/builds/{id}":{"parameters":[APP,{"name":"id","in":"path","required":True,"schema":S}],"get":op("A build: its status, stages and output",200,ref("Build"),404,422,opid="getBuild")},
+ "/apps/{app}/previews":{"parameters":[APP],"get":op("Preview environments (previews:enable), by name",200,arr(ref("Preview")),404,422,opid="listPreviews")},
+ "/apps/{app}/previews/{name}":{"parameters":[APP,{"name":"name","in":"path","required":True,"schema":{"type":"string","pattern":"^[a-z][a-z0-9-]{0,62}$"}}],
+   "delete":op("Destroy a preview (its branch stays)",200,obj({"app":S,"name":S,"destroyed":B}),403,404,422,opid="destroyPreview")},
  "/certs":{"get":op("Every app's certificates (admins)",200,arr(ref("Cert")),403,opid="listCerts")},
  "/keys":{"get":op("SSH keys (admins)",200,arr(ref("Key")),403,opid="listKeys"),
           "post":op("Add an SSH key (admins)",201,obj({"name":S,"role":S,"fingerprint":S}),400,403,413,422,body=obj({"name":S,"public_key":S,"role":S},["name","public_key"]),opid="addKey")},

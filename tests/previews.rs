@@ -295,6 +295,20 @@ fn other_branches_bad_names_and_previews_off() {
     assert_eq!(seen(&d, app), before);
 }
 
+/// `curl` the API's loopback listener with a token: (status, JSON body).
+fn api(d: &TestDaemon, token: &str, method: &str, path: &str) -> (u16, serde_json::Value) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "60", "-w", "\n%{http_code}", "-X", method, "-H"])
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("http://127.0.0.1:{}/api/v1{path}", d.api_port))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+    let v = serde_json::from_str(body).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text:?}"));
+    (code.parse().unwrap_or(0), v)
+}
+
 fn commit_all_allow_empty(repo: &Path, message: &str) {
     run_ok(git_cmd(repo).args(["commit", "-q", "--allow-empty", "-m", message]));
 }
@@ -342,12 +356,70 @@ fn grants_reach_previews_and_destroy_takes_them() {
         .fails_with("app not found: a--web");
     assert!(!d.ssh(&other, "apps").ok().stdout.contains("a--web"));
 
-    d.ssh(&dev, &format!("previews:destroy {app} a")).ok();
+    // The API: a developer token granted the app lists and destroys.
+    let token = d
+        .ssh(
+            &d.admin,
+            &format!("tokens:create ci --role developer --app {app}"),
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let (code, list) = api(&d, &token, "GET", &format!("/apps/{app}/previews"));
+    assert_eq!(code, 200, "{list}");
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(
+        list[0]["url"],
+        format!("http://a--web.localhost:{}", d.http_port)
+    );
+    let (code, body) = api(&d, &token, "DELETE", &format!("/apps/{app}/previews/a"));
+    assert_eq!(
+        (code, &body["destroyed"]),
+        (200, &serde_json::json!(true)),
+        "{body}"
+    );
     assert_eq!(d.curl(&host("a--web"), "/").0, 404);
+    let (code, body) = api(&d, &token, "DELETE", &format!("/apps/{app}/previews/a"));
+    assert_eq!(code, 404, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("no preview named \"a\""),
+        "{body}"
+    );
+    d.ssh(&d.admin, "apps:create elsewhere").ok();
+    let stranger = d
+        .ssh(
+            &d.admin,
+            "tokens:create nope --role developer --app elsewhere",
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let (code, body) = api(&d, &stranger, "GET", &format!("/apps/{app}/previews"));
+    assert_eq!(code, 404, "{body}");
     // Its branch stays: pushing it again makes it again.
     assert!(ls_remote(&d, &repo, app).contains("refs/heads/preview/a"));
     assert_eq!(d.curl(&host("b--web"), "/").0, 200);
 
+    // SSH: previews:destroy, then a new push of the branch brings it back.
+    d.ssh(&dev, &format!("previews:destroy {app} b")).ok();
+    assert_eq!(d.curl(&host("b--web"), "/").0, 404);
+    commit_all_allow_empty(&repo, "b again");
+    let out = d
+        .git(&dev, &repo, &["push", &d.remote(app), "preview/b"])
+        .ok();
+    assert!(out.stderr.contains("Creating preview b--web"), "{out:#?}");
+    assert_eq!(d.curl(&host("b--web"), "/").0, 200);
     d.ssh(&d.admin, &format!("apps:destroy {app} --confirm {app}"))
         .ok();
     assert_eq!(d.curl(&host("b--web"), "/").0, 404);

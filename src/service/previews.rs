@@ -14,7 +14,6 @@
 //! push, under the hook. A grant on an app reaches its previews
 //! ([`Service::app`]).
 
-
 use super::{Access, Actor, Service, ServiceError};
 use crate::deploy::previews::DEFAULT_IDLE;
 use crate::names::AppName;
