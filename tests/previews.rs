@@ -176,6 +176,10 @@ fn preview_lifecycle_leaves_the_app_alone() {
     );
     let ps = json(d.ssh(&d.admin, &format!("ps {preview} --json")).ok());
     assert_eq!(ps["instances"][0]["state"], "running", "{ps}");
+    let endpoint: std::net::SocketAddr = ps["instances"][0]["endpoint"]
+        .as_str()
+        .and_then(|e| e.parse().ok())
+        .unwrap_or_else(|| panic!("an endpoint: {ps}"));
     assert_eq!(
         seen(&d, app),
         before,
@@ -192,6 +196,16 @@ fn preview_lifecycle_leaves_the_app_alone() {
     assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
     assert!(!ls_remote(&d, &repo, app).contains("preview/x"));
     // Its instances are gone from the host too (the local runtime's slugs).
+    // Its process is gone: nothing listens on its endpoint any more.
+    wait_for(
+        "the preview's instance to stop",
+        Duration::from_secs(10),
+        || {
+            std::net::TcpStream::connect_timeout(&endpoint, Duration::from_millis(200))
+                .is_err()
+                .then_some(())
+        },
+    );
     let slugs = d.data_dir.join("slugs").join(preview);
     assert!(
         !slugs.exists(),
@@ -410,6 +424,12 @@ fn grants_reach_previews_and_destroy_takes_them() {
     // Its branch stays: pushing it again makes it again.
     assert!(ls_remote(&d, &repo, app).contains("refs/heads/preview/a"));
     assert_eq!(d.curl(&host("b--web"), "/").0, 200);
+
+    // A preview is not pushed to, nor given previews, by itself.
+    d.git(&dev, &repo, &["push", &d.remote("b--web"), "HEAD:main"])
+        .fails_with("b--web is a preview of web: push the branch preview/b to web instead");
+    d.ssh(&dev, "previews:enable b--web")
+        .fails_with("b--web is a preview of web");
 
     // SSH: previews:destroy, then a new push of the branch brings it back.
     d.ssh(&dev, &format!("previews:destroy {app} b")).ok();
