@@ -382,6 +382,104 @@ mod tests {
         }
     }
 
+    /// The sweep itself, with injected times: a request seen between two
+    /// passes keeps a preview; one idle past the limit goes, with its app
+    /// row, and the parent stays.
+    #[tokio::test]
+    async fn the_sweep_keeps_used_previews_and_destroys_idle_ones() {
+        use crate::proxy::{routes::Routes, RouteTable};
+        let dir = tempfile::tempdir().unwrap();
+        let db = state::Db::open(&dir.path().join("cygni.db")).unwrap();
+        let platform = Platform::new(
+            db.clone(),
+            crate::git::Repos::new(dir.path()).unwrap(),
+            Arc::new(crate::runtime::fake::FakeRuntime::default()),
+            Arc::new(RouteTable::new(Routes::empty())),
+            Arc::new(crate::logs::LogStore::open(&dir.path().join("logs")).unwrap()),
+            super::super::Paths {
+                slugs: dir.path().join("slugs"),
+                cache: dir.path().join("cache"),
+                buildpacks: dir.path().join("buildpacks"),
+                storage: dir.path().join("storage"),
+            },
+            "localhost".into(),
+            Duration::from_secs(5),
+            None,
+        );
+        let shop = AppName::parse("shop").unwrap();
+        let (a, b) = (
+            PreviewName::parse("a").unwrap(),
+            PreviewName::parse("b").unwrap(),
+        );
+        let (a_app, b_app) = (a.app_name(&shop).unwrap(), b.app_name(&shop).unwrap());
+        let (s2, a2, b2, aa, ba) = (
+            shop.clone(),
+            a.clone(),
+            b.clone(),
+            a_app.clone(),
+            b_app.clone(),
+        );
+        let t0 = db
+            .call(move |c| {
+                state::apps::create(c, &s2)?;
+                let settings = Settings {
+                    pattern: "preview/*".into(),
+                    idle_secs: 100,
+                };
+                previews::enable(c, &s2, &settings)?;
+                let p = previews::create(c, &s2, &a2, &aa, "preview/a")?;
+                previews::create(c, &s2, &b2, &ba, "preview/b")?;
+                Ok(p.created_at)
+            })
+            .await
+            .unwrap();
+        let mut seen = HashMap::new();
+        // Routes were published (handles exist), then a request for a.
+        let handles = platform.metrics.proxy.app(a_app.as_str());
+        platform.metrics.proxy.app(b_app.as_str());
+        assert!(platform
+            .sweep_previews(&mut seen, t0 + 10)
+            .await
+            .unwrap()
+            .is_empty());
+        handles.request(crate::metrics::Protocol::Http, 200, Duration::ZERO);
+        assert!(platform
+            .sweep_previews(&mut seen, t0 + 50)
+            .await
+            .unwrap()
+            .is_empty());
+        // b: nothing since its push, 100 s ago; a: a request 50 s ago.
+        let removed = platform.sweep_previews(&mut seen, t0 + 100).await.unwrap();
+        assert_eq!(removed, vec![b_app.clone()]);
+        let removed = platform.sweep_previews(&mut seen, t0 + 149).await.unwrap();
+        assert!(removed.is_empty());
+        let removed = platform.sweep_previews(&mut seen, t0 + 150).await.unwrap();
+        assert_eq!(removed, vec![a_app.clone()]);
+        let s2 = shop.clone();
+        let (left, parent, gone) = db
+            .call(move |c| {
+                Ok((
+                    previews::list(c, &s2)?,
+                    state::apps::get(c, &s2)?,
+                    state::apps::get(c, &a_app)?,
+                ))
+            })
+            .await
+            .unwrap();
+        assert!(left.is_empty() && parent.is_some() && gone.is_none());
+        let audit = db
+            .call(move |c| state::audit::list(c, state::audit::Scope::All(Some(shop.as_str())), 10))
+            .await
+            .unwrap();
+        assert_eq!(
+            audit
+                .iter()
+                .filter(|e| e.action == "previews:expire")
+                .count(),
+            2
+        );
+    }
+
     #[test]
     fn idle_counts_from_the_last_push_or_request() {
         let day = 24 * 3600;
