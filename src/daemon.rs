@@ -7,7 +7,7 @@
 //!                    ──► spawn under one CancellationToken:
 //!                          ssh::serve · hook::serve · proxy (HTTP, HTTPS) ·
 //!                          registry (with --registry-listen) ·
-//!                          reconcile loop · ACME renewer · metrics listener
+//!                          reconcile loop · preview sweep · ACME renewer · metrics listener
 //! SIGTERM / Ctrl-C ──► cancel ──► tasks stop accepting and finish (bounded)
 //!                  ──► the local runtime stops its instances (docker
 //!                      containers keep running, and are adopted at the
@@ -616,6 +616,12 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     // and git's ref update is settled, so reconcile starts the right one.
     platform.settle_lost_ref_updates().await;
     tasks.spawn(ctx.service.clone().run_sync_schedule(shutdown.clone()));
+    // Idle previews go at the reconcile pace (the test suite's 1 s too).
+    tasks.spawn(deploy::previews::sweep_every(
+        platform.clone(),
+        shutdown.clone(),
+        config.reconcile_interval,
+    ));
     tasks.spawn(deploy::reconcile::run_every(
         platform,
         shutdown.clone(),

@@ -94,9 +94,12 @@ impl GitEnv {
         std::fs::create_dir_all(&hooks_dir).map_err(io("cannot create", &hooks_dir))?;
         let global_config = dir.join("config");
         let system_config = dir.join("system-config");
+        // Deletions are the pre-receive hook's to refuse (every branch but
+        // a preview's, see deploy/previews.rs): git's own denyDeletes would
+        // refuse after the hook had already removed the preview.
         let config = format!(
             "[core]\n\thooksPath = {hooks}\n\
-             [receive]\n\tfsckObjects = true\n\tdenyDeletes = true\n\tmaxInputSize = {MAX_INPUT_SIZE}\n\
+             [receive]\n\tfsckObjects = true\n\tdenyDeletes = false\n\tmaxInputSize = {MAX_INPUT_SIZE}\n\
              [transfer]\n\tfsckObjects = true\n\
              [uploadpack]\n\tallowFilter = true\n",
             hooks = hooks_dir.display()
@@ -418,7 +421,7 @@ mod tests {
         let env = GitEnv::install(dir.path()).unwrap();
         let cfg = std::fs::read_to_string(&env.global_config).unwrap();
         assert!(cfg.contains("fsckObjects = true"));
-        assert!(cfg.contains("denyDeletes = true"));
+        assert!(cfg.contains("denyDeletes = false"));
         assert!(env.hooks_dir.join("pre-receive").is_file());
     }
 }

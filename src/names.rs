@@ -25,6 +25,8 @@ pub enum InvalidName {
     Storage(String),
     #[error("invalid mount path {0:?}: {1}")]
     MountPath(String, &'static str),
+    #[error("invalid preview name {0:?}: {1}")]
+    Preview(String, String),
 }
 
 /// An app name: `^[a-z][a-z0-9-]{0,62}$`.
@@ -73,6 +75,67 @@ impl<'de> serde::Deserialize<'de> for AppName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         AppName::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The separator in a preview's app name, `NAME--APP`. Reserved: no app
+/// created by a user (or a first push) has it in its name, so a preview's
+/// name can never be taken by, or mistaken for, another app.
+pub const PREVIEW_SEPARATOR: &str = "--";
+
+impl AppName {
+    /// Does the name hold the reserved preview separator `--`?
+    pub fn is_composite(&self) -> bool {
+        self.0.contains(PREVIEW_SEPARATOR)
+    }
+}
+
+/// A preview's name: what its branch has after the pattern's prefix
+/// (`x` for `preview/x`). The app-name grammar, without `--` and without
+/// a trailing `-` (which would make `NAME--APP` ambiguous).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct PreviewName(String);
+
+impl PreviewName {
+    pub fn parse(s: &str) -> Result<PreviewName, InvalidName> {
+        let grammar = "use a-z, 0-9 and '-', starting with a letter (the branch's last part becomes a host name)";
+        if AppName::parse(s).is_err() {
+            return Err(InvalidName::Preview(s.to_owned(), grammar.to_owned()));
+        }
+        if s.contains(PREVIEW_SEPARATOR) || s.ends_with('-') {
+            return Err(InvalidName::Preview(
+                s.to_owned(),
+                "no '--' and no '-' at the end".to_owned(),
+            ));
+        }
+        Ok(PreviewName(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The preview's own app name, `NAME--APP`; refused when it is longer
+    /// than an app name may be.
+    pub fn app_name(&self, parent: &AppName) -> Result<AppName, InvalidName> {
+        let full = format!("{}{PREVIEW_SEPARATOR}{parent}", self.0);
+        AppName::parse(&full).map_err(|_| {
+            InvalidName::Preview(
+                self.0.clone(),
+                format!(
+                    "{full} would be {} characters, longer than the 63 an app name may have: use a name of at most {}",
+                    full.len(),
+                    63usize.saturating_sub(parent.as_str().len() + PREVIEW_SEPARATOR.len())
+                ),
+            )
+        })
+    }
+}
+
+impl fmt::Display for PreviewName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(&self.0)
     }
 }
 
@@ -556,5 +619,23 @@ mod tests {
         let app = AppName::parse(&"z".repeat(63)).unwrap();
         let id = crate::runtime::InstanceId::new(&app, u32::MAX, &process, u32::MAX);
         assert!(is_dns_label(&id.0), "{id}");
+    }
+
+    #[test]
+    fn preview_names_and_their_app_names() {
+        let shop = AppName::parse("shop").unwrap();
+        let x = PreviewName::parse("x").unwrap();
+        assert_eq!(x.app_name(&shop).unwrap().as_str(), "x--shop");
+        assert!(x.app_name(&shop).unwrap().is_composite());
+        assert!(!shop.is_composite());
+        for bad in ["", "Bad_Name", "9x", "a--b", "x-", "a/b", "a.b"] {
+            assert!(PreviewName::parse(bad).is_err(), "{bad:?}");
+        }
+        // 58 + 2 + 4 = 64: one too many.
+        let long = PreviewName::parse(&"a".repeat(58)).unwrap();
+        let err = long.app_name(&shop).unwrap_err().to_string();
+        assert!(err.contains("at most 57"), "{err}");
+        let fits = PreviewName::parse(&"a".repeat(57)).unwrap();
+        assert_eq!(fits.app_name(&shop).unwrap().as_str().len(), 63);
     }
 }

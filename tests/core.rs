@@ -79,7 +79,7 @@ fn admin_first_push_creates_the_app_and_other_branches_are_stored() {
     assert!(push.stderr.contains("Created app fresh"), "{push:#?}");
     d.ssh(&d.admin, "apps:info fresh").ok();
 
-    // Deleting a branch is refused by receive.denyDeletes.
+    // Deleting a branch is refused (by the pre-receive hook).
     let del = d.git(&d.admin, &repo, &["push", &d.remote("fresh"), ":main"]);
     assert_ne!(del.code, 0, "{del:#?}");
     let ls = d

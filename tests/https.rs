@@ -317,6 +317,56 @@ fn deploy_fixture(d: &TestDaemon, app: &str) {
         .ok();
 }
 
+/// A preview (`x--web`) gets its own certificate for `x--web.DOMAIN`
+/// through the same ACME path as apps, and is served over HTTPS with it;
+/// the app's certificate stays the one it had.
+#[test]
+fn a_preview_gets_its_own_certificate() {
+    if !have_pebble() {
+        return;
+    }
+    let (d, pebble) = start_with_pebble(None);
+    let host = format!("web.{DOMAIN}");
+    deploy_fixture(&d, "web");
+    let first = wait_for("a certificate for web", Duration::from_secs(60), || {
+        cert_of(&d, "web", &host).filter(|c| c["serial"].is_string())
+    });
+    d.ssh(&d.admin, "previews:enable web").ok();
+    let repo = d.dir.path().join("repo-web");
+    common::run_ok(common::git_cmd(&repo).args(["checkout", "-q", "-b", "preview/x"]));
+    std::fs::write(repo.join("index.html"), "hello from preview x\n").unwrap();
+    common::commit_all(&repo, "preview x");
+    d.git(&d.admin, &repo, &["push", &d.remote("web"), "preview/x"])
+        .ok();
+
+    let preview = format!("x--web.{DOMAIN}");
+    let cert = wait_for(
+        "a certificate for the preview",
+        Duration::from_secs(60),
+        || cert_of(&d, "x--web", &preview).filter(|c| c["serial"].is_string()),
+    );
+    assert_ne!(cert["serial"], first["serial"], "{cert}");
+    let (exit, code, body, _) = curl_https(d.https_port, &preview, &pebble.root(), &[]);
+    assert_eq!((exit, code), (0, 200), "{body}\n{}", d.log());
+    assert!(body.contains("hello from preview x"), "{body}");
+    let (_, code, body, _) = curl_https(d.https_port, &host, &pebble.root(), &[]);
+    assert_eq!(code, 200);
+    assert!(body.contains("hello from procfile-app"), "{body}");
+    assert_eq!(
+        cert_of(&d, "web", &host).unwrap()["serial"],
+        first["serial"]
+    );
+
+    // Removing the preview takes its certificate out of the handshake.
+    d.git(&d.admin, &repo, &["push", &d.remote("web"), ":preview/x"])
+        .ok();
+    wait_for(
+        "the preview's host refused",
+        Duration::from_secs(20),
+        || (curl_https(d.https_port, &preview, &pebble.root(), &[]).0 != 0).then_some(()),
+    );
+}
+
 /// HTTP-01 issuance with no restart, the app over HTTPS (h2) with a valid
 /// chain, the HTTP redirect, a forced renewal that swaps the certificate
 /// under a live keep-alive connection, and renewal failing with the CA

@@ -44,7 +44,7 @@ fn allow_for(segments: &[&str]) -> &'static str {
         ["apps", _, "config-vars" | "formation" | "certs"] => "GET, PATCH",
         ["apps", _, "domains"] | ["apps", _, "releases"] => "GET, POST",
         ["apps", _, "dynos"] => "GET, DELETE",
-        ["apps", _, "domains" | "dynos", _] | ["keys", _] | ["tokens", _] => "DELETE",
+        ["apps", _, "domains" | "dynos" | "previews", _] | ["keys", _] | ["tokens", _] => "DELETE",
         ["apps", _, "actions", _]
         | ["apps", _, "certs", "renew"]
         | ["apps", _, "builds"]
@@ -195,6 +195,17 @@ async fn app_route(
             Ok(reply(
                 StatusCode::OK,
                 &json!({"hostname": host, "removed": true}),
+            ))
+        }
+        (["previews"], Method::GET) => {
+            let view = svc.previews(actor, app).await?;
+            Ok(reply(StatusCode::OK, &view.previews))
+        }
+        (["previews", name], Method::DELETE) => {
+            svc.destroy_preview(actor, app, name).await?;
+            Ok(reply(
+                StatusCode::OK,
+                &json!({"app": app, "name": name, "destroyed": true}),
             ))
         }
         (["formation"], Method::GET) => formation(api, actor, app).await,

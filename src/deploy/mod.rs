@@ -28,6 +28,7 @@ pub mod health;
 pub mod manifest;
 pub mod ops;
 pub mod plan;
+pub mod previews;
 pub mod reconcile;
 
 use std::collections::HashMap;
@@ -402,10 +403,24 @@ impl Platform {
         object_dirs: Vec<PathBuf>,
         progress: &mut Progress,
     ) -> Result<(Release, AppGuard), DeployError> {
+        self.deploy_from(app, app, update, object_dirs, progress)
+            .await
+    }
+
+    /// [`Platform::deploy`] of a commit in `source`'s repository: a
+    /// preview (its own app) deploys from its parent's.
+    pub async fn deploy_from(
+        &self,
+        app: &AppName,
+        source: &AppName,
+        update: &RefUpdate,
+        object_dirs: Vec<PathBuf>,
+        progress: &mut Progress,
+    ) -> Result<(Release, AppGuard), DeployError> {
         let started = Instant::now();
         let mut seen = DeploySeen::default();
         let result = self
-            .deploy_steps(app, update, object_dirs, progress, &mut seen)
+            .deploy_steps(app, source, update, object_dirs, progress, &mut seen)
             .await;
         let duration = started.elapsed();
         let secs = (duration.as_secs_f64() * 1000.0).round() / 1000.0;
@@ -434,6 +449,7 @@ impl Platform {
     async fn deploy_steps(
         &self,
         app: &AppName,
+        source: &AppName,
         update: &RefUpdate,
         object_dirs: Vec<PathBuf>,
         progress: &mut Progress,
@@ -444,7 +460,7 @@ impl Platform {
         // A push that waited for another deploy may find its branch moved:
         // git would then refuse the ref update after we went live. Refuse
         // first, as git itself would for a concurrent push.
-        let current = self.branch_head(app, &update.name).await;
+        let current = self.branch_head(source, &update.name).await;
         tracing::debug!(%app, ?current, old = %update.old, "deploy lock taken");
         let expected = (!update.old.bytes().all(|b| b == b'0')).then(|| update.old.clone());
         if current != expected {
@@ -472,12 +488,16 @@ impl Platform {
             .await
             .map_err(|e| internal(Stage::Export, e))?;
         // What git must do once this release is live; start-up settles it
-        // if the daemon dies before git does (see reconcile).
-        let (id, refname, old) = (release.id, update.name.clone(), expected.clone());
-        self.db
-            .call(move |c| releases::set_pending_ref(c, id, &refname, old.as_deref()))
-            .await
-            .map_err(|e| internal(Stage::Export, e))?;
+        // if the daemon dies before git does (see reconcile). A preview's
+        // branch is its parent's, and a lost preview push is simply pushed
+        // again: only an app's own branch is recorded.
+        if source == app {
+            let (id, refname, old) = (release.id, update.name.clone(), expected.clone());
+            self.db
+                .call(move |c| releases::set_pending_ref(c, id, &refname, old.as_deref()))
+                .await
+                .map_err(|e| internal(Stage::Export, e))?;
+        }
         progress.log = self.logs.build_log(app, release.version).ok();
         progress
             .step(format!(
@@ -489,7 +509,7 @@ impl Platform {
         seen.version = Some(release.version);
         let started = Instant::now();
         let result = self
-            .build_release(&mut release, object_dirs, progress)
+            .build_release(&mut release, source, object_dirs, progress)
             .await;
         seen.build = Some(started.elapsed());
         let result = match result {
@@ -562,6 +582,7 @@ impl Platform {
     async fn build_release(
         &self,
         release: &mut Release,
+        source: &AppName,
         object_dirs: Vec<PathBuf>,
         progress: &mut Progress,
     ) -> Result<(), DeployError> {
@@ -577,7 +598,7 @@ impl Platform {
         set_mode(&self.paths.slugs, 0o755);
         set_mode(&app_dir, 0o755);
         let _ = tokio::fs::remove_dir_all(&slug).await;
-        let repo_path = self.repos.path(&app);
+        let repo_path = self.repos.path(source);
         let (slug2, sha2) = (slug.clone(), sha.clone());
         let (procfile, manifest) = tokio::task::spawn_blocking(move || {
             let repo = git::open_pushed(&repo_path, &object_dirs)
@@ -968,6 +989,8 @@ impl Platform {
     /// storage directories (an admin's host directories are not Cygni's
     /// and stay).
     pub async fn destroy_app(&self, app: &AppName) -> Result<(), DeployError> {
+        // Its previews go first: they are apps of their own.
+        self.destroy_previews_of(app).await?;
         let mut quiet = Progress::new(None);
         let _guard = self.lock_app(app, &mut quiet).await;
         // Nothing should run: out of the routes, drained, stopped.
@@ -1126,12 +1149,31 @@ impl Platform {
         object_dirs.extend(push.quarantine.alternate_object_directories);
 
         let mut progress = Progress::new(Some(out));
+        // Previews: a push into one is refused, bad preview branch names
+        // refuse the whole push before anything deploys.
+        let previews = self.preview_settings(&app, &push.updates).await?;
         let mut deployed = false;
         for update in &push.updates {
             let Some(branch) = update.branch() else {
                 continue;
             };
             let short = &update.new[..update.new.len().min(7)];
+            if let Some(handled) = self
+                .preview_update(
+                    &app,
+                    previews.as_ref(),
+                    &record,
+                    update,
+                    &object_dirs,
+                    &mut progress,
+                )
+                .await?
+            {
+                if let Some(guard) = handled {
+                    push.holder.keep_until_push_ends(Box::new(guard));
+                }
+                continue;
+            }
             if update.is_delete() {
                 return Err(format!("deleting branch {branch} is not allowed"));
             }

@@ -153,6 +153,12 @@ impl AppHandles {
     pub fn upstream_error(&self, kind: UpstreamError) {
         self.upstream[kind as usize].inc();
     }
+
+    /// Requests answered so far, every protocol and class (read by the
+    /// preview idle sweep, not on the request path).
+    pub fn requests_total(&self) -> u64 {
+        self.requests.iter().flatten().map(|c| c.get()).sum()
+    }
 }
 
 type HistogramFamily = Family<AppLabel, AtomicHistogram, fn() -> AtomicHistogram>;
@@ -237,6 +243,13 @@ impl ProxyMetrics {
         });
         apps.insert(name, Arc::clone(&handles));
         handles
+    }
+
+    /// Requests answered for `app` since its handles were made, or `None`
+    /// when no routes snapshot has named it yet.
+    pub fn requests_of(&self, app: &str) -> Option<u64> {
+        let apps = self.apps.lock().unwrap_or_else(|p| p.into_inner());
+        apps.get(app).map(|h| h.requests_total())
     }
 
     /// The open-connections gauge of one listener (`Http` or `Https`).

@@ -9,13 +9,24 @@ impl Service {
     /// The apps `actor` may see: all for admins, the granted ones otherwise.
     pub async fn visible_apps(&self, actor: &Actor) -> Result<Vec<state::apps::App>, ServiceError> {
         let principal = actor.principal.clone();
-        let (mut apps, grants) = self
+        let (mut apps, grants, parents) = self
             .db
-            .call(move |c| Ok((state::apps::list(c)?, super::current_grants(c, &principal)?)))
+            .call(move |c| {
+                Ok((
+                    state::apps::list(c)?,
+                    super::current_grants(c, &principal)?,
+                    state::previews::parents(c)?,
+                ))
+            })
             .await?;
+        let parents: std::collections::HashMap<_, _> = parents.into_iter().collect();
         match grants {
             Some((state::keys::Role::Admin, _)) => {}
-            Some((_, granted)) => apps.retain(|a| granted.contains(&a.name)),
+            // A grant on an app reaches its previews.
+            Some((_, granted)) => apps.retain(|a| {
+                granted.contains(&a.name)
+                    || parents.get(&a.name).is_some_and(|p| granted.contains(p))
+            }),
             None => apps.clear(),
         }
         Ok(apps)
@@ -26,6 +37,11 @@ impl Service {
     pub async fn create_app(&self, actor: &Actor, app: &AppName) -> Result<(), ServiceError> {
         self.audited(actor, "apps:create", Some(app), "", async {
             self.require_admin(actor, "create apps")?;
+            if app.is_composite() {
+                return Err(ServiceError::Invalid(format!(
+                    "invalid app name {app:?}: '--' is reserved for previews (NAME--APP); choose a name without it"
+                )));
+            }
             let name = app.clone();
             self.db.call(move |c| state::apps::create(c, &name)).await?;
             if let Err(e) = self.platform.repos.create(app) {

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!   ssh commands ──┐
-//!   (HTTP API) ────┼──► Service::{apps, config, domains, ps, releases, keys}
+//!   (HTTP API) ────┼──► Service::{apps, config, domains, ps, releases, keys, previews}
 //!   (dashboard) ───┘        │ authorize (one rule, here) · validate · limits
 //!                           ▼
 //!            state (SQLite) · deploy (Platform: converger, pipeline) · acme
@@ -21,6 +21,7 @@ pub mod config;
 pub mod domains;
 pub mod keys;
 pub mod logs;
+pub mod previews;
 pub mod ps;
 pub mod releases;
 pub mod sessions;
@@ -151,16 +152,25 @@ impl Service {
     ) -> Result<state::apps::App, ServiceError> {
         let name = app.clone();
         let principal = actor.principal.clone();
-        let (found, grants) = self
+        let (found, grants, parent) = self
             .db
-            .call(move |c| Ok((state::apps::get(c, &name)?, current_grants(c, &principal)?)))
+            .call(move |c| {
+                Ok((
+                    state::apps::get(c, &name)?,
+                    current_grants(c, &principal)?,
+                    state::previews::by_app(c, &name)?.map(|p| p.parent),
+                ))
+            })
             .await?;
         // Re-read the credential: a grant, its role or the key or token
         // itself may have changed since the actor signed in.
         let role = grants.as_ref().map(|g| g.0);
         let visible = match &grants {
             Some((Role::Admin, _)) => true,
-            Some((_, apps)) => apps.contains(app),
+            // A grant on an app reaches its previews.
+            Some((_, apps)) => {
+                apps.contains(app) || parent.as_ref().is_some_and(|p| apps.contains(p))
+            }
             None => false,
         };
         let record = match found {

@@ -16,6 +16,7 @@ pub mod config_vars;
 pub mod domains;
 pub mod formation;
 pub mod keys;
+pub mod previews;
 pub mod releases;
 pub mod storage;
 pub mod sync;
@@ -251,6 +252,25 @@ const MIGRATIONS: &[&str] = &[
      ALTER TABLE releases ADD COLUMN pending_old TEXT;",
     // 12: where apps sync from and each sync's states (see state/sync.rs).
     sync::MIGRATION,
+    // 13: preview environments (see state/previews.rs). A preview is an
+    // app row of its own; these tables only link it to its parent.
+    "CREATE TABLE preview_settings (
+        app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+        pattern TEXT NOT NULL,
+        idle_secs INTEGER NOT NULL CHECK (idle_secs > 0),
+        enabled_at INTEGER NOT NULL
+    );
+    CREATE TABLE previews (
+        app_id INTEGER PRIMARY KEY REFERENCES apps(id) ON DELETE CASCADE,
+        parent_id INTEGER NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        last_push_at INTEGER NOT NULL,
+        last_request_at INTEGER,
+        UNIQUE (parent_id, name)
+    );
+    CREATE INDEX previews_parent ON previews(parent_id);",
 ];
 
 /// A handle to the database, cheap to clone.

@@ -18,6 +18,7 @@ mod dashboard;
 mod domains;
 mod keys;
 mod logs;
+mod previews;
 mod ps;
 mod releases;
 mod status;
@@ -398,6 +399,35 @@ enum Cmd {
         #[arg(value_name = "NAME:/path")]
         mount: String,
     },
+    /// List an app's preview environments: name, branch, URL, release, state
+    Previews {
+        app: AppName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deploy a preview (NAME--APP) for each push to a matching branch
+    #[command(
+        name = "previews:enable",
+        after_help = "A push to preview/NAME deploys NAME--APP, served at NAME--APP.DOMAIN, \
+                      with a copy of APP's config (change it with config:set NAME--APP). \
+                      Deleting the branch (git push cygni :preview/NAME) removes it, and so \
+                      does --idle without a push or a request. Run again to change a setting."
+    )]
+    PreviewsEnable {
+        app: AppName,
+        /// Branches that deploy previews: PREFIX* (default 'preview/*')
+        #[arg(long, value_name = "PATTERN")]
+        pattern: Option<String>,
+        /// Destroy a preview after this long without a push or request: 30m, 12h, 7d (default), 2w
+        #[arg(long, value_name = "DURATION")]
+        idle: Option<String>,
+    },
+    /// Stop deploying previews, and destroy every preview of the app
+    #[command(name = "previews:disable")]
+    PreviewsDisable { app: AppName },
+    /// Destroy one preview (its branch stays; a new push makes it again)
+    #[command(name = "previews:destroy")]
+    PreviewsDestroy { app: AppName, name: String },
 }
 
 /// Every command that names an app, as a command line for `app` with
@@ -680,6 +710,12 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
             host_path,
         } => storage::mount(exec, app, mount, host_path).await?,
         Cmd::StorageUnmount { app, mount } => storage::unmount(exec, app, mount).await?,
+        Cmd::Previews { app, json: as_json } => previews::list(exec, app, as_json).await?,
+        Cmd::PreviewsEnable { app, pattern, idle } => {
+            previews::enable(exec, app, pattern, idle).await?
+        }
+        Cmd::PreviewsDisable { app } => previews::disable(exec, app).await?,
+        Cmd::PreviewsDestroy { app, name } => previews::destroy(exec, app, name).await?,
     }
     Ok(())
 }
