@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod dashboard;
 pub mod deploy;
+pub mod errors;
 pub mod git;
 pub mod hook;
 pub mod limits;

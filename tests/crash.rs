@@ -6,7 +6,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -58,22 +58,6 @@ fn bare_git(d: &TestDaemon, app: &str, args: &[&str]) {
             .arg(d.data_dir.join("repos").join(format!("{app}.git")))
             .args(args),
     );
-}
-
-fn push_in_background(d: &TestDaemon, repo: &Path, app: &str) -> Child {
-    let mut cmd = git_cmd(repo);
-    cmd.args(["push", "-q", &d.remote(app), "main"])
-        .env(
-            "GIT_SSH_COMMAND",
-            format!(
-                "ssh {} -i {}",
-                ssh_opts().join(" "),
-                d.admin.private.display()
-            ),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    cmd.spawn().expect("git push")
 }
 
 fn wait_child(mut child: Child, limit: Duration) {

@@ -210,21 +210,7 @@ fn kill_mid_build_regression_leaves_no_build_dir_and_the_app_serving() {
     std::fs::write(repo.join("nixpacks.toml"), plan("sleep 60")).expect("write");
     std::fs::write(repo.join("index.html"), "hello from v2\n").expect("write");
     commit_all(&repo, "slow build");
-    let slow = {
-        let mut cmd = git_cmd(&repo);
-        cmd.args(["push", &d.remote("midbuild"), "main"])
-            .env(
-                "GIT_SSH_COMMAND",
-                format!(
-                    "ssh {} -i {}",
-                    ssh_opts().join(" "),
-                    d.admin.private.display()
-                ),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cmd.spawn().expect("git push")
-    };
+    let slow = push_in_background(&d, &repo, "midbuild");
     let v2 = d.data_dir.join("slugs/midbuild/v2");
     wait_for("the v2 build to start", Duration::from_secs(30), || {
         v2.is_dir().then_some(())

@@ -139,19 +139,8 @@ fn internal(stage: Stage, e: impl std::error::Error + 'static) -> DeployError {
         return fail(stage, state::BUSY_MESSAGE);
     }
     tracing::error!(stage = stage.as_str(), error = %e, "deploy error");
-    let mut detail = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        // Many errors already print their source; say each cause once.
-        let text = cause.to_string();
-        if !detail.contains(&text) {
-            detail.push_str(": ");
-            detail.push_str(&text);
-        }
-        source = cause.source();
-    }
     DeployError {
-        operator_detail: Some(detail),
+        operator_detail: Some(crate::errors::chain(&e)),
         ..fail(stage, "internal error; see the server log")
     }
 }

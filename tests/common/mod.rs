@@ -646,6 +646,24 @@ pub fn push(d: &TestDaemon, repo: &Path, app: &str) -> Out {
     d.git(&d.admin, repo, &["push", &d.remote(app), "main"])
 }
 
+/// `git push cygni main` as the admin, in the background, its output
+/// dropped: for tests that do something while it runs.
+pub fn push_in_background(d: &TestDaemon, repo: &Path, app: &str) -> std::process::Child {
+    let mut cmd = git_cmd(repo);
+    cmd.args(["push", "-q", &d.remote(app), "main"])
+        .env(
+            "GIT_SSH_COMMAND",
+            format!(
+                "ssh {} -i {}",
+                ssh_opts().join(" "),
+                d.admin.private.display()
+            ),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.spawn().expect("git push")
+}
+
 /// The app's default host.
 pub fn host(app: &str) -> String {
     format!("{app}.localhost")

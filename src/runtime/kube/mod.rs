@@ -553,17 +553,7 @@ impl KubeRuntime {
 /// An error with its causes, on one line (a refused connection says so
 /// only in its source).
 fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    first_line(&out)
+    first_line(&crate::errors::chain(e))
 }
 
 #[async_trait::async_trait]
