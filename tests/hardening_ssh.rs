@@ -158,7 +158,6 @@ async fn read_channel(
 /// answered again, yet held its connection. Now the channel is drained from
 /// the moment it opens and env requests past a handful are refused.
 #[test]
-#[ignore = "passes alone (cargo test --test hardening_ssh -- --ignored), but after the rest of the suite the server closes the connection mid-flood and the client waits: under investigation"]
 fn session_wedge_regression_env_flood_before_exec() {
     let _one_at_a_time = heavy();
     let d = TestDaemon::start();
