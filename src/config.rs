@@ -127,6 +127,8 @@ struct FileConfig {
     audit_retention_days: Option<u32>,
     registry_listen: Option<String>,
     storage_host_paths: Option<Vec<PathBuf>>,
+    kube_storage_class: Option<String>,
+    kube_storage_size: Option<String>,
     stack_base_image: Option<String>,
     stack_offline: Option<bool>,
     metrics_listen: Option<String>,
@@ -239,6 +241,11 @@ pub struct Config {
     /// --host-path` (file key `storage_host_paths`, absolute existing
     /// directories; default none).
     pub storage_host_paths: Vec<PathBuf>,
+    /// The storage class and size of the PersistentVolumeClaims the kube
+    /// runtime makes for `storage:mount` (file keys `kube_storage_class`,
+    /// default `local-path`, and `kube_storage_size`, default `1Gi`). They
+    /// apply to claims made after a change; an existing claim keeps its own.
+    pub kube_storage: crate::runtime::kube::manifest::ClaimClass,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; None: `off`.
     pub metrics_listen: Option<SocketAddr>,
     /// The proxy records per-request figures (file key `metrics`, default
@@ -426,6 +433,12 @@ impl Config {
             .map(|v| listen_addr("registry_listen", Some(v), 0))
             .transpose()?;
 
+        let kube_storage = crate::runtime::kube::manifest::ClaimClass::parse(
+            file.kube_storage_class.as_deref(),
+            file.kube_storage_size.as_deref(),
+        )
+        .map_err(|e| invalid(e.key(), e.to_string()))?;
+
         let mut storage_host_paths = Vec::new();
         for dir in file.storage_host_paths.unwrap_or_default() {
             // Canonical, so that a mount's check against it is on real paths.
@@ -511,6 +524,7 @@ impl Config {
             audit_retention_days,
             registry_listen,
             storage_host_paths,
+            kube_storage,
             metrics_listen,
             metrics: file.metrics.unwrap_or(true),
             log_format,
@@ -755,6 +769,35 @@ mod tests {
         assert_eq!(
             Config::resolve(&a).unwrap().kubeconfig,
             Some(PathBuf::from("/flag.yaml"))
+        );
+    }
+
+    #[test]
+    fn kube_storage_class_and_size_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cygni.toml");
+        let mut a = args();
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(
+            (c.kube_storage.class.as_str(), c.kube_storage.size.as_str()),
+            ("local-path", "1Gi")
+        );
+        a.config = Some(path.clone());
+        std::fs::write(
+            &path,
+            "kube_storage_class = \"longhorn\"\nkube_storage_size = \"20Gi\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(&a).unwrap();
+        assert_eq!(
+            (c.kube_storage.class.as_str(), c.kube_storage.size.as_str()),
+            ("longhorn", "20Gi")
+        );
+        std::fs::write(&path, "kube_storage_size = \"20GB\"\n").unwrap();
+        let err = Config::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.starts_with("config: kube_storage_size: \"20GB\" is not a size such as 1Gi"),
+            "{err}"
         );
     }
 }

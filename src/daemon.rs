@@ -226,6 +226,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
             logs: logs.clone(),
             run_as: run_as.clone(),
             kubeconfig: config.kubeconfig.clone(),
+            kube_storage: config.kube_storage.clone(),
         },
     )
     .await?;

@@ -998,7 +998,8 @@ impl Platform {
         self.converger.forget_app(app);
         self.metrics.forget_app(app.as_str());
         // What the backend keeps for the app beyond instances (kube: its
-        // namespace, with its Secrets and Services).
+        // namespace, with its Secrets, Services and storage claims: the
+        // claims' local-path volumes go with them).
         if let Err(e) = self.runtime.remove_app(app).await {
             tracing::warn!(%app, error = %e, "removing a destroyed app from the runtime");
         }

@@ -132,9 +132,10 @@ pub struct ProcessSpec {
 /// variable there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
-    /// The storage's name. A kube backend names the app's
+    /// The storage's name. The kube backend names the app's
     /// PersistentVolumeClaim after it (`storage-NAME` in the app's
-    /// namespace, k3s's local-path class) for [`MountSource::Managed`].
+    /// namespace, k3s's local-path class by default) for
+    /// [`MountSource::Managed`].
     pub name: StorageName,
     /// Where it appears inside a container.
     pub target: MountPath,
@@ -150,7 +151,8 @@ pub enum MountSource {
     Managed { dir: PathBuf },
     /// A host directory an admin mounted (`--host-path`, under a
     /// `storage_host_paths` entry). Used as it is: its ownership is the
-    /// admin's business. kube: a hostPath volume, or refused.
+    /// admin's business. kube: refused at deploy (a pod may run on any
+    /// node).
     Host { path: PathBuf },
 }
 
@@ -530,6 +532,9 @@ pub struct ConnectOptions {
     pub run_as: Option<local::RunAs>,
     /// `--kubeconfig`; else `KUBECONFIG`, else k3s's (see [`kube::kubeconfig_path`]).
     pub kubeconfig: Option<std::path::PathBuf>,
+    /// The class and size of the PersistentVolumeClaims kube makes for
+    /// storage (`kube_storage_class`, `kube_storage_size`).
+    pub kube_storage: kube::manifest::ClaimClass,
 }
 
 /// The backend [`connect`] picked.
@@ -571,6 +576,7 @@ pub async fn connect(
                 options.kubeconfig.as_deref(),
                 KUBE_TIMEOUT,
                 options.logs.clone(),
+                options.kube_storage.clone(),
             )
             .await
             .map_err(ConnectError::Kube)?,
@@ -580,6 +586,7 @@ pub async fn connect(
                 options.kubeconfig.as_deref(),
                 KUBE_AUTO_TIMEOUT,
                 options.logs.clone(),
+                options.kube_storage.clone(),
             )
             .await
             {

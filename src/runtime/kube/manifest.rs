@@ -6,7 +6,10 @@
 //!            ├──► secret(spec)              env-vREL: the release's config vars
 //!            ├──► deployment(spec, n)       PROCESS: n pods, envFrom the secret,
 //!            │                              readiness probe from the check, limits
-//!            └──► service(app)              web: port 5000 of the web pods
+//!            ├──► service(app)              web: port 5000 of the web pods
+//!            └──► claim(app, mount, class)  storage-NAME: a PersistentVolumeClaim per
+//!                                           storage mount, a volume + volumeMount in
+//!                                           the pod template
 //! ```
 //!
 //! Each object holds only the fields Cygni owns (server-side apply sends
@@ -23,8 +26,10 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, Lifecycle, LifecycleHandler,
-    Namespace, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretEnvSource,
-    Service, ServicePort, ServiceSpec, SleepAction, TCPSocketAction,
+    Namespace, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret, SecretEnvSource, Service,
+    ServicePort, ServiceSpec, SleepAction, TCPSocketAction, Volume, VolumeMount,
+    VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -32,12 +37,20 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use k8s_openapi::ByteString;
 
 use crate::build::Artifact;
-use crate::names::{AppName, ProcessType};
-use crate::runtime::ProcessSpec;
+use crate::names::{AppName, ProcessType, StorageName};
+use crate::runtime::{Mount, MountSource, ProcessSpec};
 
 pub const LABEL_APP: &str = "cygni.app";
 pub const LABEL_RELEASE: &str = "cygni.release";
 pub const LABEL_PROCESS: &str = "cygni.process";
+/// On a PersistentVolumeClaim: the storage name it holds.
+pub const LABEL_STORAGE: &str = "cygni.storage";
+/// k3s's own storage class: a directory on the node the first pod using
+/// the claim was scheduled to.
+pub const DEFAULT_STORAGE_CLASS: &str = "local-path";
+/// What a claim requests when the operator says nothing. local-path does
+/// not enforce it; other classes size the volume by it.
+pub const DEFAULT_STORAGE_SIZE: &str = "1Gi";
 const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 /// The Deployment as Cygni last applied it (JSON), for restoring it.
 pub const ANNOTATION_APPLIED: &str = "cygni.io/applied";
@@ -62,6 +75,193 @@ pub fn deployment_name(process: &ProcessType) -> String {
 /// The Secret holding a release's config vars.
 pub fn secret_name(release: u32) -> String {
     format!("env-v{release}")
+}
+
+/// The PersistentVolumeClaim (and the pod volume) of a storage name.
+pub fn claim_name(name: &StorageName) -> String {
+    crate::names::dns_label(&format!("storage-{name}"))
+}
+
+/// The storage class and size a new claim asks for (`kube_storage_class`,
+/// `kube_storage_size` in cygni.toml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimClass {
+    pub class: String,
+    pub size: String,
+}
+
+impl Default for ClaimClass {
+    fn default() -> ClaimClass {
+        ClaimClass {
+            class: DEFAULT_STORAGE_CLASS.to_owned(),
+            size: DEFAULT_STORAGE_SIZE.to_owned(),
+        }
+    }
+}
+
+/// Why a `kube_storage_*` value was refused, naming the key to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimClassError {
+    #[error(
+        "{0:?} is not a storage class name (lowercase letters, digits, '-' and '.', up to 253)"
+    )]
+    Class(String),
+    #[error("{0:?} is not a size such as 1Gi or 500Mi (a whole number, then Ki, Mi, Gi or Ti)")]
+    Size(String),
+}
+
+impl ClaimClassError {
+    /// The config key to change.
+    pub fn key(&self) -> &'static str {
+        match self {
+            ClaimClassError::Class(_) => "kube_storage_class",
+            ClaimClassError::Size(_) => "kube_storage_size",
+        }
+    }
+}
+
+impl ClaimClass {
+    /// The operator's class and size, checked so that a typo stops the
+    /// start instead of failing every deploy with storage.
+    pub fn parse(class: Option<&str>, size: Option<&str>) -> Result<ClaimClass, ClaimClassError> {
+        let class = class.unwrap_or(DEFAULT_STORAGE_CLASS);
+        let size = size.unwrap_or(DEFAULT_STORAGE_SIZE);
+        let class_ok = !class.is_empty()
+            && class.len() <= 253
+            && class.split('.').all(|part| {
+                !part.is_empty()
+                    && part.len() <= 63
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if !class_ok {
+            return Err(ClaimClassError::Class(class.to_owned()));
+        }
+        let digits = size.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        let unit = &size[digits.len()..];
+        let size_ok = matches!(unit, "Ki" | "Mi" | "Gi" | "Ti")
+            && !digits.is_empty()
+            && digits.len() <= 12
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0');
+        if !size_ok {
+            return Err(ClaimClassError::Size(size.to_owned()));
+        }
+        Ok(ClaimClass {
+            class: class.to_owned(),
+            size: size.to_owned(),
+        })
+    }
+
+    /// What an existing claim was made with. A claim's class is immutable
+    /// and local-path cannot grow one: re-applying it with what it has
+    /// keeps a changed `kube_storage_*` from failing every deploy of the
+    /// apps that already have storage (it applies to new claims only).
+    pub fn of(claim: &PersistentVolumeClaim) -> Option<ClaimClass> {
+        let spec = claim.spec.as_ref()?;
+        Some(ClaimClass {
+            class: spec.storage_class_name.clone()?,
+            size: spec
+                .resources
+                .as_ref()?
+                .requests
+                .as_ref()?
+                .get("storage")?
+                .0
+                .clone(),
+        })
+    }
+}
+
+/// A storage mount as a claim in the app's namespace: ReadWriteOnce (one
+/// node mounts it; pods on that node share it, as containers share a
+/// bind mount on docker). Nothing Cygni runs ever deletes it: only the
+/// namespace's deletion (`apps:destroy`) takes it, and its volume with it.
+pub fn claim(app: &AppName, name: &StorageName, class: &ClaimClass) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: meta(
+            &claim_name(name),
+            Some(&namespace_name(app)),
+            labels(&[
+                (LABEL_APP, app.to_string()),
+                (LABEL_STORAGE, name.to_string()),
+            ]),
+        ),
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_owned()]),
+            storage_class_name: Some(class.class.clone()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_owned(),
+                    Quantity(class.size.clone()),
+                )])),
+                ..VolumeResourceRequirements::default()
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        ..PersistentVolumeClaim::default()
+    }
+}
+
+/// The first mount kube cannot give a pod: an admin's host directory
+/// (`--host-path`). A pod may run on any node, and a hostPath volume there
+/// would be another machine's directory, or an escape from the pod onto
+/// the node: refused rather than mapped.
+pub fn unmappable(mounts: &[Mount]) -> Option<&Mount> {
+    mounts
+        .iter()
+        .find(|m| matches!(m.source, MountSource::Host { .. }))
+}
+
+/// The one-line refusal of a host-path mount on kube.
+pub fn unmappable_message(app: &AppName, mount: &Mount) -> String {
+    format!(
+        "storage {name} of {app} is a host directory (--host-path), which the kube runtime does not mount (a pod may run on any node); storage:unmount {app} {name}, then storage:mount {app} {name}:{path} without --host-path",
+        name = mount.name,
+        path = mount.target,
+    )
+}
+
+/// Pod volumes and container mounts for Cygni's own storage (host paths
+/// are refused before anything is built: see [`unmappable`]).
+pub fn volumes(mounts: &[Mount]) -> (Vec<Volume>, Vec<VolumeMount>) {
+    mounts
+        .iter()
+        .filter(|m| matches!(m.source, MountSource::Managed { .. }))
+        .map(|m| {
+            let name = claim_name(&m.name);
+            (
+                Volume {
+                    name: name.clone(),
+                    persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                        claim_name: name.clone(),
+                        read_only: None,
+                    }),
+                    ..Volume::default()
+                },
+                VolumeMount {
+                    name,
+                    mount_path: m.target.to_string(),
+                    ..VolumeMount::default()
+                },
+            )
+        })
+        .unzip()
+}
+
+/// `CYGNI_STORAGE_<NAME>=/path`, as on docker: where the app finds it.
+pub fn storage_env(mounts: &[Mount]) -> Vec<EnvVar> {
+    mounts
+        .iter()
+        .map(|m| EnvVar {
+            name: m.name.env_var(),
+            value: Some(m.target.to_string()),
+            ..EnvVar::default()
+        })
+        .collect()
 }
 
 /// The label selector of everything Cygni made for an app.
@@ -210,14 +410,19 @@ pub fn deployment(spec: &ProcessSpec, image: &str, replicas: u32) -> Deployment 
         (LABEL_PROCESS, spec.process.to_string()),
         (LABEL_RELEASE, spec.release.to_string()),
     ]);
-    // PORT is the runtime's, not a config var: the only plain env entry.
-    let env = web.then(|| {
-        vec![EnvVar {
+    // PORT and where the storage is are the runtime's, not config vars:
+    // the only plain env entries.
+    let env: Vec<EnvVar> = web
+        .then(|| EnvVar {
             name: "PORT".to_owned(),
             value: Some(WEB_PORT.to_string()),
             ..EnvVar::default()
-        }]
-    });
+        })
+        .into_iter()
+        .chain(storage_env(&spec.mounts))
+        .collect();
+    let env = (!env.is_empty()).then_some(env);
+    let (volumes, volume_mounts) = volumes(&spec.mounts);
     let container = Container {
         name: name.clone(),
         image: Some(image.to_owned()),
@@ -251,6 +456,7 @@ pub fn deployment(spec: &ProcessSpec, image: &str, replicas: u32) -> Deployment 
             ..Lifecycle::default()
         }),
         resources: resources(spec),
+        volume_mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
         ..Container::default()
     };
     Deployment {
@@ -270,6 +476,17 @@ pub fn deployment(spec: &ProcessSpec, image: &str, replicas: u32) -> Deployment 
                 ..LabelSelector::default()
             },
             // Zero downtime: an old pod goes only once a new one is ready.
+            // Kept with storage too: a ReadWriteOnce volume is mounted by
+            // one node, not one pod, and a local-path volume's node
+            // affinity schedules every pod that uses it onto its node, so
+            // the surge pod mounts it beside the old one (as docker starts
+            // the new container on the same bind mount before stopping the
+            // old). Recreate would stop serving on every deploy, and a
+            // failed one would leave nothing serving. The cost: all pods of
+            // a type with storage run on that one node, and a class whose
+            // volumes attach to one node at a time could leave the surge
+            // pod unable to attach elsewhere; that rollout fails at its
+            // deadline and the old Deployment is put back (README).
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".to_owned()),
                 rolling_update: Some(RollingUpdateDeployment {
@@ -288,6 +505,7 @@ pub fn deployment(spec: &ProcessSpec, image: &str, replicas: u32) -> Deployment 
                 }),
                 spec: Some(PodSpec {
                     containers: vec![container],
+                    volumes: (!volumes.is_empty()).then_some(volumes),
                     enable_service_links: Some(false),
                     automount_service_account_token: Some(false),
                     ..PodSpec::default()
@@ -396,6 +614,36 @@ pub(crate) mod tests {
         }
     }
 
+    /// Cygni's own storage `data` at `/data`.
+    pub(crate) fn data_mount() -> Mount {
+        Mount {
+            name: StorageName::parse("data").expect("valid"),
+            target: crate::names::MountPath::parse("/data").expect("valid"),
+            source: MountSource::Managed {
+                dir: "/var/lib/cygni/storage/shop/data".into(),
+            },
+        }
+    }
+
+    /// An admin's host directory `shared` at `/srv/shared`.
+    pub(crate) fn host_mount() -> Mount {
+        Mount {
+            name: StorageName::parse("shared").expect("valid"),
+            target: crate::names::MountPath::parse("/shared").expect("valid"),
+            source: MountSource::Host {
+                path: "/srv/shared".into(),
+            },
+        }
+    }
+
+    /// `web_spec` with the storage `data` at `/data`.
+    pub(crate) fn web_spec_with_storage(release: u32) -> ProcessSpec {
+        ProcessSpec {
+            mounts: vec![data_mount()],
+            ..web_spec(release)
+        }
+    }
+
     pub(crate) fn worker_spec(release: u32) -> ProcessSpec {
         ProcessSpec {
             process: ProcessType::parse("worker").expect("valid"),
@@ -499,5 +747,104 @@ pub(crate) mod tests {
         let d = with_applied_annotation(deployment(&s, "img", 1));
         let back = applied_of(&d).expect("annotation");
         assert_eq!(json(&back), json(&deployment(&s, "img", 1)));
+    }
+
+    #[test]
+    fn a_claim_is_named_and_labelled_after_its_storage() {
+        let app = AppName::parse("shop").unwrap();
+        let c = claim(&app, &data_mount().name, &ClaimClass::default());
+        golden("claim-data", &json(&c));
+        assert_eq!(c.metadata.name.as_deref(), Some("storage-data"));
+        assert_eq!(c.metadata.namespace.as_deref(), Some("cygni-shop"));
+        let labels = c.metadata.labels.clone().unwrap();
+        assert_eq!(labels[LABEL_APP], "shop");
+        assert_eq!(labels[LABEL_STORAGE], "data");
+        let spec = c.spec.clone().unwrap();
+        assert_eq!(spec.access_modes, Some(vec!["ReadWriteOnce".to_owned()]));
+        assert_eq!(spec.storage_class_name.as_deref(), Some("local-path"));
+        let requests = spec.resources.unwrap().requests.unwrap();
+        assert_eq!(requests["storage"], Quantity("1Gi".into()));
+        // What the claim says it was made with is what it is re-applied with.
+        assert_eq!(ClaimClass::of(&c), Some(ClaimClass::default()));
+    }
+
+    #[test]
+    fn the_operator_picks_class_and_size_and_typos_are_refused() {
+        let c = ClaimClass::parse(Some("longhorn"), Some("20Gi")).unwrap();
+        assert_eq!((c.class.as_str(), c.size.as_str()), ("longhorn", "20Gi"));
+        let app = AppName::parse("shop").unwrap();
+        let spec = claim(&app, &data_mount().name, &c).spec.unwrap();
+        assert_eq!(spec.storage_class_name.as_deref(), Some("longhorn"));
+        assert_eq!(
+            spec.resources.unwrap().requests.unwrap()["storage"],
+            Quantity("20Gi".into())
+        );
+        assert_eq!(
+            ClaimClass::parse(None, None).unwrap(),
+            ClaimClass::default()
+        );
+        for bad in ["Local-Path", "", "a..b", "-x", "x/y"] {
+            let e = ClaimClass::parse(Some(bad), None).unwrap_err();
+            assert_eq!(e.key(), "kube_storage_class", "{bad}");
+            assert!(e.to_string().contains("not a storage class name"), "{e}");
+        }
+        for bad in ["1G", "1gb", "0Gi", "Gi", "1.5Gi", "-1Gi", "1 Gi"] {
+            let e = ClaimClass::parse(None, Some(bad)).unwrap_err();
+            assert_eq!(e.key(), "kube_storage_size", "{bad}");
+            assert!(e.to_string().contains("such as 1Gi"), "{e}");
+        }
+    }
+
+    #[test]
+    fn long_storage_names_still_make_valid_claim_names() {
+        let name = StorageName::parse(&format!("a{}", "b".repeat(62))).unwrap();
+        let n = claim_name(&name);
+        assert!(crate::names::is_dns_label(&n), "{n}");
+    }
+
+    #[test]
+    fn storage_is_a_volume_a_mount_and_a_variable_in_the_pod_template() {
+        let s = web_spec_with_storage(1);
+        let d = deployment(&s, image(&s).expect("image"), 1);
+        golden("deployment-web-v1-storage", &json(&d));
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let volumes = pod.volumes.unwrap();
+        assert_eq!(volumes.len(), 1);
+        assert_eq!(volumes[0].name, "storage-data");
+        assert_eq!(
+            volumes[0]
+                .persistent_volume_claim
+                .as_ref()
+                .unwrap()
+                .claim_name,
+            "storage-data"
+        );
+        let c = &pod.containers[0];
+        let vm = c.volume_mounts.as_ref().unwrap();
+        assert_eq!(
+            (vm[0].name.as_str(), vm[0].mount_path.as_str()),
+            ("storage-data", "/data")
+        );
+        let env = c.env.as_ref().unwrap();
+        assert!(env
+            .iter()
+            .any(|e| e.name == "CYGNI_STORAGE_DATA" && e.value.as_deref() == Some("/data")));
+        assert!(env.iter().any(|e| e.name == "PORT"));
+    }
+
+    #[test]
+    fn host_paths_are_not_mapped_and_say_what_to_do() {
+        let mounts = vec![data_mount(), host_mount()];
+        let m = unmappable(&mounts).expect("the host path");
+        assert_eq!(m.name.to_string(), "shared");
+        let app = AppName::parse("shop").unwrap();
+        let text = unmappable_message(&app, m);
+        assert!(!text.contains('\n'));
+        assert!(
+            text.starts_with("storage shared of shop is a host directory (--host-path), which the kube runtime does not mount"),
+            "{text}"
+        );
+        assert!(text.contains("storage:unmount shop shared"), "{text}");
+        assert!(unmappable(&[data_mount()]).is_none());
     }
 }

@@ -1,7 +1,10 @@
 //! The kube runtime: apps on Kubernetes (k3s), through kube-rs.
 //!
 //! ```text
-//! apply(spec, n) ──► SSA namespace cygni-APP ─► SSA Secret env-vREL (config vars)
+//! apply(spec, n) ──► refuse a host-path mount (before any request)
+//!                    ─► SSA namespace cygni-APP ─► SSA Secret env-vREL (config vars)
+//!                    ─► per storage mount: GET + SSA PersistentVolumeClaim storage-NAME
+//!                       (never deleted but with the namespace)
 //!                    ─► GET Deployment PROCESS (what ran before)
 //!                    ─► SSA Deployment PROCESS (n pods, envFrom the Secret, probe, limits)
 //!                    ─► SSA Service web (web only)
@@ -11,9 +14,12 @@
 //! list(app)      ──► pods labelled cygni.app/cygni.process ─► instances; a web pod's
 //!                    endpoint is its ready endpoint in the Service's EndpointSlices
 //! watcher        ──► EndpointSlices ─► EndpointStore ─► InstanceEvent (Exited, ReadyChanged)
+//! restart        ──► the claims, SSA Deployment PROCESS (a no-op unless the storage
+//!                    changed), then the restart stamp alone (field manager cygni-restart)
 //! stop(pod)      ──► delete the pod's Deployment (a process type the release dropped)
-//! remove_app     ──► delete the namespace
-//! run_once       ──► a one-off pod (restartPolicy Never), its log, its exit code
+//! remove_app     ──► delete the namespace (its claims, and their volumes, with it)
+//! run_once       ──► the claims, a one-off pod (restartPolicy Never) with the
+//!                    storage mounted, its log, its exit code
 //! ```
 //!
 //! Readiness is the cluster's ([`Readiness::Backend`]): the Deployment's
@@ -43,7 +49,8 @@ use std::time::{Duration, Instant, SystemTime};
 use futures_util::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    Container, EnvFromSource, Namespace, Pod, PodSpec, Secret, SecretEnvSource, Service,
+    Container, EnvFromSource, Namespace, PersistentVolumeClaim, Pod, PodSpec, Secret,
+    SecretEnvSource, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -56,8 +63,8 @@ use self::manifest::{LABEL_APP, LABEL_PROCESS, LABEL_RELEASE};
 use self::rollout::Rollout;
 use super::{
     ArtifactKind, Attach, Cluster, Instance, InstanceEvent, InstanceId, InstanceSpec,
-    InstanceState, JoinInfo, NodeInfo, OneOffSpec, OutputSink, ProcessSpec, Readiness, Runtime,
-    RuntimeError,
+    InstanceState, JoinInfo, Mount, NodeInfo, OneOffSpec, OutputSink, ProcessSpec, Readiness,
+    Runtime, RuntimeError,
 };
 use crate::logs::LogStore;
 use crate::names::{AppName, ProcessType};
@@ -91,6 +98,8 @@ pub struct KubeOptions {
     /// Follow each pod's log into the log store (off in the mock tests,
     /// whose scripted API server answers only what a scenario expects).
     pub follow_logs: bool,
+    /// The class and size of new storage claims.
+    pub storage: manifest::ClaimClass,
 }
 
 impl Default for KubeOptions {
@@ -98,6 +107,7 @@ impl Default for KubeOptions {
         KubeOptions {
             poll: Duration::from_secs(1),
             follow_logs: true,
+            storage: manifest::ClaimClass::default(),
         }
     }
 }
@@ -181,6 +191,7 @@ impl KubeRuntime {
         path: &Path,
         timeout: Duration,
         logs: Arc<LogStore>,
+        storage: manifest::ClaimClass,
     ) -> Result<KubeRuntime, KubeError> {
         let bad = |reason: String| KubeError::Kubeconfig {
             path: path.to_owned(),
@@ -215,7 +226,11 @@ impl KubeRuntime {
             Ok(Err(e)) => return Err(unreachable(error_chain(&e))),
             Ok(Ok(v)) => v,
         };
-        let runtime = KubeRuntime::with_client(client, logs, KubeOptions::default())
+        let options = KubeOptions {
+            storage,
+            ..KubeOptions::default()
+        };
+        let runtime = KubeRuntime::with_client(client, logs, options)
             .described(format!("{server} ({})", version.git_version));
         runtime.watch_endpoints();
         Ok(runtime)
@@ -301,6 +316,31 @@ impl KubeRuntime {
             .patch(&name, &pp, &Patch::Apply(secret))
             .await
             .map_err(|e| api(&format!("storing the config vars of {app}"), e))?;
+        Ok(())
+    }
+
+    /// A claim per storage mount, before anything that mounts it. Applied
+    /// again on every deploy (idempotent: the same object), with the class
+    /// and size an existing claim already has; never deleted here.
+    async fn apply_claims(&self, app: &AppName, mounts: &[Mount]) -> Result<(), RuntimeError> {
+        let claims: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.client.clone(), &manifest::namespace_name(app));
+        for mount in mounts {
+            let name = manifest::claim_name(&mount.name);
+            let existing = claims
+                .get_opt(&name)
+                .await
+                .map_err(|e| api(&format!("reading the storage {} of {app}", mount.name), e))?;
+            let class = existing
+                .as_ref()
+                .and_then(manifest::ClaimClass::of)
+                .unwrap_or_else(|| self.options.storage.clone());
+            let claim = manifest::claim(app, &mount.name, &class);
+            claims
+                .patch(&name, &Self::patch_params(), &Patch::Apply(&claim))
+                .await
+                .map_err(|e| api(&format!("claiming the storage {} of {app}", mount.name), e))?;
+        }
         Ok(())
     }
 
@@ -643,8 +683,10 @@ impl Runtime for KubeRuntime {
             });
         };
         let app = &spec.app;
+        refuse_host_paths(app, &spec.mounts)?;
         self.apply_namespace_and_secret(app, &manifest::secret(spec))
             .await?;
+        self.apply_claims(app, &spec.mounts).await?;
         let name = manifest::deployment_name(&spec.process);
         let deployments = self.deployments(app);
         let previous = deployments
@@ -686,9 +728,23 @@ impl Runtime for KubeRuntime {
     /// `kubectl rollout restart`: a new template annotation, under a field
     /// manager of its own so that Cygni's applies (which do not send it)
     /// neither remove it nor roll the pods again.
+    ///
+    /// The claims and the Deployment are applied from the spec first:
+    /// `storage:mount` (or `unmount`) says it applies from the next
+    /// restart, and only the spec carries it. With nothing changed that
+    /// apply is a no-op for the API server, and the stamp alone rolls.
     async fn restart(&self, spec: &ProcessSpec, replicas: u32) -> Result<(), RuntimeError> {
-        let _ = replicas;
+        refuse_host_paths(&spec.app, &spec.mounts)?;
         let name = manifest::deployment_name(&spec.process);
+        self.apply_claims(&spec.app, &spec.mounts).await?;
+        if let Some(image) = manifest::image(spec) {
+            let want =
+                manifest::with_applied_annotation(manifest::deployment(spec, image, replicas));
+            self.deployments(&spec.app)
+                .patch(&name, &Self::patch_params(), &Patch::Apply(&want))
+                .await
+                .map_err(|e| api(&format!("applying {}", spec.process), e))?;
+        }
         let stamp = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let patch = manifest::restart_patch(&spec.process, &spec.app, &stamp);
         self.deployments(&spec.app)
@@ -719,14 +775,16 @@ impl Runtime for KubeRuntime {
             });
         };
         let app = &spec.app;
+        refuse_host_paths(app, &spec.mounts)?;
         let secret = manifest::secret_of(app, spec.release, &spec.env);
         self.apply_namespace_and_secret(app, &secret).await?;
+        self.apply_claims(app, &spec.mounts).await?;
         let name = crate::names::dns_label(&format!(
             "run-v{}-{:08x}",
             spec.release,
             rand::random::<u32>()
         ));
-        let pod = one_off_pod(app, spec.release, &name, image, &spec.argv);
+        let pod = one_off_pod(app, spec.release, &name, image, &spec.argv, &spec.mounts);
         let pods = self.pods(app);
         pods.create(&PostParams::default(), &pod)
             .await
@@ -754,25 +812,30 @@ impl Runtime for KubeRuntime {
             });
         };
         let app = &spec.app;
+        refuse_host_paths(app, &spec.mounts)?;
         let secret = manifest::secret_of(app, spec.release, &spec.env);
         self.apply_namespace_and_secret(app, &secret).await?;
+        self.apply_claims(app, &spec.mounts).await?;
         let name = crate::names::dns_label(&format!(
             "run-v{}-{:08x}",
             spec.release,
             rand::random::<u32>()
         ));
         let tty = io.pty.is_some();
-        let mut pod = one_off_pod(app, spec.release, &name, image, &spec.argv);
+        let mut pod = one_off_pod(app, spec.release, &name, image, &spec.argv, &spec.mounts);
         if let Some(c) = pod.spec.as_mut().and_then(|s| s.containers.first_mut()) {
             c.stdin = Some(true);
             c.stdin_once = Some(true);
             c.tty = Some(tty);
             if let Some(p) = &io.pty {
-                c.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
-                    name: "TERM".into(),
-                    value: Some(p.term.clone()),
-                    ..Default::default()
-                }]);
+                // Beside the storage variables, not instead of them.
+                c.env
+                    .get_or_insert_with(Vec::new)
+                    .push(k8s_openapi::api::core::v1::EnvVar {
+                        name: "TERM".into(),
+                        value: Some(p.term.clone()),
+                        ..Default::default()
+                    });
             }
         }
         let pods = self.pods(app);
@@ -985,8 +1048,27 @@ fn timed_out(spec: &OneOffSpec) -> RuntimeError {
     }
 }
 
-/// A pod that runs `argv` once in the release's image and environment.
-fn one_off_pod(app: &AppName, release: u32, name: &str, image: &str, argv: &[String]) -> Pod {
+/// Host directories are not mapped on kube: one line, before any request,
+/// so a refused deploy has changed nothing in the cluster.
+fn refuse_host_paths(app: &AppName, mounts: &[Mount]) -> Result<(), RuntimeError> {
+    match manifest::unmappable(mounts) {
+        Some(m) => Err(backend(manifest::unmappable_message(app, m), None)),
+        None => Ok(()),
+    }
+}
+
+/// A pod that runs `argv` once in the release's image and environment,
+/// with the app's storage (a `release:` command may migrate a file there).
+fn one_off_pod(
+    app: &AppName,
+    release: u32,
+    name: &str,
+    image: &str,
+    argv: &[String],
+    mounts: &[Mount],
+) -> Pod {
+    let (volumes, volume_mounts) = manifest::volumes(mounts);
+    let env = manifest::storage_env(mounts);
     Pod {
         metadata: ObjectMeta {
             name: Some(name.to_owned()),
@@ -1006,6 +1088,7 @@ fn one_off_pod(app: &AppName, release: u32, name: &str, image: &str, argv: &[Str
                 name: "run".to_owned(),
                 image: Some(image.to_owned()),
                 args: Some(argv.to_vec()),
+                env: (!env.is_empty()).then_some(env),
                 env_from: Some(vec![EnvFromSource {
                     secret_ref: Some(SecretEnvSource {
                         name: manifest::secret_name(release),
@@ -1013,8 +1096,10 @@ fn one_off_pod(app: &AppName, release: u32, name: &str, image: &str, argv: &[Str
                     }),
                     ..EnvFromSource::default()
                 }]),
+                volume_mounts: (!volume_mounts.is_empty()).then_some(volume_mounts),
                 ..Container::default()
             }],
+            volumes: (!volumes.is_empty()).then_some(volumes),
             ..PodSpec::default()
         }),
         ..Pod::default()
@@ -1026,9 +1111,10 @@ pub async fn connect_for_start(
     kubeconfig: Option<&Path>,
     timeout: Duration,
     logs: Arc<LogStore>,
+    storage: manifest::ClaimClass,
 ) -> Result<KubeRuntime, KubeError> {
     let path = kubeconfig_path(kubeconfig);
-    KubeRuntime::connect(&path, timeout, logs).await
+    KubeRuntime::connect(&path, timeout, logs, storage).await
 }
 
 /// Where the k3s server keeps the token agents join with (root only).

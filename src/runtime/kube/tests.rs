@@ -13,7 +13,7 @@ use kube::runtime::watcher::Event;
 use serde_json::{json, Value};
 
 use super::endpoints::tests::slice;
-use super::manifest::tests::{golden, web_spec, worker_spec};
+use super::manifest::tests::{golden, host_mount, web_spec, web_spec_with_storage, worker_spec};
 use super::*;
 use crate::deploy::plan::{self, Desired, DesiredRelease, Intent, Step};
 
@@ -34,6 +34,7 @@ fn runtime() -> (KubeRuntime, Handle, tempfile::TempDir) {
         KubeOptions {
             poll: Duration::from_millis(1),
             follow_logs: false,
+            ..KubeOptions::default()
         },
     );
     (rt, handle, dir)
@@ -1072,6 +1073,13 @@ async fn restart_is_a_rollout_restart_of_the_stamp_alone() {
 
     let (rt, handle, _dir) = runtime();
     let script = vec![
+        // The spec as it is (a no-op for the API server when unchanged).
+        expect(
+            "PATCH",
+            format!("{DEPLOY}/web{APPLY}"),
+            None,
+            Reply::Json(reported(2, 2, 4, done(4, 2))),
+        ),
         expect(
             "PATCH",
             format!("{DEPLOY}/web?&force=true&fieldManager=cygni-restart"),
@@ -1087,5 +1095,421 @@ async fn restart_is_a_rollout_restart_of_the_stamp_alone() {
     ];
     let server = tokio::spawn(serve(handle, script));
     rt.restart(&web_spec(2), 2).await.expect("restarted");
+    server.await.expect("script");
+}
+
+const CLAIMS: &str = "/api/v1/namespaces/cygni-shop/persistentvolumeclaims";
+
+/// The Deployment as the API server reports it, for a spec with storage.
+fn reported_with_storage(release: u32, generation: i64, status: Value) -> Value {
+    let spec = web_spec_with_storage(release);
+    let d = manifest::with_applied_annotation(manifest::deployment(
+        &spec,
+        manifest::image(&spec).expect("image"),
+        1,
+    ));
+    let mut v = serde_json::to_value(d).expect("json");
+    v["metadata"]["generation"] = json!(generation);
+    v["status"] = status;
+    v
+}
+
+/// The claim as the API server keeps it once made (bound, with a uid).
+fn claim_as_stored() -> Value {
+    let app = AppName::parse("shop").unwrap();
+    let mut v = serde_json::to_value(manifest::claim(
+        &app,
+        &super::manifest::tests::data_mount().name,
+        &manifest::ClaimClass::default(),
+    ))
+    .expect("json");
+    v["metadata"]["uid"] = json!("0d9c7a3e-1111-4222-8333-944445555666");
+    v["spec"]["volumeName"] = json!("pvc-0d9c7a3e");
+    v["status"] = json!({"phase": "Bound", "accessModes": ["ReadWriteOnce"],
+                         "capacity": {"storage": "1Gi"}});
+    v
+}
+
+/// An apply with storage: namespace, Secret, then the claim (looked up,
+/// applied), and only then the Deployment as it was.
+fn prelude_with_storage(
+    release: u32,
+    claim: Option<Value>,
+    previous: Option<Value>,
+) -> Vec<Expect> {
+    let mut steps = prelude(release, previous);
+    let get_deployment = steps.pop().expect("the GET of the Deployment");
+    steps.extend([
+        expect(
+            "GET",
+            format!("{CLAIMS}/storage-data"),
+            None,
+            claim.map_or(Reply::NotFound, Reply::Json),
+        ),
+        expect(
+            "PATCH",
+            format!("{CLAIMS}/storage-data{APPLY}"),
+            Some("claim-data"),
+            Reply::Echo(1),
+        ),
+        get_deployment,
+    ]);
+    steps
+}
+
+/// `storage:mount shop data:/data`, then a first push: the claim is applied
+/// before the Deployment, which mounts it at /data.
+#[tokio::test]
+async fn a_deploy_with_storage_applies_the_claim_before_the_deployment() {
+    let (rt, handle, _dir) = runtime();
+    let mut script = prelude_with_storage(1, None, None);
+    script.extend([
+        expect(
+            "PATCH",
+            format!("{DEPLOY}/web{APPLY}"),
+            Some("apply-web-v1-storage"),
+            Reply::Echo(1),
+        ),
+        service_apply(),
+        expect(
+            "GET",
+            format!("{DEPLOY}/web"),
+            None,
+            Reply::Json(reported_with_storage(1, 1, done(1, 1))),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    rt.apply(&web_spec_with_storage(1), 1)
+        .await
+        .expect("rolled out");
+    server.await.expect("script");
+    let applied: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/kube/apply-web-v1-storage.json"),
+        )
+        .expect("golden"),
+    )
+    .expect("json");
+    let pod = &applied["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        json!("storage-data")
+    );
+    assert_eq!(
+        pod["containers"][0]["volumeMounts"][0],
+        json!({"name": "storage-data", "mountPath": "/data"})
+    );
+}
+
+/// A redeploy, a rollback to v1 and a stop with the claim already there:
+/// each re-applies the same claim (with the class and size it was made
+/// with, although the operator has since configured others) and none
+/// sends a DELETE: the script fails on any request it does not list.
+#[tokio::test]
+async fn redeploy_rollback_and_stop_reapply_the_same_claim_and_never_delete_it() {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = KubeRuntime::with_client(
+        Client::new(svc, "default"),
+        Arc::new(LogStore::open(dir.path()).expect("log store")),
+        KubeOptions {
+            poll: Duration::from_millis(1),
+            follow_logs: false,
+            // A later kube_storage_* change applies to new claims only.
+            storage: manifest::ClaimClass::parse(Some("longhorn"), Some("20Gi")).unwrap(),
+        },
+    );
+    let mut script = prelude_with_storage(
+        2,
+        Some(claim_as_stored()),
+        Some(reported_with_storage(1, 1, done(1, 1))),
+    );
+    script.extend([
+        expect(
+            "PATCH",
+            format!("{DEPLOY}/web{APPLY}"),
+            None,
+            Reply::Echo(2),
+        ),
+        service_apply(),
+        expect(
+            "GET",
+            format!("{DEPLOY}/web"),
+            None,
+            Reply::Json(reported_with_storage(2, 2, done(2, 1))),
+        ),
+    ]);
+    // The rollback: release 1's spec again (its Secret is env-v1).
+    script.extend(prelude_with_storage(
+        1,
+        Some(claim_as_stored()),
+        Some(reported_with_storage(2, 2, done(2, 1))),
+    ));
+    script.extend([
+        expect(
+            "PATCH",
+            format!("{DEPLOY}/web{APPLY}"),
+            Some("apply-web-v1-storage"),
+            Reply::Echo(3),
+        ),
+        service_apply(),
+        expect(
+            "GET",
+            format!("{DEPLOY}/web"),
+            None,
+            Reply::Json(reported_with_storage(1, 3, done(3, 1))),
+        ),
+    ]);
+    // ps:stop: zero replicas, the claim stays.
+    script.extend(prelude_with_storage(
+        1,
+        Some(claim_as_stored()),
+        Some(reported_with_storage(1, 3, done(3, 1))),
+    ));
+    script.extend([
+        expect(
+            "PATCH",
+            format!("{DEPLOY}/web{APPLY}"),
+            None,
+            Reply::Echo(4),
+        ),
+        service_apply(),
+        expect(
+            "GET",
+            format!("{DEPLOY}/web"),
+            None,
+            Reply::Json({
+                let mut v = reported_with_storage(1, 4, json!({"observedGeneration": 4}));
+                v["spec"]["replicas"] = json!(0);
+                v
+            }),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    rt.apply(&web_spec_with_storage(2), 1)
+        .await
+        .expect("redeployed");
+    rt.apply(&web_spec_with_storage(1), 1)
+        .await
+        .expect("rolled back");
+    rt.apply(&web_spec_with_storage(1), 0)
+        .await
+        .expect("stopped");
+    server.await.expect("script");
+}
+
+/// A failed rollout puts the previous Deployment back and leaves the claim
+/// alone: the data of the release that keeps serving is untouched.
+#[tokio::test]
+async fn a_failed_first_rollout_with_storage_deletes_the_deployment_not_the_claim() {
+    let (rt, handle, _dir) = runtime();
+    let crashing = pod(
+        "web-v1-a",
+        1,
+        "10.42.0.7",
+        json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 10s"}}),
+        false,
+        2,
+    );
+    let mut script = prelude_with_storage(1, None, None);
+    script.extend([
+        expect(
+            "PATCH",
+            format!("{DEPLOY}/web{APPLY}"),
+            Some("apply-web-v1-storage"),
+            Reply::Echo(1),
+        ),
+        service_apply(),
+        expect(
+            "GET",
+            format!("{DEPLOY}/web"),
+            None,
+            Reply::Json(reported_with_storage(
+                1,
+                1,
+                json!({"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1}),
+            )),
+        ),
+        expect(
+            "GET",
+            pods_selector(1),
+            None,
+            Reply::Json(pod_list(vec![crashing])),
+        ),
+        expect(
+            "GET",
+            format!("{NS}/pods/web-v1-a/log?&previous=true&tailLines=20"),
+            None,
+            Reply::Json(json!(
+                "sqlite3.OperationalError: unable to open database file\n"
+            )),
+        ),
+        // Only the Deployment goes.
+        expect(
+            "DELETE",
+            format!("{DEPLOY}/web?"),
+            Some("delete-background"),
+            Reply::Json(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            ),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    let err = rt
+        .apply(&web_spec_with_storage(1), 1)
+        .await
+        .expect_err("the rollout fails");
+    server.await.expect("script");
+    let text = err.to_string();
+    assert!(text.contains("CrashLoopBackOff"), "{text}");
+    assert!(text.contains("unable to open database file"), "{text}");
+}
+
+/// `storage:mount --host-path` on a kube server: the push is refused with
+/// one line saying what to do, before any request (nothing is applied, so
+/// what runs keeps running); the `release:` phase is refused the same way.
+#[tokio::test]
+async fn a_host_path_mount_is_refused_and_nothing_is_applied() {
+    let (rt, handle, _dir) = runtime();
+    let server = tokio::spawn(serve(handle, vec![]));
+    let mut spec = web_spec_with_storage(2);
+    spec.mounts.push(host_mount());
+    let err = rt.apply(&spec, 1).await.expect_err("refused");
+    let text = err.to_string();
+    assert!(!text.contains('\n'), "{text}");
+    assert!(
+        text.starts_with(
+            "storage shared of shop is a host directory (--host-path), which the kube runtime does not mount"
+        ),
+        "{text}"
+    );
+    let one_off = OneOffSpec {
+        app: spec.app.clone(),
+        release: 2,
+        argv: vec!["./migrate".into()],
+        env: (*spec.env).clone(),
+        artifact: spec.artifact.clone(),
+        timeout: Duration::from_secs(10),
+        mounts: spec.mounts.clone(),
+    };
+    let (tx, _rx) = tokio::sync::mpsc::channel(1);
+    let err = rt.run_once(one_off, tx).await.expect_err("refused");
+    assert!(err.to_string().contains("--host-path"), "{err}");
+    server.await.expect("script");
+}
+
+/// A `release:` command sees the storage too: the claim is applied, and
+/// the one-off pod mounts it at /data with `CYGNI_STORAGE_DATA`.
+#[tokio::test]
+async fn a_one_off_pod_mounts_the_storage() {
+    let (rt, handle, _dir) = runtime();
+    let spec = web_spec_with_storage(1);
+    let one_off = OneOffSpec {
+        app: spec.app.clone(),
+        release: 1,
+        argv: vec!["/bin/sh".into(), "-c".into(), "./migrate".into()],
+        env: (*spec.env).clone(),
+        artifact: spec.artifact.clone(),
+        timeout: Duration::from_secs(10),
+        mounts: spec.mounts.clone(),
+    };
+    let mut script = prelude_with_storage(1, Some(claim_as_stored()), None);
+    script.pop(); // no Deployment is read for a one-off
+    let exited = json!({"metadata": {"name": "run-v1-x"},
+        "status": {"phase": "Succeeded", "containerStatuses": [{"name": "run", "image": "x",
+            "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"exitCode": 0}}}]}});
+    script.extend([
+        expect(
+            "POST",
+            format!("{NS}/pods?"),
+            Some("one-off-pod-storage"),
+            Reply::Echo(1),
+        ),
+        expect(
+            "GET",
+            format!("{NS}/pods/run-v1-*"),
+            None,
+            Reply::Json(exited.clone()),
+        ),
+        expect(
+            "GET",
+            format!("{NS}/pods/run-v1-*/log?&follow=true"),
+            None,
+            Reply::Json(json!("migrated\n")),
+        ),
+        expect(
+            "GET",
+            format!("{NS}/pods/run-v1-*"),
+            None,
+            Reply::Json(exited),
+        ),
+        expect(
+            "DELETE",
+            format!("{NS}/pods/run-v1-*?"),
+            Some("delete-background"),
+            Reply::Json(
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "metadata": {}}),
+            ),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    let (tx, _rx) = tokio::sync::mpsc::channel(16);
+    let code = rt.run_once(one_off, tx).await.expect("ran");
+    server.await.expect("script");
+    assert_eq!(code, 0);
+}
+
+/// `storage:mount shop data:/data`, then `ps:restart shop`: the restart
+/// claims the storage and applies the Deployment with it before stamping,
+/// so the mount applies from that restart as the command says.
+#[tokio::test]
+async fn a_restart_after_storage_mount_applies_the_claim_and_the_mount() {
+    let (rt, handle, _dir) = runtime();
+    let script = vec![
+        expect(
+            "GET",
+            format!("{CLAIMS}/storage-data"),
+            None,
+            Reply::NotFound,
+        ),
+        expect(
+            "PATCH",
+            format!("{CLAIMS}/storage-data{APPLY}"),
+            Some("claim-data"),
+            Reply::Echo(1),
+        ),
+        expect(
+            "PATCH",
+            format!("{DEPLOY}/web{APPLY}"),
+            Some("apply-web-v1-storage"),
+            Reply::Json(reported_with_storage(
+                1,
+                2,
+                json!({"observedGeneration": 1}),
+            )),
+        ),
+        expect(
+            "PATCH",
+            format!("{DEPLOY}/web?&force=true&fieldManager=cygni-restart"),
+            None,
+            Reply::Json(reported_with_storage(
+                1,
+                3,
+                json!({"observedGeneration": 1}),
+            )),
+        ),
+        expect(
+            "GET",
+            format!("{DEPLOY}/web"),
+            None,
+            Reply::Json(reported_with_storage(1, 3, done(3, 1))),
+        ),
+    ];
+    let server = tokio::spawn(serve(handle, script));
+    rt.restart(&web_spec_with_storage(1), 1)
+        .await
+        .expect("restarted");
     server.await.expect("script");
 }
