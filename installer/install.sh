@@ -63,13 +63,14 @@ MIN_FREE_DATA_MB=1024
 MIN_FREE_BIN_MB=200
 MIN_FREE_TMP_MB=200
 
-# The k3s release --k3s and --join install: pinned, never "latest". The
-# sha256 of each binary must be filled in from the release's
-# sha256sum-ARCH.txt when the pin moves (the session that pinned it could
-# not download the release to read them; see the README). Without a pinned
-# hash the install stops, unless --k3s-sha256 gives it.
-K3S_VERSION="v1.33.5+k3s1"
-K3S_SHA256_x86_64=""
+# The k3s release --k3s and --join install: pinned, never "latest", with
+# the sha256 of its binary from the release's sha256sum-ARCH.txt (the line
+# ending in " k3s"). A download that does not match stops the install
+# before anything changes. The arm64 hash is not pinned yet: there the
+# install stops unless --k3s-sha256 gives it. Moving the pin means
+# updating both lines from the new release's sha256sum files.
+K3S_VERSION="v1.36.4+k3s1"
+K3S_SHA256_x86_64="835873f37245fc615f547a2fe2af9402a347875f13fa64a1f136de644955ea3f"
 K3S_SHA256_aarch64=""
 K3S_BIN=/usr/local/bin/k3s
 K3S_ETC=/etc/rancher/k3s
