@@ -480,6 +480,31 @@ fn every_picks_up_a_new_commit_and_off_stops() {
     assert!(info_json(&d, "timed")["source"]["every_secs"].is_null());
 }
 
+/// One API request with a bearer token: (status, JSON body or Null).
+fn api_request(
+    d: &TestDaemon,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-m", "30", "-w", "\n%{http_code}", "-X", method])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("-H")
+        .arg("Content-Type: application/json");
+    if let Some(b) = body {
+        c.arg("--data-binary").arg(b.to_string());
+    }
+    c.arg(format!("http://127.0.0.1:{}/api/v1{path}", d.api_port));
+    let out = c.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (code.trim().parse::<u16>().unwrap_or(0), v)
+}
+
 /// The API: POST /apps with `from`, POST /apps/{app}/sync, and the
 /// pollable record at /apps/{app}/syncs/{id}.
 #[test]
@@ -491,21 +516,7 @@ fn the_api_creates_from_a_url_and_syncs_with_a_record_to_poll() {
     let out = d.ssh(&d.admin, "tokens:create robot --role admin").ok();
     let token = out.stdout.trim().to_owned();
     let api = |method: &str, path: &str, body: Option<serde_json::Value>| {
-        let mut c = std::process::Command::new("curl");
-        c.args(["-s", "-m", "30", "-w", "\n%{http_code}", "-X", method])
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {token}"))
-            .arg("-H")
-            .arg("Content-Type: application/json");
-        if let Some(b) = body {
-            c.arg("--data-binary").arg(b.to_string());
-        }
-        c.arg(format!("http://127.0.0.1:{}/api/v1{path}", d.api_port));
-        let out = c.output().expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-        (code.trim().parse::<u16>().unwrap_or(0), v)
+        api_request(&d, &token, method, path, body)
     };
     let poll = |app: &str, id: i64| -> serde_json::Value {
         wait_for("the sync to end", Duration::from_secs(120), || {
@@ -673,7 +684,7 @@ fn submodules_on_request_are_fetched_served_and_kept_for_later_syncs() {
         )),
         "{out:#?}"
     );
-    assert!(out.stderr.contains("submodules: 1 fetched"), "{out:#?}");
+    assert!(out.stderr.contains("submodules: 1 ready"), "{out:#?}");
     let (code, body) = d.curl(&host("subs"), "/lib/hello.txt");
     assert_eq!(code, 200, "{body}");
     assert_eq!(body, "hello from the submodule");
@@ -712,6 +723,44 @@ fn submodules_on_request_are_fetched_served_and_kept_for_later_syncs() {
     assert_eq!(info["last_sync"]["trigger"], "schedule", "{info}");
     assert_eq!(info["source"]["submodules"], true, "{info}");
     d.ssh(&d.admin, "git:sync subs --every off").ok();
+
+    // A second submodule that cannot be fetched fails the sync, naming
+    // it; lib, ready before, keeps its ref, and v3 keeps serving.
+    std::fs::write(
+        repo.join(".gitmodules"),
+        "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n\
+         [submodule \"zbad\"]\n\tpath = zbad\n\turl = ssh://git@127.0.0.1/lib.git\n",
+    )
+    .expect("write .gitmodules");
+    std::fs::create_dir_all(repo.join("zbad")).expect("mkdir zbad");
+    run_ok(git_cmd(&repo).args([
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{lib_sha3},zbad"),
+    ]));
+    commit_all(&repo, "a second submodule");
+    server.publish(&repo, "site");
+    let out = d.ssh(&d.admin, "git:sync subs");
+    out.fails_with(
+        "submodule zbad: ssh://git@127.0.0.1/lib.git: ssh:// submodules are never fetched",
+    );
+    let (_, body) = d.curl(&host("subs"), "/lib/hello.txt");
+    assert_eq!(body, "scheduled submodule");
+    assert_eq!(info_json(&d, "subs")["live_release"], 3);
+    let app_repo = d.data_dir.join("repos").join("subs.git");
+    let refs = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&app_repo)
+        .args(["for-each-ref", "--format=%(refname)", "refs/cygni/"])
+        .output()
+        .expect("git for-each-ref");
+    let refs = String::from_utf8_lossy(&refs.stdout);
+    assert!(
+        refs.contains(&format!("refs/cygni/submodules/{lib_sha3}")),
+        "{refs}"
+    );
+    assert!(!refs.contains("refs/cygni/sync/"), "{refs}");
 }
 
 /// Without `--submodules` nothing about submodules is fetched: the
@@ -855,4 +904,64 @@ fn submodule_urls_outside_the_rules_fail_in_one_line_and_change_nothing() {
         assert_eq!(code, 404, "v1 is still what is served");
     }
     assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// The API takes `submodules`: with `from` the app serves the
+/// submodule's file and the source keeps the setting; without `from`
+/// it is refused and nothing is created.
+#[test]
+fn the_api_takes_submodules_with_from() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    let d = permissive_daemon(work.path());
+    superproject(&server, work.path());
+    let token = d
+        .ssh(&d.admin, "tokens:create robot --role admin")
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let (code, v) = api_request(
+        &d,
+        &token,
+        "POST",
+        "/apps",
+        Some(serde_json::json!({"name": "nofrom", "submodules": true})),
+    );
+    assert!((400..500).contains(&code), "{code} {v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("submodules goes with from")),
+        "{v}"
+    );
+    d.ssh(&d.admin, "apps:info nofrom")
+        .fails_with("app not found");
+
+    let (code, v) = api_request(
+        &d,
+        &token,
+        "POST",
+        "/apps",
+        Some(
+            serde_json::json!({"name": "apisubs", "from": server.url("site.git"), "submodules": true}),
+        ),
+    );
+    assert_eq!(code, 201, "{v}");
+    let id = v["sync"]["id"].as_i64().expect("sync id");
+    let done = wait_for("the sync to end", Duration::from_secs(120), || {
+        let (_, v) = api_request(
+            &d,
+            &token,
+            "GET",
+            &format!("/apps/apisubs/syncs/{id}"),
+            None,
+        );
+        matches!(v["state"].as_str(), Some("live" | "failed")).then_some(v)
+    });
+    assert_eq!(done["state"], "live", "{done}");
+    let (_, body) = d.curl(&host("apisubs"), "/lib/hello.txt");
+    assert_eq!(body, "hello from the submodule");
+    let (_, v) = api_request(&d, &token, "GET", "/apps/apisubs", None);
+    assert_eq!(v["source"]["submodules"], true, "{v}");
 }

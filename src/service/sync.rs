@@ -605,8 +605,8 @@ impl Service {
                 out.say(format!("       {l}"));
             }
         }
-        let refs = result?;
-        out.say(format!("       submodules: {} fetched", refs.len()));
+        let ready = result?;
+        out.say(format!("       submodules: {ready} ready"));
         Ok(())
     }
 

@@ -320,8 +320,9 @@ fn pack_bytes(dir: &Path) -> u64 {
 }
 
 /// Fetch the submodules of `commit` (already in `repo`) and theirs, up
-/// to the bounds. Returns the refs written; on an error, the refs this
-/// call wrote are removed again and the reason names the submodule.
+/// to the bounds. Returns how many are ready (fetched now or before); on
+/// an error, the refs this call added are removed again (those earlier
+/// syncs wrote stay) and the reason names the submodule.
 pub async fn fetch_all(
     fetcher: &Fetcher,
     policy: &Policy,
@@ -329,8 +330,9 @@ pub async fn fetch_all(
     main: &SourceUrl,
     commit: &str,
     mut on_line: impl FnMut(String),
-) -> Result<Vec<String>, String> {
+) -> Result<usize, String> {
     let mut written = Vec::new();
+    let mut ready = 0;
     let result = fetch_inner(
         fetcher,
         policy,
@@ -338,15 +340,16 @@ pub async fn fetch_all(
         main,
         commit,
         &mut written,
+        &mut ready,
         &mut on_line,
     )
     .await;
-    if result.is_err() {
-        let (repo, refs) = (repo.to_owned(), written.clone());
-        let _ = tokio::task::spawn_blocking(move || drop_refs(&repo, &refs)).await;
-        return result.map(|_| Vec::new());
+    if let Err(e) = result {
+        let repo = repo.to_owned();
+        let _ = tokio::task::spawn_blocking(move || drop_refs(&repo, &written)).await;
+        return Err(e);
     }
-    Ok(written)
+    Ok(ready)
 }
 
 fn drop_refs(repo: &Path, refs: &[String]) {
@@ -360,6 +363,7 @@ fn drop_refs(repo: &Path, refs: &[String]) {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn fetch_inner(
     fetcher: &Fetcher,
     policy: &Policy,
@@ -367,6 +371,7 @@ async fn fetch_inner(
     main: &SourceUrl,
     commit: &str,
     written: &mut Vec<String>,
+    ready: &mut usize,
     on_line: &mut impl FnMut(String),
 ) -> Result<(), String> {
     let started = Instant::now();
@@ -422,22 +427,26 @@ async fn fetch_inner(
                 .await
                 .map_err(|e| fail(format!("refused: {e}")))?;
             let dest = format!("{REF_PREFIX}{}", link.commit);
+            // Some(had_ref) when the commit is here already (an earlier
+            // sync fetched it, or it is the app's own).
             let present = {
                 let (r, c, d) = (repo.to_owned(), link.commit.clone(), dest.clone());
                 tokio::task::spawn_blocking(move || {
                     let repo = git2::Repository::open_bare(&r).ok()?;
                     let oid = git2::Oid::from_str(&c).ok()?;
                     repo.find_commit(oid).ok()?;
-                    repo.reference(&d, oid, true, "cygni: submodule")
-                        .ok()
-                        .map(|_| ())
+                    let had_ref = repo.find_reference(&d).is_ok();
+                    repo.reference(&d, oid, true, "cygni: submodule").ok()?;
+                    Some(had_ref)
                 })
                 .await
                 .ok()
                 .flatten()
-                .is_some()
             };
-            if present {
+            if let Some(had_ref) = present {
+                if !had_ref {
+                    written.push(dest.clone());
+                }
                 on_line(format!(
                     "submodule {path}: {} already here",
                     short(&link.commit)
@@ -484,8 +493,9 @@ async fn fetch_inner(
                             url.masked()
                         ))
                     })?;
+                written.push(dest);
             }
-            written.push(dest);
+            *ready += 1;
             queue.push_back((link.commit, url, format!("{path}/"), level + 1));
         }
     }
