@@ -965,3 +965,89 @@ fn the_api_takes_submodules_with_from() {
     let (_, v) = api_request(&d, &token, "GET", "/apps/apisubs", None);
     assert_eq!(v["source"]["submodules"], true, "{v}");
 }
+
+/// Nested submodules are fetched to three levels (relative URLs resolve
+/// against their own superproject's URL); a fourth level stays empty.
+#[test]
+fn nested_submodules_are_fetched_three_levels_deep() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    let d = permissive_daemon(work.path());
+    // c4 ← c3 ← c2 ← c1 ← site: each has f.txt and the next as `sub`.
+    let mut below: Option<String> = None;
+    for name in ["c4", "c3", "c2", "c1"] {
+        let dir = work.path().join(name);
+        make_repo(&dir, &[]);
+        std::fs::write(dir.join("f.txt"), format!("level {name}")).expect("write f.txt");
+        if let Some(sha) = &below {
+            std::fs::write(
+                dir.join(".gitmodules"),
+                format!(
+                    "[submodule \"sub\"]\n\tpath = sub\n\turl = ../{}.git\n",
+                    next_of(name)
+                ),
+            )
+            .expect("write .gitmodules");
+            run_ok(git_cmd(&dir).args([
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{sha},sub"),
+            ]));
+            std::fs::create_dir_all(dir.join("sub")).expect("mkdir sub");
+        }
+        commit_all(&dir, name);
+        server.publish(&dir, name);
+        below = Some(head_sha(&dir));
+    }
+    let repo = served_repo(&server, work.path(), "procfile-app", "site");
+    std::fs::write(
+        repo.join(".gitmodules"),
+        "[submodule \"c1\"]\n\tpath = sub\n\turl = ../c1.git\n",
+    )
+    .expect("write .gitmodules");
+    run_ok(git_cmd(&repo).args([
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{},sub", below.expect("c1")),
+    ]));
+    std::fs::create_dir_all(repo.join("sub")).expect("mkdir sub");
+    commit_all(&repo, "nested");
+    server.publish(&repo, "site");
+
+    let out = d
+        .ssh(
+            &d.admin,
+            &format!(
+                "apps:create nested --from {} --submodules",
+                server.url("site.git")
+            ),
+        )
+        .ok();
+    assert!(out.stderr.contains("submodules: 3 ready"), "{out:#?}");
+    assert!(
+        out.stderr.contains("Fetching submodule sub/sub/sub "),
+        "{out:#?}"
+    );
+    for (path, text) in [
+        ("/sub/f.txt", "level c1"),
+        ("/sub/sub/f.txt", "level c2"),
+        ("/sub/sub/sub/f.txt", "level c3"),
+    ] {
+        let (code, body) = d.curl(&host("nested"), path);
+        assert_eq!((code, body.as_str()), (200, text), "{path}");
+    }
+    let (code, _) = d.curl(&host("nested"), "/sub/sub/sub/sub/f.txt");
+    assert_eq!(code, 404, "the fourth level stays empty");
+    assert_eq!(server.requests_for("/c4.git"), 0);
+}
+
+/// c1's submodule is c2, and so on.
+fn next_of(name: &str) -> &'static str {
+    match name {
+        "c1" => "c2",
+        "c2" => "c3",
+        _ => "c4",
+    }
+}
