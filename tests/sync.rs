@@ -1051,3 +1051,47 @@ fn next_of(name: &str) -> &'static str {
         _ => "c4",
     }
 }
+
+/// More than 16 submodules fail the sync with one line; the app keeps
+/// serving what it served.
+#[test]
+fn more_than_sixteen_submodules_fail_the_sync() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    let d = permissive_daemon(work.path());
+    let (_, lib_sha) = served_lib(&server, work.path(), "hello from the submodule");
+    let repo = served_repo(&server, work.path(), "procfile-app", "site");
+    d.ssh(
+        &d.admin,
+        &format!(
+            "apps:create many --from {} --submodules",
+            server.url("site.git")
+        ),
+    )
+    .ok();
+    let mut modules = String::new();
+    for i in 1..=17 {
+        let path = format!("l{i:02}");
+        modules.push_str(&format!(
+            "[submodule \"{path}\"]\n\tpath = {path}\n\turl = ../lib.git\n"
+        ));
+        std::fs::create_dir_all(repo.join(&path)).expect("mkdir");
+        run_ok(git_cmd(&repo).args([
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{lib_sha},{path}"),
+        ]));
+    }
+    std::fs::write(repo.join(".gitmodules"), modules).expect("write .gitmodules");
+    commit_all(&repo, "seventeen");
+    server.publish(&repo, "site");
+    let out = d.ssh(&d.admin, "git:sync many");
+    out.fails_with("submodule l17: more than 16 submodules (nested ones included)");
+    let info = info_json(&d, "many");
+    assert_eq!(info["live_release"], 1, "{info}");
+    let (code, _) = d.curl(&host("many"), "/l01/hello.txt");
+    assert_eq!(code, 404, "v1 is still what is served");
+    // lib was fetched once, not seventeen times.
+    assert!(server.requests_for("/lib.git") <= 4, "{:?}", server.paths);
+}
