@@ -267,8 +267,21 @@ pub fn export(repo: &git2::Repository, sha: &str, dest: &Path) -> Result<u64, Gi
     };
     std::fs::create_dir(dest).map_err(io("cannot create", dest))?;
     let mut files = 0;
-    export_tree(repo, &tree, dest, &mut files)?;
+    export_tree(repo, &tree, dest, &mut files, 0)?;
     Ok(files)
+}
+
+/// Levels of submodules exported inside each other (a sync fetches at
+/// most `sync::submodules::MAX_DEPTH`).
+const MAX_SUBMODULE_LEVELS: usize = 4;
+
+/// The commit a gitlink records, when a sync fetched it as a submodule
+/// (`refs/cygni/submodules/SHA`, see `sync::submodules`). A pushed
+/// gitlink's commit is not there, so its directory stays empty.
+fn fetched_submodule(repo: &git2::Repository, id: git2::Oid) -> Option<git2::Tree<'_>> {
+    repo.find_reference(&format!("refs/cygni/submodules/{id}"))
+        .ok()?;
+    repo.find_commit(id).ok()?.tree().ok()
 }
 
 fn export_tree(
@@ -276,6 +289,7 @@ fn export_tree(
     tree: &git2::Tree<'_>,
     dir: &Path,
     files: &mut u64,
+    level: usize,
 ) -> Result<(), GitError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -303,14 +317,23 @@ fn export_tree(
             0o040000 => {
                 std::fs::create_dir(&path).map_err(io("cannot create", &path))?;
                 let sub = repo.find_tree(entry.id()).map_err(gerr)?;
-                export_tree(repo, &sub, &path, files)?;
+                export_tree(repo, &sub, &path, files, level)?;
             }
             0o120000 => {
                 let blob = repo.find_blob(entry.id()).map_err(gerr)?;
                 let target = std::ffi::OsStr::from_bytes(blob.content());
                 std::os::unix::fs::symlink(target, &path).map_err(io("cannot link", &path))?;
             }
-            0o160000 => {} // submodule
+            // A submodule: its tree, under the same rules, when a sync
+            // fetched its commit; otherwise nothing, as git leaves it.
+            0o160000 => {
+                if level < MAX_SUBMODULE_LEVELS {
+                    if let Some(sub) = fetched_submodule(repo, entry.id()) {
+                        std::fs::create_dir(&path).map_err(io("cannot create", &path))?;
+                        export_tree(repo, &sub, &path, files, level + 1)?;
+                    }
+                }
+            }
             mode => {
                 let blob = repo.find_blob(entry.id()).map_err(gerr)?;
                 let perm = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
@@ -379,6 +402,54 @@ mod tests {
         repo.commit(None, &sig, &sig, "m", &tree, &[])
             .unwrap()
             .to_string()
+    }
+
+    /// A gitlink's tree is exported only when a sync fetched its commit
+    /// (refs/cygni/submodules/SHA), under the same rules: links stay links.
+    #[test]
+    fn submodules_are_exported_only_when_fetched_and_links_stay_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo_dir = dir.path().join("r.git");
+        let sub_sha = commit(
+            &repo_dir,
+            &[("lib.txt", b"from the submodule", 0o100644)],
+            Some(("escape", "../../../etc/passwd")),
+        );
+        let repo = git2::Repository::open_bare(&repo_dir).unwrap();
+        let sub_oid = git2::Oid::from_str(&sub_sha).unwrap();
+        let mut tb = repo.treebuilder(None).unwrap();
+        tb.insert("app.txt", repo.blob(b"top").unwrap(), 0o100644)
+            .unwrap();
+        tb.insert("lib", sub_oid, 0o160000).unwrap();
+        let tree = repo.find_tree(tb.write().unwrap()).unwrap();
+        let sig = git2::Signature::now("t", "t@t").unwrap();
+        let sha = repo
+            .commit(None, &sig, &sig, "super", &tree, &[])
+            .unwrap()
+            .to_string();
+
+        // The commit is in the repository but was not fetched as a submodule.
+        let plain = dir.path().join("plain");
+        assert_eq!(export(&repo, &sha, &plain).unwrap(), 1);
+        assert!(!plain.join("lib").exists());
+
+        repo.reference(
+            &format!("refs/cygni/submodules/{sub_sha}"),
+            sub_oid,
+            true,
+            "t",
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        assert_eq!(export(&repo, &sha, &out).unwrap(), 2);
+        assert_eq!(
+            std::fs::read(out.join("lib/lib.txt")).unwrap(),
+            b"from the submodule"
+        );
+        assert!(std::fs::symlink_metadata(out.join("lib/escape"))
+            .unwrap()
+            .file_type()
+            .is_symlink());
     }
 
     #[test]

@@ -480,6 +480,31 @@ fn every_picks_up_a_new_commit_and_off_stops() {
     assert!(info_json(&d, "timed")["source"]["every_secs"].is_null());
 }
 
+/// One API request with a bearer token: (status, JSON body or Null).
+fn api_request(
+    d: &TestDaemon,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let mut c = std::process::Command::new("curl");
+    c.args(["-s", "-m", "30", "-w", "\n%{http_code}", "-X", method])
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg("-H")
+        .arg("Content-Type: application/json");
+    if let Some(b) = body {
+        c.arg("--data-binary").arg(b.to_string());
+    }
+    c.arg(format!("http://127.0.0.1:{}/api/v1{path}", d.api_port));
+    let out = c.output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (code.trim().parse::<u16>().unwrap_or(0), v)
+}
+
 /// The API: POST /apps with `from`, POST /apps/{app}/sync, and the
 /// pollable record at /apps/{app}/syncs/{id}.
 #[test]
@@ -491,21 +516,7 @@ fn the_api_creates_from_a_url_and_syncs_with_a_record_to_poll() {
     let out = d.ssh(&d.admin, "tokens:create robot --role admin").ok();
     let token = out.stdout.trim().to_owned();
     let api = |method: &str, path: &str, body: Option<serde_json::Value>| {
-        let mut c = std::process::Command::new("curl");
-        c.args(["-s", "-m", "30", "-w", "\n%{http_code}", "-X", method])
-            .arg("-H")
-            .arg(format!("Authorization: Bearer {token}"))
-            .arg("-H")
-            .arg("Content-Type: application/json");
-        if let Some(b) = body {
-            c.arg("--data-binary").arg(b.to_string());
-        }
-        c.arg(format!("http://127.0.0.1:{}/api/v1{path}", d.api_port));
-        let out = c.output().expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-        (code.trim().parse::<u16>().unwrap_or(0), v)
+        api_request(&d, &token, method, path, body)
     };
     let poll = |app: &str, id: i64| -> serde_json::Value {
         wait_for("the sync to end", Duration::from_secs(120), || {
@@ -599,4 +610,488 @@ fn timing_sync_deploy_against_push() {
         median(syncs.clone()),
         median(pushes.clone())
     );
+}
+
+/// A library repository served as `lib.git`, with `hello.txt` saying `text`.
+fn served_lib(server: &GitServer, work: &Path, text: &str) -> (PathBuf, String) {
+    let lib = work.join("lib-work");
+    if !lib.exists() {
+        make_repo(&lib, &[]);
+    }
+    std::fs::write(lib.join("hello.txt"), text).expect("write hello.txt");
+    commit_all(&lib, text);
+    server.publish(&lib, "lib");
+    let sha = head_sha(&lib);
+    (lib, sha)
+}
+
+/// Point the superproject's gitlink `lib` at `sha`, with `url` in
+/// `.gitmodules`, commit (without a checkout of the submodule) and
+/// publish it as `site.git`.
+fn point_submodule(server: &GitServer, repo: &Path, sha: &str, url: &str) {
+    std::fs::write(
+        repo.join(".gitmodules"),
+        format!("[submodule \"lib\"]\n\tpath = lib\n\turl = {url}\n"),
+    )
+    .expect("write .gitmodules");
+    // An empty directory is a submodule not checked out (so `add -A`
+    // later keeps the gitlink).
+    std::fs::create_dir_all(repo.join("lib")).expect("mkdir lib");
+    run_ok(git_cmd(repo).args([
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{sha},lib"),
+    ]));
+    run_ok(git_cmd(repo).args(["add", ".gitmodules"]));
+    run_ok(git_cmd(repo).args(["commit", "-q", "--allow-empty", "-m", "submodule"]));
+    server.publish(repo, "site");
+}
+
+/// The procfile app (a static file server: it serves whatever the build
+/// exported) with a submodule `lib` → `../lib.git` on the same server.
+fn superproject(server: &GitServer, work: &Path) -> (PathBuf, PathBuf, String) {
+    let (lib, sha) = served_lib(server, work, "hello from the submodule");
+    let repo = served_repo(server, work, "procfile-app", "site");
+    point_submodule(server, &repo, &sha, "../lib.git");
+    (repo, lib, sha)
+}
+
+/// `--submodules`: the sync fetches the recorded commit of `lib` (a
+/// relative URL) from the same server and the app serves the
+/// submodule's file; the setting is stored, so a later `git:sync` and
+/// the `--every` schedule fetch the submodule's new commit too.
+#[test]
+fn submodules_on_request_are_fetched_served_and_kept_for_later_syncs() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    let d = permissive_daemon(work.path());
+    let (repo, _lib, lib_sha) = superproject(&server, work.path());
+    let url = server.url("site.git");
+
+    let out = d
+        .ssh(
+            &d.admin,
+            &format!("apps:create subs --from {url} --submodules"),
+        )
+        .ok();
+    assert!(out.stdout.contains("synced subs v1"), "{out:#?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "-----> Fetching submodule lib {} from {}",
+            &lib_sha[..7],
+            server.url("lib.git")
+        )),
+        "{out:#?}"
+    );
+    assert!(out.stderr.contains("submodules: 1 ready"), "{out:#?}");
+    let (code, body) = d.curl(&host("subs"), "/lib/hello.txt");
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body, "hello from the submodule");
+    let (code, body) = d.curl(&host("subs"), "/");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("hello from procfile-app"), "{body}");
+    let info = info_json(&d, "subs");
+    assert_eq!(info["source"]["submodules"], true, "{info}");
+    let text = d.ssh(&d.admin, "apps:info subs").ok().stdout;
+    assert!(
+        text.contains("submodules:    fetched (https only)"),
+        "{text}"
+    );
+
+    // The submodule moves on; a plain git:sync keeps --submodules.
+    let (_, lib_sha2) = served_lib(&server, work.path(), "hello again from the submodule");
+    point_submodule(&server, &repo, &lib_sha2, "../lib.git");
+    let out = d.ssh(&d.admin, "git:sync subs").ok();
+    assert!(out.stdout.contains("synced subs v2"), "{out:#?}");
+    let (_, body) = d.curl(&host("subs"), "/lib/hello.txt");
+    assert_eq!(body, "hello again from the submodule");
+
+    // And so does the schedule.
+    d.ssh(&d.admin, "git:sync subs --every 1s").ok();
+    let (_, lib_sha3) = served_lib(&server, work.path(), "scheduled submodule");
+    point_submodule(&server, &repo, &lib_sha3, "../lib.git");
+    wait_for(
+        "the scheduled sync to deploy the submodule",
+        Duration::from_secs(90),
+        || {
+            let (_, body) = d.curl(&host("subs"), "/lib/hello.txt");
+            (body == "scheduled submodule").then_some(())
+        },
+    );
+    let info = info_json(&d, "subs");
+    assert_eq!(info["last_sync"]["trigger"], "schedule", "{info}");
+    assert_eq!(info["source"]["submodules"], true, "{info}");
+    d.ssh(&d.admin, "git:sync subs --every off").ok();
+
+    // A second submodule that cannot be fetched fails the sync, naming
+    // it; lib, ready before, keeps its ref, and v3 keeps serving.
+    std::fs::write(
+        repo.join(".gitmodules"),
+        "[submodule \"lib\"]\n\tpath = lib\n\turl = ../lib.git\n\
+         [submodule \"zbad\"]\n\tpath = zbad\n\turl = ssh://git@127.0.0.1/lib.git\n",
+    )
+    .expect("write .gitmodules");
+    std::fs::create_dir_all(repo.join("zbad")).expect("mkdir zbad");
+    run_ok(git_cmd(&repo).args([
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{lib_sha3},zbad"),
+    ]));
+    commit_all(&repo, "a second submodule");
+    server.publish(&repo, "site");
+    let out = d.ssh(&d.admin, "git:sync subs");
+    out.fails_with(
+        "submodule zbad: ssh://git@127.0.0.1/lib.git: ssh:// submodules are never fetched",
+    );
+    let (_, body) = d.curl(&host("subs"), "/lib/hello.txt");
+    assert_eq!(body, "scheduled submodule");
+    assert_eq!(info_json(&d, "subs")["live_release"], 3);
+    let app_repo = d.data_dir.join("repos").join("subs.git");
+    let refs = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(&app_repo)
+        .args(["for-each-ref", "--format=%(refname)", "refs/cygni/"])
+        .output()
+        .expect("git for-each-ref");
+    let refs = String::from_utf8_lossy(&refs.stdout);
+    assert!(
+        refs.contains(&format!("refs/cygni/submodules/{lib_sha3}")),
+        "{refs}"
+    );
+    assert!(!refs.contains("refs/cygni/sync/"), "{refs}");
+}
+
+/// Without `--submodules` nothing about submodules is fetched: the
+/// server never hears of lib.git, the directory is not there, and the
+/// sync deploys the rest. Asking later with `git:sync --submodules`
+/// fetches it.
+#[test]
+fn without_the_flag_no_submodule_is_fetched_and_the_directory_is_empty() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    let d = permissive_daemon(work.path());
+    let (repo, _, _) = superproject(&server, work.path());
+    let url = server.url("site.git");
+
+    let out = d
+        .ssh(&d.admin, &format!("apps:create plain --from {url}"))
+        .ok();
+    assert!(out.stdout.contains("synced plain v1"), "{out:#?}");
+    assert!(!out.stderr.contains("Fetching submodule"), "{out:#?}");
+    assert!(!out.stderr.contains("submodules:"), "{out:#?}");
+    assert!(server.requests_for("/site.git") > 0);
+    assert_eq!(
+        server.requests_for("/lib.git"),
+        0,
+        "lib.git was not asked for"
+    );
+    let (code, body) = d.curl(&host("plain"), "/");
+    assert_eq!(code, 200, "{body}");
+    // The app serves the exported files: no lib/ (a gitlink stays empty).
+    let (code, _) = d.curl(&host("plain"), "/lib/");
+    assert_eq!(code, 404);
+    let (code, _) = d.curl(&host("plain"), "/lib/hello.txt");
+    assert_eq!(code, 404);
+    assert_eq!(info_json(&d, "plain")["source"]["submodules"], false);
+
+    // The same commit again: a push of it runs no build, so the setting
+    // is kept and applies from the next commit.
+    let out = d.ssh(&d.admin, "git:sync plain --submodules").ok();
+    assert!(out.stdout.contains("synced plain v1"), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("--submodules is kept: it applies from the next commit main gets"),
+        "{out:#?}"
+    );
+    assert_eq!(info_json(&d, "plain")["source"]["submodules"], true);
+    edit(
+        &repo.join("index.html"),
+        "hello from",
+        "hello, with lib, from",
+    );
+    publish(&server, &repo, "site", "next commit");
+    let out = d.ssh(&d.admin, "git:sync plain").ok();
+    assert!(out.stdout.contains("synced plain v2"), "{out:#?}");
+    assert!(server.requests_for("/lib.git") > 0);
+    let (_, body) = d.curl(&host("plain"), "/lib/hello.txt");
+    assert_eq!(body, "hello from the submodule", "{out:#?}");
+    let (code, listing) = d.curl(&host("plain"), "/lib/");
+    assert_eq!(code, 200, "{listing}");
+    assert!(listing.contains("hello.txt"), "{listing}");
+    assert_eq!(info_json(&d, "plain")["source"]["submodules"], true);
+}
+
+/// Submodule URLs outside the rules (ssh://, git://, file:// even where
+/// the admin allows file for the app's URL; a private address when
+/// private addresses are not allowed; more levels up than the URL has)
+/// fail the sync with one line naming the submodule; the app keeps
+/// serving its release and its branch, and nothing reached the server.
+#[test]
+fn submodule_urls_outside_the_rules_fail_in_one_line_and_change_nothing() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    // file:// for the app's URL (no address to check), private
+    // addresses refused.
+    let cfg = work.path().join("cygni.toml");
+    std::fs::write(&cfg, "sync_allow_schemes = [\"file\"]\n").expect("write cygni.toml");
+    let d = TestDaemon::start_with(&["--config", cfg.to_str().expect("utf-8 path")]);
+    let (_, lib_sha) = served_lib(&server, work.path(), "hello from the submodule");
+    let repo = served_repo(&server, work.path(), "procfile-app", "site");
+    let url = format!("file://{}", server.root.join("site.git").display());
+    d.ssh(&d.admin, &format!("apps:create keep --from {url}"))
+        .ok();
+    let v1_sha = head_sha(&repo);
+    let lib_file = format!("file://{}", server.root.join("lib.git").display());
+    let cases = [
+        (
+            "ssh://git@127.0.0.1/lib.git".to_owned(),
+            "ssh:// submodules are never fetched, only https://",
+        ),
+        (
+            "git://127.0.0.1/lib.git".to_owned(),
+            "git:// submodules are never fetched, only https://",
+        ),
+        (
+            lib_file,
+            "file:// submodules are never fetched, only https://",
+        ),
+        // Relative to a file:// app URL is file:// too.
+        (
+            "../lib.git".to_owned(),
+            "file:// submodules are never fetched",
+        ),
+        (
+            "https://10.1.2.3/lib.git".to_owned(),
+            "10.1.2.3 is a private (RFC 1918) address",
+        ),
+        (
+            "https://127.0.0.1/lib.git".to_owned(),
+            "127.0.0.1 is a loopback address",
+        ),
+        ("git@127.0.0.1:lib.git".to_owned(), "is not a URL"),
+    ];
+    for (sub_url, reason) in &cases {
+        point_submodule(&server, &repo, &lib_sha, sub_url);
+        let out = d.ssh(&d.admin, "git:sync keep --submodules");
+        let out = out.fails_with(reason);
+        let failed: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| l.contains("failed: submodule lib: "))
+            .collect();
+        assert!(!failed.is_empty(), "{sub_url}: {out:#?}");
+        assert!(failed.iter().all(|l| l.contains(reason)), "{failed:?}");
+        assert!(
+            out.stderr.contains("keeps serving its live release"),
+            "{out:#?}"
+        );
+        let info = info_json(&d, "keep");
+        let error = info["last_sync"]["error"].as_str().unwrap_or_default();
+        assert!(
+            error.starts_with("submodule lib: ") && error.contains(reason) && !error.contains('\n'),
+            "{info}"
+        );
+        assert_eq!(info["live_release"], 1, "{info}");
+        assert_eq!(info["branches"][0]["sha"], v1_sha.as_str(), "{info}");
+        // The failed sync did not store --submodules.
+        assert_eq!(info["source"]["submodules"], false, "{info}");
+        let (code, body) = d.curl(&host("keep"), "/");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("hello from procfile-app"), "{body}");
+        let (code, _) = d.curl(&host("keep"), "/.gitmodules");
+        assert_eq!(code, 404, "v1 is still what is served");
+    }
+    assert_eq!(server.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+}
+
+/// The API takes `submodules`: with `from` the app serves the
+/// submodule's file and the source keeps the setting; without `from`
+/// it is refused and nothing is created.
+#[test]
+fn the_api_takes_submodules_with_from() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    let d = permissive_daemon(work.path());
+    superproject(&server, work.path());
+    let token = d
+        .ssh(&d.admin, "tokens:create robot --role admin")
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let (code, v) = api_request(
+        &d,
+        &token,
+        "POST",
+        "/apps",
+        Some(serde_json::json!({"name": "nofrom", "submodules": true})),
+    );
+    assert!((400..500).contains(&code), "{code} {v}");
+    assert!(
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("submodules goes with from")),
+        "{v}"
+    );
+    d.ssh(&d.admin, "apps:info nofrom")
+        .fails_with("app not found");
+
+    let (code, v) = api_request(
+        &d,
+        &token,
+        "POST",
+        "/apps",
+        Some(
+            serde_json::json!({"name": "apisubs", "from": server.url("site.git"), "submodules": true}),
+        ),
+    );
+    assert_eq!(code, 201, "{v}");
+    let id = v["sync"]["id"].as_i64().expect("sync id");
+    let done = wait_for("the sync to end", Duration::from_secs(120), || {
+        let (_, v) = api_request(
+            &d,
+            &token,
+            "GET",
+            &format!("/apps/apisubs/syncs/{id}"),
+            None,
+        );
+        matches!(v["state"].as_str(), Some("live" | "failed")).then_some(v)
+    });
+    assert_eq!(done["state"], "live", "{done}");
+    let (_, body) = d.curl(&host("apisubs"), "/lib/hello.txt");
+    assert_eq!(body, "hello from the submodule");
+    let (_, v) = api_request(&d, &token, "GET", "/apps/apisubs", None);
+    assert_eq!(v["source"]["submodules"], true, "{v}");
+}
+
+/// Nested submodules are fetched to three levels (relative URLs resolve
+/// against their own superproject's URL); a fourth level stays empty.
+#[test]
+fn nested_submodules_are_fetched_three_levels_deep() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    let d = permissive_daemon(work.path());
+    // c4 ← c3 ← c2 ← c1 ← site: each has f.txt and the next as `sub`.
+    let mut below: Option<String> = None;
+    for name in ["c4", "c3", "c2", "c1"] {
+        let dir = work.path().join(name);
+        make_repo(&dir, &[]);
+        std::fs::write(dir.join("f.txt"), format!("level {name}")).expect("write f.txt");
+        if let Some(sha) = &below {
+            std::fs::write(
+                dir.join(".gitmodules"),
+                format!(
+                    "[submodule \"sub\"]\n\tpath = sub\n\turl = ../{}.git\n",
+                    next_of(name)
+                ),
+            )
+            .expect("write .gitmodules");
+            run_ok(git_cmd(&dir).args([
+                "update-index",
+                "--add",
+                "--cacheinfo",
+                &format!("160000,{sha},sub"),
+            ]));
+            std::fs::create_dir_all(dir.join("sub")).expect("mkdir sub");
+        }
+        commit_all(&dir, name);
+        server.publish(&dir, name);
+        below = Some(head_sha(&dir));
+    }
+    let repo = served_repo(&server, work.path(), "procfile-app", "site");
+    std::fs::write(
+        repo.join(".gitmodules"),
+        "[submodule \"c1\"]\n\tpath = sub\n\turl = ../c1.git\n",
+    )
+    .expect("write .gitmodules");
+    run_ok(git_cmd(&repo).args([
+        "update-index",
+        "--add",
+        "--cacheinfo",
+        &format!("160000,{},sub", below.expect("c1")),
+    ]));
+    std::fs::create_dir_all(repo.join("sub")).expect("mkdir sub");
+    commit_all(&repo, "nested");
+    server.publish(&repo, "site");
+
+    let out = d
+        .ssh(
+            &d.admin,
+            &format!(
+                "apps:create nested --from {} --submodules",
+                server.url("site.git")
+            ),
+        )
+        .ok();
+    assert!(out.stderr.contains("submodules: 3 ready"), "{out:#?}");
+    assert!(
+        out.stderr.contains("Fetching submodule sub/sub/sub "),
+        "{out:#?}"
+    );
+    for (path, text) in [
+        ("/sub/f.txt", "level c1"),
+        ("/sub/sub/f.txt", "level c2"),
+        ("/sub/sub/sub/f.txt", "level c3"),
+    ] {
+        let (code, body) = d.curl(&host("nested"), path);
+        assert_eq!((code, body.as_str()), (200, text), "{path}");
+    }
+    let (code, _) = d.curl(&host("nested"), "/sub/sub/sub/sub/f.txt");
+    assert_eq!(code, 404, "the fourth level stays empty");
+    assert_eq!(server.requests_for("/c4.git"), 0);
+}
+
+/// c1's submodule is c2, and so on.
+fn next_of(name: &str) -> &'static str {
+    match name {
+        "c1" => "c2",
+        "c2" => "c3",
+        _ => "c4",
+    }
+}
+
+/// More than 16 submodules fail the sync with one line; the app keeps
+/// serving what it served.
+#[test]
+fn more_than_sixteen_submodules_fail_the_sync() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let server = GitServer::start(&work.path().join("served"));
+    let d = permissive_daemon(work.path());
+    let (_, lib_sha) = served_lib(&server, work.path(), "hello from the submodule");
+    let repo = served_repo(&server, work.path(), "procfile-app", "site");
+    d.ssh(
+        &d.admin,
+        &format!(
+            "apps:create many --from {} --submodules",
+            server.url("site.git")
+        ),
+    )
+    .ok();
+    let mut modules = String::new();
+    for i in 1..=17 {
+        let path = format!("l{i:02}");
+        modules.push_str(&format!(
+            "[submodule \"{path}\"]\n\tpath = {path}\n\turl = ../lib.git\n"
+        ));
+        std::fs::create_dir_all(repo.join(&path)).expect("mkdir");
+        run_ok(git_cmd(&repo).args([
+            "update-index",
+            "--add",
+            "--cacheinfo",
+            &format!("160000,{lib_sha},{path}"),
+        ]));
+    }
+    std::fs::write(repo.join(".gitmodules"), modules).expect("write .gitmodules");
+    commit_all(&repo, "seventeen");
+    server.publish(&repo, "site");
+    let out = d.ssh(&d.admin, "git:sync many");
+    out.fails_with("submodule l17: more than 16 submodules (nested ones included)");
+    let info = info_json(&d, "many");
+    assert_eq!(info["live_release"], 1, "{info}");
+    let (code, _) = d.curl(&host("many"), "/l01/hello.txt");
+    assert_eq!(code, 404, "v1 is still what is served");
+    // lib was fetched once, not seventeen times.
+    assert!(server.requests_for("/lib.git") <= 4, "{:?}", server.paths);
 }

@@ -474,13 +474,21 @@ async fn create_app(api: &Api, actor: &Actor, req: Request<Incoming>) -> Reply {
         /// Deploy from this repository URL (see `apps:create --from`).
         from: Option<String>,
         branch: Option<String>,
+        /// Fetch the commit's submodules too (https only).
+        submodules: Option<bool>,
     }
     let b: Body = read_json(req).await?;
     let app = app_name(&b.name)?;
     if let Some(url) = &b.from {
         let prep = api
             .service
-            .create_app_from(actor, &app, url, b.branch.as_deref())
+            .create_app_from(
+                actor,
+                &app,
+                url,
+                b.branch.as_deref(),
+                b.submodules.unwrap_or(false),
+            )
             .await?;
         let run = prep.run.clone();
         spawn_sync(api, actor, prep);
@@ -491,6 +499,9 @@ async fn create_app(api: &Api, actor: &Actor, req: Request<Incoming>) -> Reply {
     }
     if b.branch.is_some() {
         return Err(ApiError::invalid("branch goes with from"));
+    }
+    if b.submodules.is_some() {
+        return Err(ApiError::invalid("submodules goes with from"));
     }
     api.service.create_app(actor, &app).await?;
     Ok(reply(
@@ -516,11 +527,19 @@ async fn start_sync(api: &Api, actor: &Actor, app: &AppName, req: Request<Incomi
         url: Option<String>,
         #[serde(rename = "ref")]
         reference: Option<String>,
+        /// Fetch submodules (default: the source's setting); kept.
+        submodules: Option<bool>,
     }
     let b: Body = read_json(req).await?;
     let prep = api
         .service
-        .prepare_sync(actor, app, b.url.as_deref(), b.reference.as_deref())
+        .prepare_sync(
+            actor,
+            app,
+            b.url.as_deref(),
+            b.reference.as_deref(),
+            b.submodules,
+        )
         .await?;
     let run = prep.run.clone();
     spawn_sync(api, actor, prep);

@@ -25,6 +25,7 @@ use crate::local_push::{LocalPush, PushEnv};
 use crate::names::AppName;
 use crate::state::{self, sync::SyncRun};
 use crate::sync::fetch::Fetcher;
+use crate::sync::submodules;
 use crate::sync::url::{Policy, SourceUrl, Target};
 use crate::sync::{self as syncing, SyncState};
 
@@ -44,8 +45,13 @@ pub struct PreparedSync {
     url: SourceUrl,
     target: Target,
     reference: String,
-    /// Store the URL and ref as the app's source once live (a new URL
-    /// given to `git:sync`); an app's first sync stored it already.
+    /// Fetch the commit's submodules too (`--submodules`).
+    submodules: bool,
+    /// `submodules` differs from the source's stored setting.
+    submodules_changed: bool,
+    /// Store the URL, ref and submodule setting as the app's source once
+    /// live (a new URL given to `git:sync`); an app's first sync stored
+    /// it already.
     remember: bool,
     pub run: SyncRun,
 }
@@ -115,11 +121,15 @@ impl Service {
         app: &AppName,
         url: &str,
         branch: Option<&str>,
+        submodules: bool,
     ) -> Result<PreparedSync, ServiceError> {
         let masked = crate::sync::url::mask_text(url);
         let reference =
             syncing::parse_ref(branch.unwrap_or("main")).map_err(ServiceError::Invalid)?;
-        let detail = format!("from {masked} {}", syncing::short_ref(&reference));
+        let mut detail = format!("from {masked} {}", syncing::short_ref(&reference));
+        if submodules {
+            detail.push_str(" --submodules");
+        }
         let (url, target) = self
             .audited(actor, "apps:create --from", Some(app), detail, async {
                 self.require_admin(actor, "create apps")?;
@@ -134,23 +144,34 @@ impl Service {
             reference.clone(),
         );
         self.db
-            .call(move |c| state::sync::set_source(c, &a, &m, secret.as_deref(), &r, None))
+            .call(move |c| {
+                state::sync::set_source(c, &a, &m, secret.as_deref(), &r, None, submodules)
+            })
             .await?;
-        self.record_run(app, url, target, reference, "create", false)
+        self.record_run(app, url, target, reference, submodules, "create", false)
             .await
     }
 
-    /// `git:sync APP [URL] [--ref REF]`: check, then queue a sync from
-    /// `url` (default: the app's source) at `reference` (default: the
-    /// source's ref, or main).
+    /// `git:sync APP [URL] [--ref REF] [--submodules|--no-submodules]`:
+    /// check, then queue a sync from `url` (default: the app's source) at
+    /// `reference` (default: the source's ref, or main), fetching
+    /// submodules when `submodules` says so (default: the source's
+    /// setting, or not).
     pub async fn prepare_sync(
         &self,
         actor: &Actor,
         app: &AppName,
         url: Option<&str>,
         reference: Option<&str>,
+        submodules: Option<bool>,
     ) -> Result<PreparedSync, ServiceError> {
-        let detail = url.map(crate::sync::url::mask_text).unwrap_or_default();
+        let mut detail = url.map(crate::sync::url::mask_text).unwrap_or_default();
+        match submodules {
+            Some(true) => detail.push_str(" --submodules"),
+            Some(false) => detail.push_str(" --no-submodules"),
+            None => {}
+        }
+        let detail = detail.trim_start().to_owned();
         self.audited(actor, "git:sync", Some(app), detail, async {
             self.app(actor, app, Access::Manage).await?;
             // A path on this server can name another app's repository: only
@@ -161,7 +182,8 @@ impl Service {
                     "only admins can sync from file:// URLs".into(),
                 ));
             }
-            self.prepare_unchecked(app, url, reference, "manual").await
+            self.prepare_unchecked(app, url, reference, submodules, "manual")
+                .await
         })
         .await
     }
@@ -171,10 +193,14 @@ impl Service {
         app: &AppName,
         url: Option<&str>,
         reference: Option<&str>,
+        submodules: Option<bool>,
         trigger: &str,
     ) -> Result<PreparedSync, ServiceError> {
         let a = app.clone();
         let stored = self.db.call(move |c| state::sync::source(c, &a)).await?;
+        let stored_submodules = stored.as_ref().is_some_and(|s| s.submodules);
+        let submodules = submodules.unwrap_or(stored_submodules);
+        let submodules_changed = stored.is_some() && submodules != stored_submodules;
         let reference = match reference {
             Some(r) => syncing::parse_ref(r).map_err(ServiceError::Invalid)?,
             None => stored
@@ -189,7 +215,9 @@ impl Service {
                 (
                     url,
                     target,
-                    !same || stored.as_ref().map(|s| &s.reference) != Some(&reference),
+                    !same
+                        || stored.as_ref().map(|s| &s.reference) != Some(&reference)
+                        || stored_submodules != submodules,
                 )
             }
             (None, Some(s)) => {
@@ -201,7 +229,11 @@ impl Service {
                     .check(&url)
                     .await
                     .map_err(|e| ServiceError::Invalid(format!("refused: {e}")))?;
-                (url, target, s.reference != reference)
+                (
+                    url,
+                    target,
+                    s.reference != reference || s.submodules != submodules,
+                )
             }
             (None, None) => {
                 return Err(ServiceError::Invalid(format!(
@@ -209,16 +241,21 @@ impl Service {
                 )))
             }
         };
-        self.record_run(app, url, target, reference, trigger, remember)
-            .await
+        let mut prep = self
+            .record_run(app, url, target, reference, submodules, trigger, remember)
+            .await?;
+        prep.submodules_changed = submodules_changed;
+        Ok(prep)
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn record_run(
         &self,
         app: &AppName,
         url: SourceUrl,
         target: Target,
         reference: String,
+        submodules: bool,
         trigger: &str,
         remember: bool,
     ) -> Result<PreparedSync, ServiceError> {
@@ -237,6 +274,8 @@ impl Service {
             url,
             target,
             reference,
+            submodules,
+            submodules_changed: false,
             remember,
             run,
         })
@@ -349,6 +388,10 @@ impl Service {
                 prep.url.masked()
             ));
         }
+        if prep.submodules {
+            self.fetch_submodules(&syncer, prep, &repo, &dest, out)
+                .await?;
+        }
 
         // analysing
         self.set_state(id, SyncState::Analysing, out).await;
@@ -389,12 +432,19 @@ impl Service {
             && live.as_ref().and_then(|r| r.sha.as_deref()) == Some(sha.as_str())
         {
             // Nothing moved: a push would be a no-op, and the app already
-            // serves this commit.
+            // serves this commit. (A push of the same commit runs no hook, so
+            // a changed --submodules is built with the next commit.)
             let v = live.map(|r| r.version);
             out.say(format!(
                 "-----> {branch} is already at {}; nothing to deploy",
                 &sha[..7.min(sha.len())]
             ));
+            if prep.submodules_changed {
+                out.say(format!(
+                    "       --{}submodules is kept: it applies from the next commit {short} gets",
+                    if prep.submodules { "" } else { "no-" }
+                ));
+            }
             v
         } else {
             // building → deploying → healthy, read from the pipeline's lines.
@@ -482,16 +532,17 @@ impl Service {
             _ => return Err("the release did not become live".into()),
         };
         if prep.remember {
-            let (a5, m, secret, r, seen) = (
+            let (a5, m, secret, r, seen, subs) = (
                 app.clone(),
                 prep.url.masked(),
                 prep.url.secret().map(str::to_owned),
                 prep.reference.clone(),
                 a.remote_target.clone(),
+                prep.submodules,
             );
             self.db
                 .call(move |c| {
-                    state::sync::set_source(c, &a5, &m, secret.as_deref(), &r, Some(&seen))
+                    state::sync::set_source(c, &a5, &m, secret.as_deref(), &r, Some(&seen), subs)
                 })
                 .await
                 .map_err(|e| e.to_string())?;
@@ -513,6 +564,50 @@ impl Service {
             self.platform.app_url(app)
         ));
         Ok(Some(version))
+    }
+
+    /// `--submodules`: fetch the commits the fetched commit's submodules
+    /// record (https only, the same address rule, bounded; see
+    /// `sync::submodules`). A failure names the submodule and leaves no
+    /// submodule refs behind.
+    async fn fetch_submodules(
+        &self,
+        syncer: &Syncer,
+        prep: &PreparedSync,
+        repo: &Path,
+        dest: &str,
+        out: &mut Out,
+    ) -> Result<(), String> {
+        let (r, d) = (repo.to_owned(), dest.to_owned());
+        let sha = tokio::task::spawn_blocking(move || {
+            let repo = git2::Repository::open_bare(&r).ok()?;
+            let commit = repo.find_reference(&d).ok()?.peel_to_commit().ok()?;
+            Some(commit.id().to_string())
+        })
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(|| "the fetch brought no commit".to_owned())?;
+        let mut lines = Vec::new();
+        let result = submodules::fetch_all(
+            &syncer.fetcher,
+            &syncer.policy,
+            repo,
+            &prep.url,
+            &sha,
+            |l| lines.push(l),
+        )
+        .await;
+        for l in lines {
+            if l.starts_with("-----> ") {
+                out.say(l);
+            } else {
+                out.say(format!("       {l}"));
+            }
+        }
+        let ready = result?;
+        out.say(format!("       submodules: {ready} ready"));
+        Ok(())
     }
 
     /// Put the sync's own lines (fetch, analyse, states) at the top of the
@@ -705,7 +800,10 @@ impl Service {
             .call(move |c| state::sync::checked(c, &a, Some(&s)))
             .await;
         let actor = scheduler_actor();
-        match self.prepare_unchecked(app, None, None, "schedule").await {
+        match self
+            .prepare_unchecked(app, None, None, None, "schedule")
+            .await
+        {
             Ok(prep) => {
                 if let Err(e) = self.run_sync(&actor, prep, None).await {
                     tracing::warn!(%app, error = %e, "scheduled sync failed");

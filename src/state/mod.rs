@@ -271,6 +271,8 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (parent_id, name)
     );
     CREATE INDEX previews_parent ON previews(parent_id);",
+    // 14: syncs that fetch submodules (see state/sync.rs).
+    sync::MIGRATION_SUBMODULES,
 ];
 
 /// A handle to the database, cheap to clone.

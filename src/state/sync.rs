@@ -8,7 +8,10 @@
 //!   went through (`queued,fetching,analysing,...`), the commit, the
 //!   release it made and why it failed.
 //!
-//! Rows go with their app (ON DELETE CASCADE).
+//! Rows go with their app (ON DELETE CASCADE). Migration 14 adds
+//! `app_sources.submodules` (`--submodules`: fetch the commit's https
+//! submodules too), a source setting that scheduled syncs read with the
+//! rest of the row.
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -30,6 +33,8 @@ pub struct Source {
     pub last_checked_at: Option<i64>,
     /// The remote commit the last sync or check saw.
     pub last_seen_sha: Option<String>,
+    /// Fetch the commit's submodules too (`--submodules`).
+    pub submodules: bool,
 }
 
 /// One sync.
@@ -79,6 +84,10 @@ pub const MIGRATION: &str = "CREATE TABLE app_sources (
     );
     CREATE INDEX syncs_app ON syncs(app_id, id);";
 
+/// Migration 14: whether syncs fetch submodules (`--submodules`).
+pub const MIGRATION_SUBMODULES: &str =
+    "ALTER TABLE app_sources ADD COLUMN submodules INTEGER NOT NULL DEFAULT 0;";
+
 fn row_to_source(r: &rusqlite::Row<'_>) -> rusqlite::Result<Source> {
     Ok(Source {
         url: r.get(0)?,
@@ -87,10 +96,12 @@ fn row_to_source(r: &rusqlite::Row<'_>) -> rusqlite::Result<Source> {
         every_secs: r.get(3)?,
         last_checked_at: r.get(4)?,
         last_seen_sha: r.get(5)?,
+        submodules: r.get(6)?,
     })
 }
 
-const SOURCE_COLS: &str = "url, credentials, ref, every_secs, last_checked_at, last_seen_sha";
+const SOURCE_COLS: &str =
+    "url, credentials, ref, every_secs, last_checked_at, last_seen_sha, submodules";
 
 pub fn source(conn: &Connection, app: &AppName) -> Result<Option<Source>, StateError> {
     let id = app_id(conn, app)?;
@@ -112,15 +123,16 @@ pub fn set_source(
     credentials: Option<&str>,
     reference: &str,
     seen: Option<&str>,
+    submodules: bool,
 ) -> Result<(), StateError> {
     let tx = write_tx(conn)?;
     let id = app_id(&tx, app)?;
     tx.execute(
-        "INSERT INTO app_sources (app_id, url, credentials, ref, last_seen_sha, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO app_sources (app_id, url, credentials, ref, last_seen_sha, updated_at, submodules)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (app_id) DO UPDATE SET url = ?2, credentials = ?3, ref = ?4,
-             last_seen_sha = COALESCE(?5, last_seen_sha), updated_at = ?6",
-        params![id, url, credentials, reference, seen, now()],
+             last_seen_sha = COALESCE(?5, last_seen_sha), updated_at = ?6, submodules = ?7",
+        params![id, url, credentials, reference, seen, now(), submodules],
     )?;
     tx.commit()?;
     Ok(())
@@ -179,6 +191,7 @@ pub fn scheduled(conn: &Connection) -> Result<Vec<(AppName, Source)>, StateError
             every_secs: r.get(4)?,
             last_checked_at: r.get(5)?,
             last_seen_sha: r.get(6)?,
+            submodules: r.get(7)?,
         };
         Ok((name, source))
     })?;
@@ -358,13 +371,15 @@ mod tests {
                 Some("u:p"),
                 "refs/heads/main",
                 None,
+                true,
             )?;
             set_every(c, &app, Some(600))?;
             let s = source(c, &app)?.unwrap();
             assert_eq!(
-                (s.every_secs, s.credentials.as_deref()),
-                (Some(600), Some("u:p"))
+                (s.every_secs, s.credentials.as_deref(), s.submodules),
+                (Some(600), Some("u:p"), true)
             );
+            assert!(scheduled(c)?[0].1.submodules, "the schedule keeps it");
             assert_eq!(scheduled(c)?.len(), 1);
             let r = create_run(c, &app, &s.url, &s.reference, "manual")?;
             for st in ["fetching", "fetching", "analysing", "building"] {

@@ -11,12 +11,14 @@
 //! ```
 //!
 //! A sync fetches into the app's own repository under `refs/cygni/sync/N`
-//! and then pushes that commit to the deploy branch from the daemon
+//! (with `--submodules`, the commits its https submodules record under
+//! `refs/cygni/submodules/SHA`, see [`submodules`]) and then pushes that commit to the deploy branch from the daemon
 //! itself ([`crate::local_push`]), so it runs the pipeline, the hook and
 //! the output of a push. A failed sync leaves the branch, the live release
 //! and the database as they were (the sync's own record aside).
 
 pub mod fetch;
+pub mod submodules;
 pub mod url;
 
 use std::time::Duration;

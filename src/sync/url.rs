@@ -164,6 +164,24 @@ impl SourceUrl {
         self.scheme
     }
 
+    /// The URL without its userinfo (for resolving relative submodule
+    /// URLs against it).
+    pub fn bare(&self) -> &url::Url {
+        &self.bare
+    }
+
+    /// The same URL carrying `other`'s credentials: a submodule on the
+    /// superproject's own scheme, host and port is reached as it is.
+    pub fn with_secret_of(mut self, other: &SourceUrl) -> SourceUrl {
+        let same_origin = self.scheme == other.scheme
+            && self.host() == other.host()
+            && self.port() == other.port();
+        if same_origin && self.secret.is_none() {
+            self.secret = other.secret.clone();
+        }
+        self
+    }
+
     /// The host, unbracketed for IPv6.
     pub fn host(&self) -> Option<String> {
         match self.bare.host()? {

@@ -5,7 +5,12 @@
 //! ```ignore
 //! let server = GitServer::start(&root);        // serves root/NAME.git
 //! let url = server.url("app.git");             // http://127.0.0.1:PORT/app.git
+//! server.publish(&work_repo, "lib");           // (re)publish root/lib.git
 //! ```
+//!
+//! It serves every bare repository under its root, so a superproject and
+//! its submodules come from the same server; [`GitServer::paths`] records
+//! which repository each request was for.
 //!
 //! Paths under `/hang/` never answer (the connection stays open 20s).
 //! Paths under `/private/` answer 401 unless the request carries
@@ -16,7 +21,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The Basic credentials `/private/` repositories want (`deploy:s3cr3tpw`).
 pub const PRIVATE_AUTH: &str = "Basic ZGVwbG95OnMzY3IzdHB3";
@@ -27,6 +32,8 @@ pub struct GitServer {
     stop: Arc<AtomicBool>,
     /// Requests answered so far (a scheduled check shows up here).
     pub requests: Arc<AtomicUsize>,
+    /// The path of every request, in order.
+    pub paths: Arc<Mutex<Vec<String>>>,
 }
 
 impl GitServer {
@@ -36,17 +43,23 @@ impl GitServer {
         let port = listener.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
         let requests = Arc::new(AtomicUsize::new(0));
-        let (s, r, dir) = (stop.clone(), requests.clone(), root.to_owned());
+        let paths = Arc::new(Mutex::new(Vec::new()));
+        let (s, r, dir, log) = (
+            stop.clone(),
+            requests.clone(),
+            root.to_owned(),
+            paths.clone(),
+        );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(conn) = conn else { continue };
-                let (dir, r) = (dir.clone(), r.clone());
+                let (dir, r, log) = (dir.clone(), r.clone(), log.clone());
                 std::thread::spawn(move || {
                     let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(30)));
-                    if serve(conn, &dir).is_ok() {
+                    if serve(conn, &dir, &log).is_ok() {
                         r.fetch_add(1, Ordering::SeqCst);
                     }
                 });
@@ -57,11 +70,47 @@ impl GitServer {
             root: root.to_owned(),
             stop,
             requests,
+            paths,
         }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Push `repo`'s main to `root/NAME.git`, creating it the first time.
+    pub fn publish(&self, repo: &Path, name: &str) {
+        let bare = self.root.join(format!("{name}.git"));
+        if !bare.exists() {
+            let out = Command::new("git")
+                .args(["init", "-q", "--bare", "-b", "main"])
+                .arg(&bare)
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .env("GIT_CONFIG_GLOBAL", "/dev/null")
+                .output()
+                .expect("git init --bare");
+            assert!(out.status.success(), "{out:?}");
+        }
+        let out = Command::new("git")
+            .current_dir(repo)
+            .args(["push", "-q", "-f"])
+            .arg(&bare)
+            .arg("HEAD:refs/heads/main")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .expect("git push");
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// Requests so far whose path starts with `prefix` (`/lib.git`).
+    pub fn requests_for(&self, prefix: &str) -> usize {
+        self.paths
+            .lock()
+            .expect("paths lock")
+            .iter()
+            .filter(|p| p.starts_with(prefix))
+            .count()
     }
 }
 
@@ -74,7 +123,7 @@ impl Drop for GitServer {
 }
 
 /// One request, one CGI run, then the connection closes.
-fn serve(conn: TcpStream, root: &Path) -> std::io::Result<()> {
+fn serve(conn: TcpStream, root: &Path, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
@@ -128,6 +177,9 @@ fn serve(conn: TcpStream, root: &Path) -> std::io::Result<()> {
         }
     }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    if let Ok(mut paths) = log.lock() {
+        paths.push(path.to_owned());
+    }
     if path.starts_with("/hang/") {
         std::thread::sleep(std::time::Duration::from_secs(20));
         return Ok(());

@@ -204,6 +204,9 @@ pub(super) async fn info(exec: &mut Exec, app: AppName, as_json: bool) -> Result
                     .map(|s| format!("{s}s (when the source moves)"))
                     .unwrap_or_else(|| "off".into()),
             );
+            if src.submodules {
+                row("submodules:", "fetched (https only)".into());
+            }
         }
         if let Some(run) = &last_sync {
             let mut line = format!(

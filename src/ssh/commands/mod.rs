@@ -120,6 +120,9 @@ enum Cmd {
         /// The branch of --from to deploy (default main)
         #[arg(long, value_name = "BRANCH", requires = "from")]
         branch: Option<String>,
+        /// Fetch the commit's submodules too (https only)
+        #[arg(long, requires = "from")]
+        submodules: bool,
     },
     /// Fetch the app's source URL (or URL) and deploy it, as a push would
     #[command(
@@ -136,6 +139,12 @@ enum Cmd {
         /// Check on a schedule: 10m, 1h, 1d, or off
         #[arg(long, value_name = "INTERVAL")]
         every: Option<String>,
+        /// Fetch the commit's submodules too (https only); kept for later syncs
+        #[arg(long, conflicts_with = "no_submodules")]
+        submodules: bool,
+        /// Stop fetching submodules
+        #[arg(long)]
+        no_submodules: bool,
     },
     /// Destroy an app and everything it owns
     #[command(name = "apps:destroy")]
@@ -616,21 +625,29 @@ async fn dispatch(exec: &mut Exec, cmd: Cmd) -> Result<(), CommandError> {
         }
         Cmd::Apps { json: as_json } => apps::list(exec, as_json).await?,
         Cmd::AppsCreate {
-            app,
-            from: None,
-            branch: _,
+            app, from: None, ..
         } => apps::create(exec, app).await?,
         Cmd::AppsCreate {
             app,
             from: Some(url),
             branch,
-        } => sync::create_from(exec, app, url, branch).await?,
+            submodules,
+        } => sync::create_from(exec, app, url, branch, submodules).await?,
         Cmd::GitSync {
             app,
             url,
             reference,
             every,
-        } => sync::sync(exec, app, url, reference, every).await?,
+            submodules,
+            no_submodules,
+        } => {
+            let submodules = match (submodules, no_submodules) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            sync::sync(exec, app, url, reference, every, submodules).await?
+        }
         Cmd::AppsDestroy { app, confirm } => apps::destroy(exec, app, confirm).await?,
         Cmd::AppsInfo { app, json: as_json } => apps::info(exec, app, as_json).await?,
         Cmd::Releases {

@@ -1,5 +1,5 @@
-//! `apps:create APP --from URL [--branch B]` and `git:sync APP [URL]
-//! [--ref REF] [--every 10m|off]`: deploys from a repository URL, with the
+//! `apps:create APP --from URL [--branch B] [--submodules]` and
+//! `git:sync APP [URL] [--ref REF] [--every 10m|off] [--submodules|--no-submodules]`: deploys from a repository URL, with the
 //! progress of a push on stderr and the outcome on stdout.
 
 use super::CommandError;
@@ -44,11 +44,12 @@ pub(super) async fn create_from(
     app: AppName,
     url: String,
     branch: Option<String>,
+    submodules: bool,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
     let prep = ctx
         .service
-        .create_app_from(&exec.identity, &app, &url, branch.as_deref())
+        .create_app_from(&exec.identity, &app, &url, branch.as_deref(), submodules)
         .await?;
     exec.stdout(format!("created {app}\n")).await;
     run_streaming(exec, prep).await
@@ -60,13 +61,21 @@ pub(super) async fn sync(
     url: Option<String>,
     reference: Option<String>,
     every: Option<String>,
+    submodules: Option<bool>,
 ) -> Result<(), CommandError> {
     let ctx = exec.ctx.clone();
-    let schedule_only = every.is_some() && url.is_none() && reference.is_none();
+    let schedule_only =
+        every.is_some() && url.is_none() && reference.is_none() && submodules.is_none();
     if !schedule_only {
         let prep = ctx
             .service
-            .prepare_sync(&exec.identity, &app, url.as_deref(), reference.as_deref())
+            .prepare_sync(
+                &exec.identity,
+                &app,
+                url.as_deref(),
+                reference.as_deref(),
+                submodules,
+            )
             .await?;
         run_streaming(exec, prep).await?;
     }
