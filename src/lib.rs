@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod registry;
 pub mod runtime;
 pub mod service;
+pub mod span;
 pub mod ssh;
 pub mod state;
 pub mod sync;

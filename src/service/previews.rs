@@ -55,27 +55,13 @@ pub struct PreviewsView {
 
 /// `90s`, `30m`, `12h`, `7d`, `2w` → seconds (1 s to a year).
 pub fn parse_idle(s: &str) -> Result<u64, ServiceError> {
-    let bad = || {
-        ServiceError::Invalid(format!(
-            "{s:?} is not an idle limit: use e.g. 30m, 12h, 7d or 2w (at most 366d)"
-        ))
-    };
-    let unit_at = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-    let (num, unit) = s.split_at(unit_at);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(bad()),
-    };
-    let secs = n.checked_mul(unit).ok_or_else(bad)?;
-    if secs == 0 || secs > MAX_IDLE_SECS {
-        return Err(bad());
-    }
-    Ok(secs)
+    crate::span::parse_secs(s)
+        .filter(|&n| n > 0 && n <= MAX_IDLE_SECS)
+        .ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "{s:?} is not an idle limit: use e.g. 30m, 12h, 7d or 2w (at most 366d)"
+            ))
+        })
 }
 
 /// `PREFIX*`: one `*`, at the end, after a prefix of branch-name

@@ -63,26 +63,14 @@ fn split(text: &str) -> Option<(&str, &str)> {
 
 /// `30d`, `12h`, `90m`, `2w` → seconds.
 pub fn parse_expiry(s: &str) -> Result<i64, ServiceError> {
-    let bad = || {
-        ServiceError::Invalid(format!(
-            "{s:?} is not a duration: use e.g. 90m, 12h, 30d or 2w (at most 3650d)"
-        ))
-    };
-    let split = s.len().checked_sub(1).ok_or_else(bad)?;
-    let (num, unit) = s.split_at(split);
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    let unit = match unit {
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(bad()),
-    };
-    let secs = n.checked_mul(unit).ok_or_else(bad)?;
-    if secs <= 0 || secs > MAX_EXPIRY_SECS {
-        return Err(bad());
-    }
-    Ok(secs)
+    crate::span::parse_secs(s)
+        .and_then(|n| i64::try_from(n).ok())
+        .filter(|&n| n > 0 && n <= MAX_EXPIRY_SECS)
+        .ok_or_else(|| {
+            ServiceError::Invalid(format!(
+                "{s:?} is not a duration: use e.g. 90m, 12h, 30d or 2w (at most 3650d)"
+            ))
+        })
 }
 
 impl Service {

@@ -118,17 +118,8 @@ pub fn parse_every(s: &str, min: Duration) -> Result<Option<Duration>, String> {
     if s == "off" {
         return Ok(None);
     }
-    let bad = || format!("{s:?} is not an interval: use e.g. 10m, 1h, 1d, or off");
-    let split = s.len().checked_sub(1).ok_or_else(bad)?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.saturating_mul(60),
-        "h" => n.saturating_mul(3600),
-        "d" => n.saturating_mul(86_400),
-        _ => return Err(bad()),
-    };
+    let secs = crate::span::parse_secs(s)
+        .ok_or_else(|| format!("{s:?} is not an interval: use e.g. 10m, 1h, 1d, or off"))?;
     let every = Duration::from_secs(secs);
     if every < min {
         return Err(format!(
