@@ -28,16 +28,8 @@ fn api(
             .arg(b.to_string());
     }
     c.arg(format!("http://127.0.0.1:{}/api/v1{path}", d.api_port));
-    let out = c.output().expect("run curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .lines()
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, body.to_owned(), head.to_owned())
+    let (status, head, body) = curl_response(c);
+    (status, body, head)
 }
 
 fn api_json(

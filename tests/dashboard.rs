@@ -56,20 +56,8 @@ impl Web {
             c.args(["--data-binary", d]);
         }
         c.arg(url);
-        let out = c.output().expect("run curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .lines()
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        Reply {
-            status,
-            head: head.to_owned(),
-            body: body.to_owned(),
-        }
+        let (status, head, body) = curl_response(c);
+        Reply { status, head, body }
     }
 
     fn get(&self, url: &str) -> Reply {

@@ -664,6 +664,21 @@ pub fn push_in_background(d: &TestDaemon, repo: &Path, app: &str) -> std::proces
     cmd.spawn().expect("git push")
 }
 
+/// Run a `curl -s -D - …` command and split what it printed into
+/// (status, head, body); status 0 when no response came.
+pub fn curl_response(mut c: Command) -> (u16, String, String) {
+    let out = c.output().expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_owned(), body.to_owned())
+}
+
 /// The app's default host.
 pub fn host(app: &str) -> String {
     format!("{app}.localhost")
