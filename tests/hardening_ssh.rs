@@ -760,3 +760,43 @@ fn secret_echo_regression_config_set_argument_is_not_shown() {
     assert!(!d.log().contains("hunter2"), "the server log echoes it");
     assert_eq!(world(&d, &repo, "quiet"), before, "nothing stored");
 }
+
+/// One pending connection from each of 256 addresses filled every
+/// unauthenticated slot, and since no address held more than one, none
+/// was given up: everyone was locked out for the whole 30 s login window,
+/// as with OpenSSH's MaxStartups. Now a newcomer takes the oldest pending
+/// slot once that has waited 2 s, which a real login never needs.
+#[test]
+fn login_lockout_regression_one_connection_from_each_of_256_addresses() {
+    let _one_at_a_time = heavy();
+    let d = TestDaemon::start();
+    let rt = runtime();
+    let port = d.ssh_port;
+    let started = Instant::now();
+    let held = rt.block_on(async {
+        let mut held = Vec::new();
+        'addresses: for third in 1..=2u8 {
+            for last in 1..=200u8 {
+                if held.len() >= 256 {
+                    break 'addresses;
+                }
+                let src = std::net::Ipv4Addr::new(127, 0, third, last);
+                if let Some(s) = hold_one(src, port).await {
+                    held.push(s);
+                }
+            }
+        }
+        held
+    });
+    assert_eq!(held.len(), 256, "one connection from each of 256 addresses");
+    // Past the age a pending slot may be taken at, well inside the window.
+    std::thread::sleep(Duration::from_millis(2500));
+    let out = d.ssh(&d.admin, "version");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the flood outlived its login window; the test proves nothing"
+    );
+    assert_eq!(out.code, 0, "a real login gets through: {out:#?}");
+    assert!(out.stdout.starts_with("cygni "), "{out:#?}");
+    drop(held);
+}

@@ -41,9 +41,14 @@ const MAX_UNAUTH_PER_IP: usize = 16;
 /// `MAX_UNAUTH_TOTAL`. An address's first pending connection is never
 /// dropped early, and when every slot is taken it takes the oldest slot of
 /// the address that holds the most (if that address holds at least two
-/// more): a flood from many addresses slows everyone a little but locks
-/// no newcomer out.
+/// more), else the oldest slot of all once that has waited
+/// [`EVICT_MIN_AGE`]: a flood from many addresses, even one connection
+/// from each of 256, slows everyone a little but locks no newcomer out.
 const MAX_UNAUTH_TOTAL: usize = 256;
+/// A pending connection younger than this is never taken for a newcomer:
+/// a real client logs in well within it (OpenSSH over a real network: well
+/// under a second), so a flood cannot evict the handshakes it races.
+const EVICT_MIN_AGE: Duration = Duration::from_secs(2);
 const EARLY_DROP_START: usize = 64;
 const EARLY_DROP_RATE: f64 = 0.3;
 /// Bytes of stdin buffered for a command before the client is slowed down.
@@ -65,7 +70,8 @@ struct Limiter {
 /// The unauthenticated connections, by address, oldest first.
 #[derive(Default)]
 struct Pending {
-    by_ip: HashMap<IpAddr, Vec<(u64, CancellationToken)>>,
+    /// (id, since, evicted): ids rise, so each list is oldest first.
+    by_ip: HashMap<IpAddr, Vec<(u64, std::time::Instant, CancellationToken)>>,
     total: usize,
     next_id: u64,
 }
@@ -93,7 +99,12 @@ impl Limiter {
     }
 
     /// `roll` is a uniform random number in [0, 1), the early-drop dice.
-    fn acquire(self: &Arc<Self>, ip: IpAddr, roll: f64) -> Result<Slot, Refusal> {
+    fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        roll: f64,
+        now: std::time::Instant,
+    ) -> Result<Slot, Refusal> {
         let mut g = self.lock();
         let mine = g.by_ip.get(&ip).map_or(0, Vec::len);
         if mine >= MAX_UNAUTH_PER_IP {
@@ -110,24 +121,35 @@ impl Limiter {
                 .iter()
                 .max_by_key(|(_, v)| v.len())
                 .map(|(ip, v)| (*ip, v.len()));
-            match heaviest {
-                Some((victim, n)) if n > mine + 1 => {
-                    let list = g.by_ip.get_mut(&victim).expect("just found");
-                    let (_, token) = list.remove(0);
-                    if list.is_empty() {
-                        g.by_ip.remove(&victim);
-                    }
-                    g.total -= 1;
-                    token.cancel();
-                    tracing::info!(%ip, %victim, "pre-auth slots full; took the oldest slot of the heaviest address");
-                }
-                _ => return Err(Refusal::Full),
+            let victim = match heaviest {
+                Some((victim, n)) if n > mine + 1 => victim,
+                // No heavy address (one connection from each of many):
+                // the oldest slot of all, if it has had its chance.
+                _ => g
+                    .by_ip
+                    .iter()
+                    .filter_map(|(ip, v)| v.first().map(|(id, since, _)| (*id, *since, *ip)))
+                    .min_by_key(|(id, _, _)| *id)
+                    .filter(|(_, since, _)| now.saturating_duration_since(*since) >= EVICT_MIN_AGE)
+                    .map(|(_, _, ip)| ip)
+                    .ok_or(Refusal::Full)?,
+            };
+            let list = g.by_ip.get_mut(&victim).ok_or(Refusal::Full)?;
+            let (_, _, token) = list.remove(0);
+            if list.is_empty() {
+                g.by_ip.remove(&victim);
             }
+            g.total -= 1;
+            token.cancel();
+            tracing::info!(%ip, %victim, "pre-auth slots full; took the oldest slot of the heaviest address, or of all");
         }
         let id = g.next_id;
         g.next_id += 1;
         let evicted = CancellationToken::new();
-        g.by_ip.entry(ip).or_default().push((id, evicted.clone()));
+        g.by_ip
+            .entry(ip)
+            .or_default()
+            .push((id, now, evicted.clone()));
         g.total += 1;
         Ok(Slot {
             limiter: self.clone(),
@@ -159,7 +181,7 @@ impl Drop for Slot {
             return;
         };
         // An evicted slot was already taken out.
-        let Some(pos) = list.iter().position(|(id, _)| *id == self.id) else {
+        let Some(pos) = list.iter().position(|(id, _, _)| *id == self.id) else {
             return;
         };
         list.remove(pos);
@@ -223,7 +245,7 @@ pub async fn serve(
             },
         };
         let roll = rand::Rng::gen::<f64>(&mut rand::thread_rng());
-        let slot = match limiter.acquire(peer.ip(), roll) {
+        let slot = match limiter.acquire(peer.ip(), roll, std::time::Instant::now()) {
             Ok(slot) => slot,
             Err(why) => {
                 tracing::warn!(%peer, ?why, "too many unauthenticated ssh connections; dropped");
@@ -769,15 +791,18 @@ mod tests {
         let l = Arc::new(Limiter::default());
         // Under the early-drop start, no dice: the worst roll gets in.
         let slots: Vec<_> = (0..MAX_UNAUTH_PER_IP)
-            .map(|_| l.acquire(ip(1), 0.0).expect("under the cap"))
+            .map(|_| l.acquire(ip(1), 0.0, t0()).expect("under the cap"))
             .collect();
-        assert_eq!(l.acquire(ip(1), 0.99).err(), Some(Refusal::PerAddress));
+        assert_eq!(
+            l.acquire(ip(1), 0.99, t0()).err(),
+            Some(Refusal::PerAddress)
+        );
         assert!(
-            l.acquire(ip(2), 0.0).is_ok(),
+            l.acquire(ip(2), 0.0, t0()).is_ok(),
             "other addresses still get in"
         );
         drop(slots);
-        assert!(l.acquire(ip(1), 0.0).is_ok(), "slots free on drop");
+        assert!(l.acquire(ip(1), 0.0, t0()).is_ok(), "slots free on drop");
         assert_eq!(l.lock().total, 0, "every slot dropped");
     }
 
@@ -790,14 +815,14 @@ mod tests {
         let mut held = Vec::new();
         for last in 1..=(EARLY_DROP_START / 4) as u8 {
             for _ in 0..4 {
-                held.push(l.acquire(ip(last), 0.0).expect("under the start"));
+                held.push(l.acquire(ip(last), 0.0, t0()).expect("under the start"));
             }
         }
         // Past the start, an address's second connection rolls the dice...
-        assert_eq!(l.acquire(ip(1), 0.0).err(), Some(Refusal::EarlyDrop));
-        assert!(l.acquire(ip(1), 0.99).is_ok());
+        assert_eq!(l.acquire(ip(1), 0.0, t0()).err(), Some(Refusal::EarlyDrop));
+        assert!(l.acquire(ip(1), 0.99, t0()).is_ok());
         // ...but a newcomer's first never does.
-        assert!(l.acquire(ip(200), 0.0).is_ok());
+        assert!(l.acquire(ip(200), 0.0, t0()).is_ok());
     }
 
     #[test]
@@ -806,12 +831,12 @@ mod tests {
         let mut held = Vec::new();
         for last in 2..18u8 {
             for _ in 0..MAX_UNAUTH_PER_IP {
-                held.push(l.acquire(ip(last), 0.999_999).expect("lucky rolls"));
+                held.push(l.acquire(ip(last), 0.999_999, t0()).expect("lucky rolls"));
             }
         }
         assert_eq!(l.lock().total, MAX_UNAUTH_TOTAL);
         // The flood cannot grow, even from a fresh address of its own...
-        let newcomer = l.acquire(ip(1), 0.0).expect("a newcomer gets in");
+        let newcomer = l.acquire(ip(1), 0.0, t0()).expect("a newcomer gets in");
         assert_eq!(l.lock().total, MAX_UNAUTH_TOTAL);
         let evicted: Vec<usize> = (0..held.len())
             .filter(|&i| held[i].evicted.is_cancelled())
@@ -821,8 +846,14 @@ mod tests {
         let victim = held[evicted[0]].ip;
         let other = if victim == ip(2) { ip(3) } else { ip(2) };
         // ...nor take the newcomer's slot back.
-        assert_eq!(l.acquire(other, 0.999_999).err(), Some(Refusal::PerAddress));
-        assert_eq!(l.acquire(victim, 0.999_999).err(), Some(Refusal::EarlyDrop));
+        assert_eq!(
+            l.acquire(other, 0.999_999, t0()).err(),
+            Some(Refusal::PerAddress)
+        );
+        assert_eq!(
+            l.acquire(victim, 0.999_999, t0()).err(),
+            Some(Refusal::EarlyDrop)
+        );
         // Dropping an evicted slot does not count it twice.
         drop(held);
         assert_eq!(l.lock().total, 1);
@@ -832,15 +863,41 @@ mod tests {
     }
 
     #[test]
-    fn a_table_full_of_single_connections_takes_no_one_s_slot() {
+    fn one_connection_from_each_of_many_addresses_locks_no_newcomer_out() {
         let l = Arc::new(Limiter::default());
         let held: Vec<_> = (0..MAX_UNAUTH_TOTAL)
             .map(|i| {
-                l.acquire(IpAddr::from([10, 0, (i / 250) as u8, (i % 250) as u8]), 0.0)
-                    .expect("first connections are never dropped early")
+                l.acquire(
+                    IpAddr::from([10, 0, (i / 250) as u8, (i % 250) as u8]),
+                    0.0,
+                    t0(),
+                )
+                .expect("first connections are never dropped early")
             })
             .collect();
-        assert_eq!(l.acquire(ip(1), 0.0).err(), Some(Refusal::Full));
+        // While every slot is young, none is taken: they may be real
+        // handshakes in progress.
+        let soon = t0() + EVICT_MIN_AGE / 2;
+        assert_eq!(l.acquire(ip(1), 0.0, soon).err(), Some(Refusal::Full));
         assert!(held.iter().all(|s| !s.evicted.is_cancelled()));
+        // Once they have had their chance, a newcomer takes the oldest.
+        let later = t0() + EVICT_MIN_AGE;
+        let newcomer = l.acquire(ip(1), 0.0, later).expect("a newcomer gets in");
+        let evicted: Vec<usize> = (0..held.len())
+            .filter(|&i| held[i].evicted.is_cancelled())
+            .collect();
+        assert_eq!(evicted, vec![0], "the oldest slot, and only it");
+        assert_eq!(l.lock().total, MAX_UNAUTH_TOTAL);
+        // The next newcomer takes the next oldest, never the newcomer's.
+        let next = l.acquire(ip(7), 0.0, later).expect("the next one too");
+        assert!(held[1].evicted.is_cancelled() && !newcomer.evicted.is_cancelled());
+        drop((held, newcomer, next));
+        assert_eq!(l.lock().total, 0);
+    }
+
+    /// One instant for every slot of a test.
+    fn t0() -> std::time::Instant {
+        static T0: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        *T0.get_or_init(std::time::Instant::now)
     }
 }
