@@ -26,6 +26,7 @@
 # Knobs: ROUNDS=3 DURATION=10 WRK_CPU=0 SERVER_CPU=1
 #        SCENARIOS="http-c50 http-c200 https-c50 https-c200 http-close"
 #        CYGNI_BIN=path (skip the build)  KEEP=1 (keep the work dir)
+#        PERF_OUT=dir (also profile one http-c50 run of each with perf)
 #
 # Installs nginx, wrk, openssl and sqlite3 with apt-get when missing (needs
 # root). Everything listens on 127.0.0.1; every wait and every wrk run is
@@ -216,6 +217,24 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 echo "load after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# PERF_OUT=DIR: one more HTTP keep-alive c=50 run per target under
+# `perf record` (cpu-clock, call graphs), reports left in DIR.
+if [ -n "${PERF_OUT:-}" ]; then
+    command -v perf >/dev/null || die "PERF_OUT needs perf (apt-get install linux-perf)"
+    mkdir -p "$PERF_OUT"
+    for t in cygni nginx; do
+        timeout $((DURATION + 30)) perf record -q -e cpu-clock -g -p "${PID[$t]}" \
+            -o "$PERF_OUT/$t.data" -- sleep "$DURATION" 2>/dev/null &
+        perf_pid=$!
+        timeout $((DURATION + 30)) taskset -c "$WRK_CPU" wrk -t1 -c50 -d"${DURATION}s" \
+            -s "$WORK/loopback.lua" "$(url "$t" http)" >"$PERF_OUT/$t.wrk.txt"
+        wait "$perf_pid" || true
+        perf report -q -i "$PERF_OUT/$t.data" --no-children --sort dso,symbol 2>/dev/null |
+            head -n 60 >"$PERF_OUT/$t.top.txt" || true
+        echo "perf profile of $t: $PERF_OUT/$t.top.txt"
+    done
+fi
 
 median() { sort -n | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 med() { # scenario target column

@@ -1339,3 +1339,271 @@ async fn https_redirect_is_per_host_regression() {
     let r = curl(proxy.addr, "a.localhost", "/", &[]).await;
     assert_eq!(r.status, 200, "{r:?}");
 }
+
+// ------------------------------------------------- the direct path, raw apps
+
+/// A test app that speaks HTTP/1.1 by hand, so a test can send framings
+/// and failures hyper's server never would. Each connection reads request
+/// heads and answers by path; `accepted` counts its connections.
+struct RawApp {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
+}
+
+impl RawApp {
+    async fn start() -> RawApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw app");
+        let addr = listener.local_addr().expect("raw app addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let (a, r) = (Arc::clone(&accepted), Arc::clone(&requests));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(raw_app_connection(stream, Arc::clone(&r)));
+            }
+        });
+        RawApp {
+            addr,
+            accepted,
+            requests,
+        }
+    }
+}
+
+async fn raw_app_connection(mut stream: TcpStream, requests: Arc<AtomicUsize>) {
+    let mut buf = Vec::new();
+    let mut on_this_connection = 0;
+    loop {
+        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end + 4);
+        requests.fetch_add(1, Ordering::SeqCst);
+        on_this_connection += 1;
+        let mut words = head.split_whitespace();
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let head_only = method == "HEAD";
+        let out: &[&[u8]] = match path {
+            "/length" => &[
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello",
+                b" world",
+            ],
+            "/chunked" => &[
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+                b"lo\r\n6;x=y\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            ],
+            "/close" => &[
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil ",
+                b"the close",
+            ],
+            "/not-modified" => &[b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n"],
+            "/early-hints" => &[
+                b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ],
+            "/garbage" => &[b"this is not HTTP\r\n\r\n"],
+            "/truncated" => &[b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this"],
+            // The keep-alive race: the second request on a connection is
+            // read, then the connection closes with no answer, as when an
+            // app's keep-alive timeout fires just as the proxy reuses it.
+            "/racy" if on_this_connection >= 2 => return,
+            "/racy" => &[b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nracy"],
+            _ => &[b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"],
+        };
+        for (i, part) in out.iter().enumerate() {
+            let part = if head_only && i == 0 {
+                // HEAD: the head only, with the GET's Content-Length.
+                let end = part
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(part.len(), |e| e + 4);
+                &part[..end]
+            } else if head_only {
+                break;
+            } else {
+                part
+            };
+            if stream.write_all(part).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if matches!(path, "/close" | "/garbage" | "/truncated") {
+            return;
+        }
+    }
+}
+
+/// One worker, so one connection pool: the tests count the app's sockets.
+fn one_worker_proxy(app: &RawApp) -> Proxy {
+    Proxy::start_with(
+        routes(&[("raw", &["raw.localhost"], &[app.addr], false)]),
+        ProxyConfig {
+            workers: 1,
+            ..test_config()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_path_relays_every_response_framing() {
+    let app = RawApp::start().await;
+    let proxy = one_worker_proxy(&app);
+    let host = "raw.localhost";
+
+    let r = curl(proxy.addr, host, "/length", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world"));
+    assert_eq!(r.header("content-length"), Some("11"));
+
+    let r = curl(proxy.addr, host, "/chunked", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "hello world"));
+    assert_eq!(r.header("content-length"), None);
+
+    let r = curl(proxy.addr, host, "/close", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "until the close"));
+
+    let r = curl(proxy.addr, host, "/length", &["-I"]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, ""));
+    assert_eq!(
+        r.header("content-length"),
+        Some("11"),
+        "HEAD keeps the length"
+    );
+
+    let r = curl(proxy.addr, host, "/not-modified", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (304, ""));
+    assert_eq!(r.header("etag"), Some("\"v1\""));
+
+    let r = curl(proxy.addr, host, "/early-hints", &[]).await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"), "{r:?}");
+
+    // Responses that ended by their framing left the socket reusable; the
+    // ones read to the close did not. So: /length, /chunked, HEAD,
+    // /not-modified and /early-hints on one connection, /close on another.
+    let accepted = app.accepted.load(Ordering::SeqCst);
+    assert_eq!(accepted, 2, "sockets opened to the app");
+    for _ in 0..5 {
+        let r = curl(proxy.addr, host, "/length", &[]).await;
+        assert_eq!(r.body, "hello world");
+    }
+    assert_eq!(app.accepted.load(Ordering::SeqCst), accepted, "kept alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_closing_a_reused_connection_regression() {
+    // Threat: the app's keep-alive timeout closes a pooled socket just as
+    // the proxy sends a request on it; the client must not see a 502.
+    let app = RawApp::start().await;
+    let proxy = one_worker_proxy(&app);
+    for round in 0..3 {
+        let r = curl(proxy.addr, "raw.localhost", "/racy", &[]).await;
+        assert_eq!((r.status, r.body.as_str()), (200, "racy"), "round {round}");
+    }
+    // Rounds 2 and 3 each met a closed socket and were sent again.
+    assert_eq!(app.requests.load(Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_sending_garbage_or_a_short_body_regression() {
+    let app = RawApp::start().await;
+    let proxy = one_worker_proxy(&app);
+    let r = curl(proxy.addr, "raw.localhost", "/garbage", &[]).await;
+    assert_eq!(r.status, 502);
+    assert!(r.body.contains("502 Bad Gateway"), "{}", r.body);
+    assert!(!r.body.contains("not HTTP"), "nothing of the app's bytes");
+
+    // A body cut short: the client's response is cut too, never padded or
+    // passed as complete.
+    let out = curl_raw(proxy.addr, "raw.localhost", "/truncated", &[]).await;
+    assert!(!out.status.success(), "curl must see a transfer error");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.ends_with("only this"), "{text:?}");
+
+    // The proxy still serves.
+    let r = curl(proxy.addr, "raw.localhost", "/length", &[]).await;
+    assert_eq!(r.body, "hello world");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_trickled_head_regression() {
+    // Threat: a head sent one byte at a time, each well inside the idle
+    // timeout, holds a connection for ever unless the whole head has a
+    // deadline. The same deadline applies after a response: a kept-alive
+    // connection that then trickles is cut too.
+    let app = Backend::start("a").await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(800),
+        idle_timeout: Duration::from_secs(30),
+        ..test_config()
+    };
+    let proxy = Proxy::start_with(
+        routes(&[("a", &["a.localhost"], &[app.addr], false)]),
+        config,
+    );
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    read_until(&mut s, &mut seen, b"backend=a").await;
+    let start = Instant::now();
+    let trickle = async {
+        for b in b"GET / HTTP/1.1\r\nHost: a.localhost\r\nX-Slow: "
+            .iter()
+            .cycle()
+        {
+            if s.write_all(&[*b]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if start.elapsed() > Duration::from_secs(10) {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(12), trickle).await;
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(3),
+        "the trickled head was cut after {took:?}, not at about 0.8 s"
+    );
+    assert_eq!(app.hits(), 1, "the trickled request never reached the app");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_response_is_not_cut_by_the_header_deadline() {
+    // A stream that outlasts the header-read deadline (SSE, long polls):
+    // the deadline only counts while the connection waits for a head.
+    let a = Backend::start("a").await;
+    let config = ProxyConfig {
+        header_read_timeout: Duration::from_millis(500),
+        ..test_config()
+    };
+    let proxy = Proxy::start_with(routes(&[("a", &["a.localhost"], &[a.addr], false)]), config);
+    let mut s = TcpStream::connect(proxy.addr).await.expect("connect");
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: a.localhost\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    read_until(&mut s, &mut seen, b"first\n").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    a.release.notify_one();
+    read_until(&mut s, &mut seen, b"second\n").await;
+    // Then the connection is ready for the next head, and the deadline
+    // applies again.
+    let took = closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(
+        took < Duration::from_secs(2),
+        "idle after its response: {took:?}"
+    );
+}

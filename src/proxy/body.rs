@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,7 +22,10 @@ use super::pool::{Pool, Sender};
 use super::routes::InFlight;
 
 pub(crate) enum ProxyBody {
+    /// Through hyper's client: requests with a body, and upgrades.
     Upstream(UpstreamBody),
+    /// Read straight off the app's socket (see [`super::upstream`]).
+    Raw(super::upstream::RawBody),
     Full(Option<Bytes>),
     /// Cygni's own responses on the control host (API, git over HTTPS).
     Control(super::ControlBody),
@@ -34,6 +38,71 @@ impl ProxyBody {
 
     pub(crate) fn empty() -> ProxyBody {
         ProxyBody::Full(None)
+    }
+}
+
+/// What a client connection's service answers with: the body, and the
+/// guard that restarts the connection's header-read clock once hyper is
+/// done with it (written out, or the connection gone).
+pub(crate) struct ResponseBody {
+    inner: ProxyBody,
+    _responding: Responding,
+}
+
+impl ResponseBody {
+    pub(crate) fn new(inner: ProxyBody, responding: Responding) -> ResponseBody {
+        ResponseBody {
+            inner,
+            _responding: responding,
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One request being answered on a connection, from its complete head to
+/// its response body's drop. When the last one ends, the connection is
+/// ready for the next head and its header-read clock starts.
+pub(crate) struct Responding {
+    state: Arc<ConnState>,
+    clock: Arc<AtomicU64>,
+}
+
+impl Responding {
+    pub(crate) fn start(state: &Arc<ConnState>, clock: &Arc<AtomicU64>) -> Responding {
+        state.head_since.store(0, Ordering::Relaxed);
+        state.responding.fetch_add(1, Ordering::Relaxed);
+        Responding {
+            state: Arc::clone(state),
+            clock: Arc::clone(clock),
+        }
+    }
+}
+
+impl Drop for Responding {
+    fn drop(&mut self) {
+        if self.state.responding.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let now = self.clock.load(Ordering::Relaxed);
+            self.state.head_since.store(now + 1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -86,30 +155,36 @@ impl Drop for UpstreamBody {
     }
 }
 
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream(up) => {
                 let polled = Pin::new(&mut up.body).poll_frame(cx);
                 if let Poll::Ready(None) = polled {
                     up.done = true;
                 }
-                polled
+                polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
             }
+            ProxyBody::Raw(raw) => Pin::new(raw).poll_frame(cx),
             ProxyBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Control(body) => Pin::new(body).poll_frame(cx),
+            ProxyBody::Control(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(Into::into))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Upstream(up) => up.done || up.body.is_end_stream(),
+            ProxyBody::Raw(raw) => raw.is_end_stream(),
             ProxyBody::Full(bytes) => bytes.is_none(),
             ProxyBody::Control(body) => body.is_end_stream(),
         }
@@ -118,6 +193,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Upstream(up) => up.body.size_hint(),
+            ProxyBody::Raw(raw) => raw.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
             ProxyBody::Control(body) => body.size_hint(),

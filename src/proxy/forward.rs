@@ -38,11 +38,12 @@ use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use super::body::{BodyTooSlow, ProxyBody, RequestBody, UpstreamBody};
+use super::body::{BodyTooSlow, ProxyBody, RequestBody, Responding, ResponseBody, UpstreamBody};
 use super::challenges::ACME_CHALLENGE_PREFIX;
 use super::pool::Sender;
 use super::routes::{normalize_host, InFlight, Route, MAX_HOST_LEN};
 use super::server::Worker;
+use super::upstream;
 use super::ProxyError;
 use crate::metrics::{Protocol, UpstreamError};
 
@@ -93,11 +94,19 @@ pub(crate) struct ConnCtx {
 /// clock milliseconds), how many requests wait on an app, and how many of
 /// those are still uploading their body. A request waiting for its app
 /// with its body sent is under the route's response deadline instead.
+///
+/// For HTTP/1 it also carries the header-read clock (hyper's own timer
+/// costs an allocation and a timer registration per request): when the
+/// connection became ready for its next request head (coarse clock
+/// milliseconds + 1; 0 while a request is being answered), and how many
+/// responses are still on their way out.
 #[derive(Debug, Default)]
 pub(crate) struct ConnState {
     pub(crate) activity: AtomicU64,
     pub(crate) waiting: AtomicUsize,
     pub(crate) uploading: AtomicUsize,
+    pub(crate) head_since: AtomicU64,
+    pub(crate) responding: AtomicUsize,
 }
 
 impl ConnState {
@@ -227,7 +236,10 @@ struct Access {
 pub(crate) async fn handle(
     cx: Arc<ConnCtx>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ResponseBody>, Infallible> {
+    // The head is in: the header-read clock stops until the response is
+    // out (the guard restarts it when its body is dropped).
+    let responding = Responding::start(&cx.state, &cx.worker.clock);
     // A clock read only when metrics are on; the rest of the recording is
     // atomic adds on handles the route (or the worker) already holds.
     let start = cx.worker.metrics.is_some().then(std::time::Instant::now);
@@ -247,7 +259,7 @@ pub(crate) async fn handle(
     if let (Some(access), Some(route)) = (seen.access, &seen.route) {
         log_access(&cx, route, &access, resp.status(), err.as_ref());
     }
-    Ok(resp)
+    Ok(resp.map(|body| ResponseBody::new(body, responding)))
 }
 
 /// One router line in the app's log, in Heroku's `key=value` style.
@@ -615,6 +627,9 @@ async fn forward(
     start: usize,
     upgrade: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if upstream::eligible(&req, upgrade) {
+        return forward_direct(cx, req, route, start).await;
+    }
     let pool = &cx.worker.pool;
     // Taken before the request moves upstream: it resolves to the client's
     // socket once our 101 response has been written.
@@ -676,6 +691,80 @@ async fn forward(
                     return Err(ProxyError::Upstream { addr, source });
                 }
             },
+            Err(_) => {
+                if let Some(m) = route.metrics() {
+                    m.upstream_error(UpstreamError::ResponseTimeout);
+                }
+                return Err(ProxyError::ResponseTimeout {
+                    addr,
+                    after: route.response_timeout,
+                });
+            }
+        }
+    }
+}
+
+/// [`forward`] for a bodiless GET, HEAD or OPTIONS: the exchange with the
+/// app happens on this task (see [`upstream`]). Same endpoint fail-over,
+/// resend and deadline rules as the hyper path.
+async fn forward_direct(
+    cx: &ConnCtx,
+    req: Request<Incoming>,
+    route: &Route,
+    start: usize,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let pool = &cx.worker.pool;
+    let request = upstream::encode_request(&req);
+    let method = req.method().clone();
+    drop(req);
+    let n = route.endpoints.len();
+    let (mut tried, mut index, mut attempts, mut fresh) = (1, start, 0, false);
+    loop {
+        let addr = route.endpoints[index];
+        // Counted from before the first await, so a drain that starts now
+        // sees this request.
+        let in_flight = InFlight::start(route.counter(index));
+        attempts += 1;
+        let (mut conn, reused) = match pool.get_raw(addr, fresh).await {
+            Ok(got) => got,
+            Err(err) if tried < n => {
+                count_upstream(route, &err);
+                tracing::debug!(error = %err, "endpoint unreachable, trying the next one");
+                tried += 1;
+                index = (index + 1) % n;
+                continue;
+            }
+            Err(err) => {
+                count_upstream(route, &err);
+                return Err(err);
+            }
+        };
+        let got = {
+            let _waiting = Waiting::start(&cx.state.waiting);
+            tokio::time::timeout(
+                route.response_timeout,
+                upstream::exchange(&mut conn, &request, &method),
+            )
+            .await
+        };
+        match got {
+            Ok(Ok(head)) => {
+                let body = upstream::body(&head, conn, pool, addr, in_flight);
+                let (mut parts, ()) = head.response.into_parts();
+                strip_hop_by_hop(&mut parts.headers, false, false);
+                let body = match body {
+                    upstream::Ready::Whole(bytes) => ProxyBody::Full(bytes),
+                    upstream::Ready::Streaming(raw) => ProxyBody::Raw(raw),
+                };
+                return Ok(Response::from_parts(parts, body));
+            }
+            // The app closed a kept-alive socket as we reused it: the
+            // method is safe to resend, on a new connection this time.
+            Ok(Err(fault)) if reused && fault.before_response() && attempts < MAX_ATTEMPTS => {
+                tracing::debug!(%addr, error = %fault, "reused connection closed; resending");
+                fresh = true;
+            }
+            Ok(Err(source)) => return Err(ProxyError::UpstreamDirect { addr, source }),
             Err(_) => {
                 if let Some(m) = route.metrics() {
                     m.upstream_error(UpstreamError::ResponseTimeout);

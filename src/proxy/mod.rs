@@ -72,6 +72,7 @@ mod pool;
 pub mod routes;
 mod server;
 pub mod tls;
+mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -218,6 +219,12 @@ pub enum ProxyError {
         #[source]
         source: hyper::Error,
     },
+    #[error("app endpoint {addr} failed during the request")]
+    UpstreamDirect {
+        addr: SocketAddr,
+        #[source]
+        source: upstream::UpstreamFault,
+    },
     #[error("app endpoint {addr} switched protocols without being asked to")]
     UnexpectedUpgrade { addr: SocketAddr },
     #[error("app endpoint {addr} did not start its response within {after:?}")]
@@ -239,6 +246,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::Handshake { .. }
             | ProxyError::Upstream { .. }
+            | ProxyError::UpstreamDirect { .. }
             | ProxyError::UnexpectedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Config { .. }
             | ProxyError::Listener { .. }

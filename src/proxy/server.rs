@@ -79,12 +79,14 @@ pub(crate) struct Worker {
     /// Set on the HTTPS listener's workers.
     tls: Option<TlsAcceptor>,
     idle_timeout: Duration,
+    /// HTTP/1 only; enforced by `drive` from the coarse clock.
+    header_read_timeout: Duration,
     pub(crate) body_rate: BodyRate,
     pub(crate) trusted_proxies: Vec<IpAddr>,
     pub(crate) control: Option<super::ControlHook>,
     /// Milliseconds since `epoch`, advanced by the worker's ticker: what
     /// connections stamp their activity with, without a clock read per I/O.
-    clock: Arc<AtomicU64>,
+    pub(crate) clock: Arc<AtomicU64>,
     epoch: Instant,
     /// Shared by every worker of the listener.
     conns: Arc<AddrLimits>,
@@ -114,9 +116,11 @@ impl Worker {
         limits: &(Arc<AddrLimits>, Arc<AddrLimits>),
     ) -> Worker {
         let mut http1 = http1::Builder::new();
+        // No timer for hyper: its header-read timeout costs an allocation
+        // and a timer registration per request; `drive` keeps the same
+        // deadline from the coarse clock instead.
         http1
-            .timer(TokioTimer::new())
-            .header_read_timeout(config.header_read_timeout)
+            .header_read_timeout(None)
             .max_header_size(config.max_header_bytes)
             .keep_alive(true);
         if config.max_headers != HYPER_DEFAULT_MAX_HEADERS {
@@ -147,6 +151,7 @@ impl Worker {
             http2,
             tls,
             idle_timeout: config.idle_timeout,
+            header_read_timeout: config.header_read_timeout,
             body_rate: BodyRate {
                 grace: config.body_grace,
                 min_rate: config.body_min_rate,
@@ -556,7 +561,8 @@ pub(crate) async fn serve_connection<IO>(
     ));
     let service = service_fn(move |req| forward::handle(Arc::clone(&cx), req));
     let conn = worker.http1.serve_connection(io, service).with_upgrades();
-    drive(conn, |c| c.graceful_shutdown(), &state, peer, &worker).await;
+    let head = Some(worker.header_read_timeout);
+    drive(conn, |c| c.graceful_shutdown(), &state, head, peer, &worker).await;
 }
 
 /// Handshake, then serve by the negotiated ALPN protocol.
@@ -618,7 +624,7 @@ where
     ));
     let service = service_fn(move |req| forward::handle(Arc::clone(&cx), req));
     let conn = worker.http2.serve_connection(io, service);
-    drive(conn, |c| c.graceful_shutdown(), &state, peer, &worker).await;
+    drive(conn, |c| c.graceful_shutdown(), &state, None, peer, &worker).await;
 }
 
 /// Poll a connection to its end, with the idle timer and the drain on
@@ -627,10 +633,17 @@ where
 /// The idle timer reads when bytes last moved (stamped by [`Counted`] from
 /// the worker's coarse clock) and re-arms for the time left, so it fires
 /// `idle_timeout` after the last activity, give or take one tick.
+///
+/// With `head` (HTTP/1) the same timer keeps the header-read deadline: a
+/// connection ready for a request head (since its accept, or since its
+/// last response went out) must complete one within `head`, however
+/// slowly its bytes trickle in. While a request is being answered the
+/// timer still wakes every `head`, to catch the moment it ends.
 async fn drive<C, E>(
     conn: C,
     graceful: impl Fn(Pin<&mut C>),
     state: &ConnState,
+    head: Option<Duration>,
     peer: SocketAddr,
     worker: &Worker,
 ) where
@@ -646,13 +659,16 @@ async fn drive<C, E>(
     let cancelled = worker.shutdown.cancelled();
     tokio::pin!(cancelled);
     let idle = worker.idle_timeout;
-    let timer = tokio::time::sleep(idle);
+    let timer = tokio::time::sleep(head.map_or(idle, |h| h.min(idle)));
     tokio::pin!(timer);
     let mut draining = false;
-    // The connection is active from its accept.
-    state
-        .activity
-        .store(worker.clock.load(Ordering::Relaxed), Ordering::Relaxed);
+    // The connection is active, and ready for a request head, from its
+    // accept.
+    let accepted = worker.clock.load(Ordering::Relaxed);
+    state.activity.store(accepted, Ordering::Relaxed);
+    if head.is_some() {
+        state.head_since.store(accepted + 1, Ordering::Relaxed);
+    }
     loop {
         tokio::select! {
             biased;
@@ -672,20 +688,35 @@ async fn drive<C, E>(
                     tracing::info!(client = %peer, "closing connection still busy after the drain period");
                     return;
                 }
+                let now = worker.clock.load(Ordering::Relaxed);
+                let mut next = idle;
+                if let Some(head) = head {
+                    let since = state.head_since.load(Ordering::Relaxed);
+                    if since != 0 && state.responding.load(Ordering::Relaxed) == 0 {
+                        let waited = Duration::from_millis(now.saturating_sub(since - 1));
+                        if waited + TICK / 2 >= head {
+                            tracing::debug!(client = %peer, "closing connection: no request head in time");
+                            return;
+                        }
+                        next = next.min(head - waited);
+                    } else {
+                        next = next.min(head);
+                    }
+                }
                 if state.awaiting_app() {
                     // The route's response deadline governs this wait.
-                    timer.as_mut().reset(Instant::now() + idle);
+                    timer.as_mut().reset(Instant::now() + next);
                     continue;
                 }
-                let now = worker.clock.load(Ordering::Relaxed);
                 let last = state.activity.load(Ordering::Relaxed);
                 let quiet = Duration::from_millis(now.saturating_sub(last));
                 if quiet + TICK / 2 >= idle {
                     tracing::debug!(client = %peer, "closing idle connection");
                     return;
                 }
+                next = next.min(idle - quiet);
                 // At least a tick ahead: the clock moves in ticks.
-                timer.as_mut().reset(Instant::now() + (idle - quiet).max(TICK));
+                timer.as_mut().reset(Instant::now() + next.max(TICK));
             }
         }
     }
