@@ -238,6 +238,25 @@ mod tests {
     }
 
     #[test]
+    fn a_preview_gets_an_id_of_its_own() {
+        let (_dir, db) = test_db();
+        let shop = AppName::parse("shop").unwrap();
+        let name = crate::names::PreviewName::parse("x").unwrap();
+        let preview = name.app_name(&shop).unwrap();
+        db.call_blocking(|c| {
+            apps::create(c, &shop)?;
+            crate::state::previews::create(c, &shop, &name, &preview, "preview/x")?;
+            let (parent, own) = (get(c, &shop)?.unwrap(), get(c, &preview)?.unwrap());
+            assert_ne!(parent, own);
+            apps::delete(c, &preview)?;
+            assert_eq!(get(c, &shop)?, Some(parent), "the parent keeps its id");
+            assert_eq!(count(c, "app_users"), 1);
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    #[test]
     fn an_app_from_before_the_migration_gets_one_lazily() {
         let (_dir, db) = test_db();
         let a = AppName::parse("old").unwrap();
