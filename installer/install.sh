@@ -18,7 +18,8 @@
 #   --domain DOMAIN    apps are served at APP.DOMAIN (first install only)
 #   --uninstall        remove what the installer installed; keep the data
 #   --purge            with --uninstall: also remove /etc/cygni,
-#                      /var/lib/cygni, the cygni-app user and its containers
+#                      /var/lib/cygni, the cygni-app user (older
+#                      releases made it) and its containers
 #   --k3s              also install k3s (the pinned release below, its
 #                      sha256 checked) in its own unit, and run apps on it:
 #                      runtime = "kube", the registry on :5000
@@ -52,6 +53,7 @@ CONFIG=/etc/cygni/cygni.toml
 ADMIN_PUB=/etc/cygni/admin.pub
 DATA=/var/lib/cygni
 UNIT=/etc/systemd/system/cygni.service
+# The user older releases ran every app as; --purge removes it if left.
 APP_USER=cygni-app
 PORTS="80 443 2222"
 # What builds and apps need: git for pushes, python3-venv for the Python
@@ -428,12 +430,8 @@ do_install() {
 
     install_packages
 
-    if ! id "$APP_USER" >/dev/null 2>&1; then
-        say "Creating the $APP_USER user (apps and builds run as it)"
-        useradd --system --user-group --home-dir /nonexistent --no-create-home \
-            --shell /usr/sbin/nologin "$APP_USER"
-        restart_needed="the app user was created"
-    fi
+    # No user to create: each app runs as a uid/gid of its own that the
+    # daemon allocates (no passwd entry; see the README).
 
     if install_file "$src_bin" "$BIN" 0755; then
         say "Installed $BIN"

@@ -93,6 +93,43 @@ fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)
 }
 
+/// Slugs and caches a Cygni before per-app users left open (`slugs/APP`
+/// 0755, each slug and cache as the build made it, all `cygni-app`'s):
+/// `slugs/APP` becomes traversable only (0711), each slug and cache 0700.
+/// Who owns them changes when the app next builds or starts
+/// (`build::hand_over`); until then no app can read them. Only modes
+/// change here, and only of directories Cygni made (apps cannot write in
+/// `slugs/` or `cache/`): a failure is logged and the start goes on.
+fn close_app_dirs(data: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let restrict = |path: &Path, mode: u32| {
+        let Ok(meta) = std::fs::symlink_metadata(path) else {
+            return;
+        };
+        if meta.is_dir() && meta.mode() & 0o7777 != mode {
+            if let Err(error) =
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            {
+                tracing::warn!(path = %path.display(), %error, "cannot close an app's directory");
+            }
+        }
+    };
+    let entries = |dir: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+            .unwrap_or_default()
+    };
+    for app_dir in entries(&data.join("slugs")) {
+        restrict(&app_dir, 0o711);
+        for slug in entries(&app_dir) {
+            restrict(&slug, 0o700);
+        }
+    }
+    for cache in entries(&data.join("cache")) {
+        restrict(&cache, 0o700);
+    }
+}
+
 fn bind_tcp(what: &'static str, addr: SocketAddr) -> Result<std::net::TcpListener, DaemonError> {
     let l = std::net::TcpListener::bind(addr).map_err(|source| DaemonError::Bind {
         what,
@@ -212,13 +249,19 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     for dir in ["slugs", "cache"] {
         create_dir(&data.join(dir), 0o711)?;
     }
-    // Apps run as an unprivileged user that can traverse the data dir (to
-    // reach its slug): what only the daemon reads stays closed to it.
+    // Apps run as unprivileged users that can traverse the data dir (to
+    // reach their slug): what only the daemon reads stays closed to them.
     for dir in ["repos", "logs", "git"] {
         create_dir(&data.join(dir), 0o700)?;
     }
-    let logs = Arc::new(LogStore::open(&data.join("logs"))?);
+    // Root: each app runs as its own uid/gid (state::app_users), and
+    // RunAs is only the floor for a process that names none.
     let run_as = RunAs::resolve_default();
+    let app_users = run_as.is_some();
+    if app_users {
+        close_app_dirs(&data);
+    }
+    let logs = Arc::new(LogStore::open(&data.join("logs"))?);
     let connected = runtime::connect(
         config.runtime,
         ConnectOptions {
@@ -268,7 +311,7 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
         },
         config.domain.clone(),
         config.boot_timeout,
-        run_as.map(|r| (r.uid, r.gid)),
+        app_users,
     );
 
     // Bind everything before serving anything: a port in use fails the

@@ -295,6 +295,7 @@ fn web_spec(app: &AppName, index: u32) -> InstanceSpec {
         artifact: base_image(),
         limits: Default::default(),
         mounts: Vec::new(),
+        run_as: None,
     }
 }
 
@@ -378,6 +379,7 @@ async fn one_off_containers_stream_output_return_the_code_and_are_removed() {
         artifact: base_image(),
         timeout: Duration::from_secs(timeout),
         mounts: Vec::new(),
+        run_as: None,
     };
     let one_offs = || docker(&["ps", "-aq", "--filter", "label=cygni.app=dkonce"]);
 

@@ -447,3 +447,241 @@ fn escaped_process_regression_stop_and_restart_kill_what_left_the_group() {
         || sleepers(&seconds).is_empty().then_some(()),
     );
 }
+
+/// The real uid of a process, from `/proc/PID/status` (`Uid:` real,
+/// effective, saved, filesystem: all four must agree).
+fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    let ids: Vec<u32> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    (ids.len() == 4 && ids.iter().all(|&i| i == ids[0])).then(|| ids[0])
+}
+
+/// The uids the processes of `app` (cwd under its slugs) run as.
+fn app_uids(d: &TestDaemon, app: &str) -> Vec<u32> {
+    let slugs = d.data_dir.join("slugs").join(app);
+    let mut uids: Vec<u32> = app_processes(d)
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(&slugs))
+        })
+        .filter_map(process_uid)
+        .collect();
+    uids.sort_unstable();
+    uids.dedup();
+    uids
+}
+
+/// `SELECT` through python3's sqlite3 (the daemon keeps the file; WAL
+/// lets a reader in): one line per row, columns joined by `|`.
+fn query(d: &TestDaemon, sql: &str) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys\n\
+             c=sqlite3.connect(sys.argv[1])\n\
+             for r in c.execute(sys.argv[2]): print('|'.join(map(str,r)))\n",
+        )
+        .arg(d.data_dir.join("cygni.db"))
+        .arg(sql)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `sql` (a write) through python3's sqlite3, with the daemon stopped.
+fn execute(d: &TestDaemon, sql: &str) {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys\n\
+             c=sqlite3.connect(sys.argv[1])\n\
+             c.execute(sys.argv[2]); c.commit()\n",
+        )
+        .arg(d.data_dir.join("cygni.db"))
+        .arg(sql)
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// `cat PATH` as uid:gid (no supplementary groups: std drops them when
+/// root sets the ids): its exit code and stderr.
+fn cat_as(uid: u32, path: &std::path::Path) -> (i32, String) {
+    use std::os::unix::process::CommandExt;
+    let out = Command::new("cat")
+        .arg(path)
+        .uid(uid)
+        .gid(uid)
+        .output()
+        .expect("cat");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Regression (issue 16, local runtime isolation): with a root daemon,
+/// every app's processes and builds ran as the one `cygni-app` account, so
+/// any app could read any other's slug (its code, what its build wrote)
+/// and cache. Now each app has its own uid/gid, allocated by Cygni and
+/// kept in SQLite, and owns its slug and cache, 0700.
+#[test]
+fn isolation_regression_one_app_cannot_read_anothers_slug() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        skip_or_fail("needs root: apps get their own uid only under a root daemon");
+        return;
+    }
+    let d = TestDaemon::start();
+    for app in ["alpha", "beta"] {
+        let repo = fixture_repo(&d, "procfile-app", app);
+        push(&d, &repo, app).ok();
+        let (code, body) = d.curl(&host(app), "/");
+        assert_eq!(code, 200, "{app}: {body}");
+    }
+
+    // Their web processes run as two different uids, neither root, each
+    // the one SQLite gave the app.
+    let (a, b) = (app_uids(&d, "alpha"), app_uids(&d, "beta"));
+    assert_eq!(a.len(), 1, "alpha's processes run as one uid: {a:?}");
+    assert_eq!(b.len(), 1, "beta's processes run as one uid: {b:?}");
+    let (ua, ub) = (a[0], b[0]);
+    assert_ne!(ua, ub, "two apps, one uid");
+    assert!(ua != 0 && ub != 0);
+    let stored = query(
+        &d,
+        "SELECT a.name, u.uid FROM app_users u JOIN apps a ON a.id = u.app_id ORDER BY a.name",
+    );
+    assert_eq!(stored, format!("alpha|{ua}\nbeta|{ub}\n"));
+
+    // alpha's slug and cache are alpha's, 0700.
+    use std::os::unix::fs::MetadataExt;
+    let slug = d.data_dir.join("slugs/alpha/v1");
+    let secret = slug.join("index.html");
+    for dir in [slug.clone(), d.data_dir.join("cache/alpha")] {
+        let meta = std::fs::metadata(&dir).expect("dir");
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (ua, ua, 0o700),
+            "{}",
+            dir.display()
+        );
+    }
+
+    // beta's own one-off cannot read alpha's slug; alpha's can.
+    let path = secret.display().to_string();
+    let out = d.ssh(&d.admin, &format!("run beta cat {path}"));
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stdout.contains("Permission denied") || out.stderr.contains("Permission denied"),
+        "{out:#?}"
+    );
+    let own = d.ssh(&d.admin, &format!("run alpha cat {path}")).ok();
+    assert!(!own.stdout.is_empty(), "{own:#?}");
+    // The same with the bare uids: EACCES for beta's, alpha's reads it.
+    let (code, err) = cat_as(ub, &secret);
+    assert_ne!(code, 0);
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(cat_as(ua, &secret).0, 0);
+
+    // Destroying alpha takes its id's row with it; a new app gets an id
+    // that is neither beta's nor (not yet: the range has not wrapped)
+    // alpha's freed one.
+    d.ssh(&d.admin, "apps:destroy alpha --confirm alpha").ok();
+    assert_eq!(query(&d, "SELECT uid FROM app_users"), format!("{ub}\n"));
+    assert!(!d.data_dir.join("slugs/alpha").exists());
+    let repo = fixture_repo(&d, "procfile-app", "gamma");
+    push(&d, &repo, "gamma").ok();
+    let g = app_uids(&d, "gamma");
+    assert_eq!(g.len(), 1, "{g:?}");
+    assert!(
+        g[0] != ub && g[0] != ua,
+        "gamma {g:?}, beta {ub}, alpha {ua}"
+    );
+    assert_eq!(
+        query(&d, "SELECT COUNT(*), COUNT(DISTINCT uid) FROM app_users"),
+        "2|2\n"
+    );
+    // beta still serves, as its own uid.
+    assert_eq!(d.curl(&host("beta"), "/").0, 200);
+    assert_eq!(app_uids(&d, "beta"), vec![ub]);
+}
+
+/// The same threat across an upgrade: an app deployed before per-app users
+/// has no id, and its slug and cache are the shared account's, open to
+/// every app (0755). At the next start it gets an id of its own, its slug
+/// and cache are handed to it (0700), and it serves as before.
+#[test]
+fn isolation_regression_an_app_from_before_per_app_users_is_handed_its_files() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        skip_or_fail("needs root: apps get their own uid only under a root daemon");
+        return;
+    }
+    let mut d = TestDaemon::start();
+    let repo = fixture_repo(&d, "procfile-app", "legacy");
+    push(&d, &repo, "legacy").ok();
+    let old = app_uids(&d, "legacy");
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!(d.stop(), Some(0), "{}", d.log());
+
+    // What an older Cygni left: no id, and the files the shared account's
+    // (here `nobody`), world-readable.
+    execute(&d, "DELETE FROM app_users");
+    let (slug, cache) = (
+        d.data_dir.join("slugs/legacy/v1"),
+        d.data_dir.join("cache/legacy"),
+    );
+    for dir in [&slug, &cache] {
+        run_ok(Command::new("chown").args(["-R", "65534:65534"]).arg(dir));
+        run_ok(Command::new("chmod").arg("0755").arg(dir));
+    }
+    set_mode(&d.data_dir.join("slugs/legacy"), 0o755);
+
+    d.start_again();
+    wait_for("legacy to serve again", Duration::from_secs(30), || {
+        (d.curl(&host("legacy"), "/").0 == 200).then_some(())
+    });
+    let now = app_uids(&d, "legacy");
+    assert_eq!(now.len(), 1, "{now:?}");
+    let uid = now[0];
+    assert_ne!(uid, 65534, "it no longer runs as the shared account");
+    assert_eq!(query(&d, "SELECT uid FROM app_users"), format!("{uid}\n"));
+    use std::os::unix::fs::MetadataExt;
+    let slug_meta = std::fs::metadata(&slug).expect("slug");
+    assert_eq!(
+        (slug_meta.uid(), slug_meta.gid(), slug_meta.mode() & 0o777),
+        (uid, uid, 0o700)
+    );
+    let file = std::fs::metadata(slug.join("index.html")).expect("file");
+    assert_eq!(file.uid(), uid, "what is inside is handed over too");
+    // The cache is closed at start; it becomes the app's at its next build.
+    assert_eq!(
+        std::fs::metadata(&cache).expect("cache").mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        std::fs::metadata(d.data_dir.join("slugs/legacy"))
+            .expect("slugs/legacy")
+            .mode()
+            & 0o777,
+        0o711
+    );
+    // The shared account reads nothing of it any more.
+    let (code, err) = cat_as(65534, &slug.join("index.html"));
+    assert_ne!(code, 0);
+    assert!(err.contains("Permission denied"), "{err}");
+    // The next deploy builds as the app's uid, with its cache.
+    edit(&repo.join("index.html"), "hello from", "v2 hello from");
+    commit_all(&repo, "v2");
+    push(&d, &repo, "legacy").ok();
+    let cache_meta = std::fs::metadata(&cache).expect("cache");
+    assert_eq!((cache_meta.uid(), cache_meta.mode() & 0o777), (uid, 0o700));
+    assert_eq!(app_uids(&d, "legacy"), vec![uid]);
+}

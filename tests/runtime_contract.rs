@@ -35,6 +35,7 @@ fn spec(app: &str, process: &str, index: u32, artifact: &Artifact, command: &str
         artifact: artifact.clone(),
         limits: Default::default(),
         mounts: Vec::new(),
+        run_as: None,
     }
 }
 

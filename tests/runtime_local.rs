@@ -80,6 +80,7 @@ impl Host {
             },
             limits: Default::default(),
             mounts: Vec::new(),
+            run_as: None,
         }
     }
 
@@ -94,6 +95,7 @@ impl Host {
             },
             timeout,
             mounts: Vec::new(),
+            run_as: None,
         }
     }
 

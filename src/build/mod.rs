@@ -15,7 +15,7 @@
 //!
 //! Every step streams Heroku-style progress lines (`-----> ...`) to the
 //! request's channel as it happens. Build processes get a clean environment
-//! and, when the daemon is root, run as the unprivileged `run_as` user; no
+//! and, when the daemon is root, run as the app's own `run_as` uid/gid; no
 //! string from Cygni or a pusher is ever spliced into a shell line. The only
 //! shell commands run are the app's own code: buildpack scripts and the
 //! commands of a Nixpacks plan derived from the app's files.
@@ -49,6 +49,7 @@ use tokio::sync::mpsc::Sender;
 use crate::names::{AppName, ProcessType};
 
 pub use detect::{detect, Builder};
+pub use ownership::hand_over;
 
 /// What a build produces, and what a runtime runs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -88,8 +89,9 @@ pub struct BuildRequest<'a> {
     /// or a bare buildpack name), if it has one.
     pub pinned: Option<&'a str>,
     pub target: Target,
-    /// The uid and gid build processes run as when the daemon is root. The
-    /// source and cache dirs are chowned to them first; every directory
+    /// The uid and gid build processes run as when the daemon is root: the
+    /// app's own. The source and cache dirs are handed to them first
+    /// (0700, [`hand_over`]); every directory
     /// above them must be traversable by that user (checked: an error
     /// names the one that is not), and so must the buildpacks dir.
     pub run_as: Option<(u32, u32)>,
@@ -350,7 +352,10 @@ pub async fn build_with(
     // Handing the tree over and running bin/detect scripts are blocking
     // filesystem and process work: keep them off the async workers.
     let (detected, dirs) = blocking(move || {
-        let home = ownership::prepare(&source_dir, &cache_dir, owner)?;
+        // 0700 for the app's own uid; an image build's tree stays as the
+        // export made it (the docker runtime is unchanged).
+        let private = req.target == Target::Slug;
+        let home = ownership::prepare(&source_dir, &cache_dir, owner, private)?;
         // Absolute, because build steps run in another working directory.
         let dirs = Dirs {
             source: detect::canonical(&source_dir)?,

@@ -105,6 +105,9 @@ pub struct Converger {
     admitted: Mutex<HashMap<AppName, BTreeMap<InstanceId, Admission>>>,
     /// `DATA/storage`: Cygni's own storage directories, `APP/NAME` below.
     storage_root: std::path::PathBuf,
+    /// Each app runs as its own uid/gid (the daemon is root); else as the
+    /// daemon's user.
+    app_users: bool,
 }
 
 impl Converger {
@@ -125,7 +128,29 @@ impl Converger {
             boot_timeout,
             admitted: Mutex::default(),
             storage_root: std::path::PathBuf::from("storage"),
+            app_users: false,
         }
+    }
+
+    /// Run each app as its own uid/gid ([`state::app_users`]): for a root
+    /// daemon.
+    pub fn with_app_users(mut self, on: bool) -> Converger {
+        self.app_users = on;
+        self
+    }
+
+    /// The uid and gid `app`'s builds and processes run as: its own, given
+    /// now if it predates them; None when apps run as the daemon's user.
+    pub async fn app_user(&self, app: &AppName) -> Result<Option<(u32, u32)>, ConvergeError> {
+        if !self.app_users {
+            return Ok(None);
+        }
+        let a = app.clone();
+        let uid = self
+            .db
+            .call(move |c| state::app_users::ensure(c, &a))
+            .await?;
+        Ok(Some((uid, uid)))
     }
 
     /// Where Cygni's own storage directories live (`DATA/storage`).
@@ -187,6 +212,7 @@ impl Converger {
         release: &Release,
         stored: &BTreeMap<crate::names::ProcessType, u32>,
         mounts: &[Mount],
+        run_as: Option<(u32, u32)>,
     ) -> Option<DesiredRelease> {
         let artifact = release.artifact.clone()?;
         let env = Arc::new(release.env.clone());
@@ -204,6 +230,7 @@ impl Converger {
                     check: check.clone(),
                     limits: release.limits,
                     mounts: mounts.to_vec(),
+                    run_as,
                 };
                 (process, (spec, count))
             })
@@ -217,20 +244,26 @@ impl Converger {
     /// What SQLite says should run for `app`: its live release, formation
     /// and stopped switch.
     pub async fn desired(&self, app: &AppName) -> Result<Desired, ConvergeError> {
-        let a = app.clone();
-        let (record, live, stored, storage) = self
+        let (a, app_users) = (app.clone(), self.app_users);
+        let (record, live, stored, storage, uid) = self
             .db
             .call(move |c| {
                 let record = state::apps::get(c, &a)?;
-                let storage = match record {
-                    Some(_) => state::storage::list(c, &a)?,
-                    None => Vec::new(),
+                let (storage, uid) = match record {
+                    Some(_) => (
+                        state::storage::list(c, &a)?,
+                        app_users
+                            .then(|| state::app_users::ensure(c, &a))
+                            .transpose()?,
+                    ),
+                    None => (Vec::new(), None),
                 };
                 Ok((
                     record,
                     releases::live(c, &a)?,
                     formation::get(c, &a)?,
                     storage,
+                    uid,
                 ))
             })
             .await?;
@@ -238,8 +271,9 @@ impl Converger {
             return Ok(Desired::default());
         };
         let mounts = self.mounts(app, storage);
+        let run_as = uid.map(|u| (u, u));
         Ok(Desired {
-            release: live.and_then(|r| self.desired_release(&r, &stored, &mounts)),
+            release: live.and_then(|r| self.desired_release(&r, &stored, &mounts, run_as)),
             stopped: record.stopped,
         })
     }

@@ -187,8 +187,6 @@ pub struct Platform {
     /// The HTTP listener's port, for the URLs shown to users.
     pub http_port: u16,
     pub boot_timeout: Duration,
-    /// uid/gid builds run as when the daemon is root.
-    pub build_as: Option<(u32, u32)>,
     /// Build knobs (timeouts, the run image for image builds).
     pub build_limits: BuildLimits,
     /// How many recent good releases keep their slug or image (config key
@@ -258,7 +256,9 @@ impl Platform {
         paths: Paths,
         domain: String,
         boot_timeout: Duration,
-        build_as: Option<(u32, u32)>,
+        // Each app's builds and processes run as its own uid/gid
+        // (state::app_users): the daemon is root. Else as the daemon's user.
+        app_users: bool,
     ) -> Platform {
         let converger = Arc::new(
             Converger::new(
@@ -269,7 +269,8 @@ impl Platform {
                 domain.clone(),
                 boot_timeout,
             )
-            .with_storage_root(paths.storage.clone()),
+            .with_storage_root(paths.storage.clone())
+            .with_app_users(app_users),
         );
         let metrics = crate::metrics::Metrics::new(paths.slugs.clone(), false);
         Platform {
@@ -282,7 +283,6 @@ impl Platform {
             domain,
             http_port: 80,
             boot_timeout,
-            build_as,
             build_limits: BuildLimits::default(),
             keep_releases: KEEP_RELEASES,
             min_free: 512 << 20,
@@ -579,13 +579,25 @@ impl Platform {
         let sha = release.sha.clone().unwrap_or_default();
         let slug = self.slug_dir(&app, release.version);
 
+        // Who builds it and runs it: the app's own uid/gid (a root daemon).
+        let run_as = self
+            .converger
+            .app_user(&app)
+            .await
+            .map_err(|e| app_user_failure(Stage::Export, e))?;
+
         // Export, and read Procfile and cygni.toml from the objects.
         let app_dir = self.paths.slugs.join(app.as_str());
         tokio::fs::create_dir_all(&app_dir)
             .await
             .map_err(|e| internal(Stage::Export, e))?;
-        set_mode(&self.paths.slugs, 0o755);
-        set_mode(&app_dir, 0o755);
+        // With a user per app, `slugs/` and `slugs/APP` (root's) are only
+        // traversed, and each slug is its app's, 0700 (build::ownership):
+        // no app lists or enters another's. Nor can an app rename a slug
+        // while the daemon hands it over, as it could in a dir of its own.
+        let mode = if run_as.is_some() { 0o711 } else { 0o755 };
+        set_mode(&self.paths.slugs, mode);
+        set_mode(&app_dir, mode);
         let _ = tokio::fs::remove_dir_all(&slug).await;
         let repo_path = self.repos.path(source);
         let (slug2, sha2) = (slug.clone(), sha.clone());
@@ -668,7 +680,7 @@ impl Platform {
             buildpacks_dir: &self.paths.buildpacks,
             pinned: pinned.as_deref(),
             target,
-            run_as: self.build_as,
+            run_as,
             output: tx,
         };
         let built = {
@@ -823,6 +835,11 @@ impl Platform {
             .current_mounts(app)
             .await
             .map_err(|e| internal(Stage::Release, e))?;
+        let run_as = self
+            .converger
+            .app_user(app)
+            .await
+            .map_err(|e| app_user_failure(Stage::Release, e))?;
 
         if let (true, Some(cmd)) = (run_release_phase, release_command(release)) {
             progress
@@ -837,6 +854,7 @@ impl Platform {
                 artifact: artifact.clone(),
                 timeout: RELEASE_TIMEOUT,
                 mounts: mounts.clone(),
+                run_as,
             };
             let code = {
                 let fut = self.runtime.run_once(spec, tx);
@@ -875,7 +893,10 @@ impl Platform {
             .call(move |c| formation::get(c, &a))
             .await
             .map_err(|e| internal(Stage::Start, e))?;
-        let Some(target) = self.converger.desired_release(release, &stored, &mounts) else {
+        let Some(target) = self
+            .converger
+            .desired_release(release, &stored, &mounts, run_as)
+        else {
             return Err(fail(Stage::Release, "this release has nothing to run"));
         };
         let summary: Vec<String> = target
@@ -1062,6 +1083,15 @@ fn converge_failure(e: ConvergeError) -> DeployError {
         ConvergeError::Check { .. } => fail(Stage::Check, e.to_string()),
         ConvergeError::Runtime { .. } => fail(Stage::Start, e.to_string()),
         ConvergeError::State(_) => internal(Stage::Switch, e),
+    }
+}
+
+/// No app user id left (a user fixes that by destroying an app): the line
+/// as it is; anything else is internal.
+fn app_user_failure(stage: Stage, e: ConvergeError) -> DeployError {
+    match e {
+        ConvergeError::State(state::StateError::Full(line)) => fail(stage, line),
+        e => internal(stage, e),
     }
 }
 

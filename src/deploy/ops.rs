@@ -426,6 +426,11 @@ impl Platform {
             .current_mounts(app)
             .await
             .map_err(|e| internal(Stage::Start, e))?;
+        let run_as = self
+            .converger
+            .app_user(app)
+            .await
+            .map_err(|e| super::app_user_failure(Stage::Start, e))?;
         let spec = OneOffSpec {
             app: app.clone(),
             release: live.version,
@@ -434,6 +439,7 @@ impl Platform {
             artifact,
             timeout,
             mounts,
+            run_as,
         };
         // A backend without attached one-offs (local and docker have them)
         // still runs the command, with output and exit status but no stdin,

@@ -172,6 +172,7 @@ impl Platform {
                         state::StateError::Exists(_) => format!(
                             "an app named {child} exists already and is not a preview of {app}: rename the branch"
                         ),
+                        state::StateError::Full(line) => line,
                         e => db_error(e),
                     })?;
                 progress
@@ -404,7 +405,7 @@ mod tests {
             },
             "localhost".into(),
             Duration::from_secs(5),
-            None,
+            false,
         );
         let shop = AppName::parse("shop").unwrap();
         let (a, b) = (

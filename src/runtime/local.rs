@@ -13,8 +13,12 @@
 //!
 //! What an instance gets: an environment built from nothing (PATH, HOME =
 //! the slug dir, LANG, the release's config vars, `DYNO=web.1`, and `PORT`
-//! for `web`), the slug dir as cwd, and, when the daemon is root, an
-//! unprivileged uid/gid with no supplementary groups ([`RunAs`]). `web` gets
+//! for `web`), the slug dir as cwd, and, when the daemon is root, the
+//! app's own uid/gid ([`InstanceSpec::run_as`], from `state::app_users`)
+//! with no supplementary groups; a spec that names none runs as
+//! [`LocalConfig::run_as`]. The slug is handed to the app's uid first
+//! (0700, [`crate::build::hand_over`]: a no-op when it is the app's
+//! already), so no other app's uid can read it. `web` gets
 //! a free loopback port chosen at start, kept across restarts, and reported
 //! as the endpoint `127.0.0.1:PORT`.
 //!
@@ -129,8 +133,10 @@ impl Backoff {
 
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
-    /// The account apps run as; None runs them as the daemon's user. The
-    /// daemon passes [`RunAs::resolve_default`].
+    /// The account a process runs as when its spec names no uid/gid of
+    /// its own; None runs it as the daemon's user. The daemon passes
+    /// [`RunAs::resolve_default`], and its specs always name the app's
+    /// own id when it is root, so this is only a floor: never root.
     pub run_as: Option<RunAs>,
     /// How long [`LocalRuntime::shutdown`] and a timed-out one-off wait
     /// between SIGTERM and SIGKILL.
@@ -232,9 +238,11 @@ impl LocalRuntime {
     /// for `ps` and diagnostics; None between restarts or when unknown.
     /// What a one-off runs: its argv as given (no shell added), in the
     /// slug, with the release's env. Also names it for errors.
-    fn one_off_launch(&self, spec: &OneOffSpec) -> Result<(Launch, String), RuntimeError> {
+    async fn one_off_launch(&self, spec: &OneOffSpec) -> Result<(Launch, String), RuntimeError> {
         let slug = slug_dir(&spec.artifact)?;
         let what = format!("one-off command of {} v{}", spec.app, spec.release);
+        hand_over_slug(slug, spec.run_as, &what).await?;
+        let run_as = self.run_as(spec.run_as);
         let Some((program, args)) = spec.argv.split_first() else {
             return Err(RuntimeError::Spawn {
                 id: what,
@@ -246,10 +254,10 @@ impl LocalRuntime {
             args: args.iter().map(OsString::from).collect(),
             cwd: slug.to_owned(),
             env: self
-                .base_env(slug, &spec.env, &spec.mounts)?
+                .base_env(slug, &spec.env, &spec.mounts, run_as.as_ref())?
                 .into_iter()
                 .collect(),
-            run_as: self.config.run_as.clone(),
+            run_as,
             cgroups: self.config.cgroups.clone(),
             name: format!("{}.run.v{}", spec.app, spec.release),
         };
@@ -309,6 +317,7 @@ impl LocalRuntime {
         slug: &Path,
         release_env: &BTreeMap<String, String>,
         mounts: &[super::Mount],
+        run_as: Option<&RunAs>,
     ) -> Result<BTreeMap<OsString, OsString>, RuntimeError> {
         let mut env: BTreeMap<OsString, OsString> = BTreeMap::new();
         env.insert("PATH".into(), self.config.path.clone().into());
@@ -316,7 +325,7 @@ impl LocalRuntime {
         env.insert("LANG".into(), "C.UTF-8".into());
         // The release's config vars may override the base (PATH, LANG).
         env.extend(release_env.iter().map(|(k, v)| (k.into(), v.into())));
-        let owner = self.config.run_as.as_ref().map(|r| (r.uid, r.gid));
+        let owner = run_as.map(|r| (r.uid, r.gid));
         for mount in mounts {
             super::prepare_mount(mount, owner)?;
             env.insert(
@@ -326,6 +335,41 @@ impl LocalRuntime {
         }
         Ok(env)
     }
+
+    /// Who a process runs as: the app's own uid/gid when its spec names
+    /// one, else the configured account.
+    fn run_as(&self, own: Option<(u32, u32)>) -> Option<RunAs> {
+        match own {
+            Some((uid, gid)) => Some(RunAs {
+                uid,
+                gid,
+                home: None,
+            }),
+            None => self.config.run_as.clone(),
+        }
+    }
+}
+
+/// Gives the slug to the app's own uid/gid (0700) before it runs: a slug
+/// built before per-app users, or by a daemon that was not root, is
+/// someone else's. Nothing to do when it is the app's already.
+async fn hand_over_slug(
+    slug: &Path,
+    own: Option<(u32, u32)>,
+    what: &str,
+) -> Result<(), RuntimeError> {
+    let Some((uid, gid)) = own else {
+        return Ok(());
+    };
+    let dir = slug.to_owned();
+    tokio::task::spawn_blocking(move || crate::build::hand_over(&dir, uid, gid))
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))
+        .and_then(|r| r.map_err(|e| std::io::Error::other(e.to_string())))
+        .map_err(|source| RuntimeError::Spawn {
+            id: what.to_owned(),
+            source,
+        })
 }
 
 fn slug_dir(artifact: &Artifact) -> Result<&Path, RuntimeError> {
@@ -412,7 +456,9 @@ impl Runtime for LocalRuntime {
         };
         let source = format!("{}.{}", spec.process, spec.index);
 
-        let mut env = self.base_env(slug, &spec.env, &spec.mounts)?;
+        hand_over_slug(slug, spec.run_as, &id.to_string()).await?;
+        let run_as = self.run_as(spec.run_as);
+        let mut env = self.base_env(slug, &spec.env, &spec.mounts, run_as.as_ref())?;
         // The runtime's own variables win over the release's.
         env.insert("DYNO".into(), source.clone().into());
         if let Some(endpoint) = endpoint {
@@ -433,7 +479,7 @@ impl Runtime for LocalRuntime {
             args,
             cwd: slug.to_owned(),
             env: env.into_iter().collect(),
-            run_as: self.config.run_as.clone(),
+            run_as,
             cgroups: self.config.cgroups.clone(),
             name: id.to_string(),
         };
@@ -537,7 +583,7 @@ impl Runtime for LocalRuntime {
     async fn run_attached(&self, spec: OneOffSpec, io: Attach) -> Result<i32, RuntimeError> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-        let (mut launch, what) = self.one_off_launch(&spec)?;
+        let (mut launch, what) = self.one_off_launch(&spec).await?;
         let spawn_error = |source| RuntimeError::Spawn {
             id: what.clone(),
             source,
@@ -626,7 +672,7 @@ impl Runtime for LocalRuntime {
     }
 
     async fn run_once(&self, spec: OneOffSpec, output: OutputSink) -> Result<i32, RuntimeError> {
-        let (launch, what) = self.one_off_launch(&spec)?;
+        let (launch, what) = self.one_off_launch(&spec).await?;
         let spawn_error = |source| RuntimeError::Spawn {
             id: what.clone(),
             source,

@@ -123,6 +123,11 @@ pub struct ProcessSpec {
     /// The app's persistent storage (`storage:mount`), as it stood when
     /// this spec was made: a mount applies from the next start.
     pub mounts: Vec<Mount>,
+    /// The uid and gid (the same number) the app's processes run as: its
+    /// own ([`crate::state::app_users`]), when the daemon is root; None
+    /// when it is not (they run as the daemon's user). Only `local` uses
+    /// it: `docker` and `kube` run as the image's `USER`.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// Persistent storage an instance sees. Every backend gives the app
@@ -170,7 +175,9 @@ impl Mount {
 /// starts: Cygni's own is created if missing (0700; its parents
 /// traversable, 0711, so an app's user reaches it but lists nothing) and
 /// given to `owner`, the uid:gid the app runs as, when that is known and
-/// differs; an admin's host directory must exist and is left as it is.
+/// differs (with what is inside: storage from before per-app users was
+/// `cygni-app`'s; see [`crate::build::hand_over`]); an admin's host
+/// directory must exist and is left as it is.
 pub fn prepare_mount(mount: &Mount, owner: Option<(u32, u32)>) -> Result<(), RuntimeError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = match &mount.source {
@@ -202,18 +209,25 @@ pub fn prepare_mount(mount: &Mount, owner: Option<(u32, u32)>) -> Result<(), Run
     if let Some((uid, gid)) = owner {
         let meta = std::fs::metadata(dir)?;
         if (meta.uid(), meta.gid()) != (uid, gid) {
-            // Only the top: what the app wrote inside is already its own.
-            match std::os::unix::fs::chown(dir, Some(uid), Some(gid)) {
+            match crate::build::hand_over(dir, uid, gid) {
                 // A daemon that is not root cannot give it away; the app
                 // still starts, and may find it read-only.
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                Err(crate::build::BuildError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
                     tracing::warn!(
                         storage = %mount.name,
                         uid,
                         "cannot give the storage directory to the app's user (cygni is not root)"
                     );
                 }
-                other => other?,
+                Err(e) => {
+                    return Err(RuntimeError::Spawn {
+                        id: format!("storage {}", mount.name),
+                        source: std::io::Error::other(e.to_string()),
+                    })
+                }
+                Ok(()) => {}
             }
         }
     }
@@ -233,6 +247,7 @@ impl ProcessSpec {
             artifact: self.artifact.clone(),
             limits: self.limits,
             mounts: self.mounts.clone(),
+            run_as: self.run_as,
         }
     }
 }
@@ -253,6 +268,8 @@ pub struct InstanceSpec {
     pub limits: Limits,
     /// See [`ProcessSpec::mounts`].
     pub mounts: Vec<Mount>,
+    /// See [`ProcessSpec::run_as`].
+    pub run_as: Option<(u32, u32)>,
 }
 
 impl InstanceSpec {
@@ -313,6 +330,8 @@ pub struct OneOffSpec {
     /// The app's storage, as for its instances (a `release:` command may
     /// migrate an SQLite file there).
     pub mounts: Vec<Mount>,
+    /// See [`ProcessSpec::run_as`].
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// What a backend builds on: the build stage makes this kind of artifact.

@@ -95,6 +95,7 @@ impl From<state::StateError> for ServiceError {
             state::StateError::NotFound(what) => {
                 ServiceError::NotFound(format!("{what} not found"))
             }
+            state::StateError::Full(line) => ServiceError::Invalid(line),
             other if other.is_busy() => {
                 tracing::warn!(error = %other, "database busy");
                 ServiceError::Invalid(state::BUSY_MESSAGE.to_owned())

@@ -60,6 +60,13 @@ pub fn create(conn: &mut Connection, name: &AppName) -> Result<App, StateError> 
         params![name.as_str(), created_at],
     )?;
     let id = tx.last_insert_rowid();
+    // Its own uid/gid from birth (state/app_users.rs); none free: no app.
+    super::app_users::allocate(
+        &tx,
+        id,
+        super::app_users::APP_IDS,
+        &super::app_users::host_knows,
+    )?;
     tx.commit()?;
     Ok(App {
         id,
@@ -120,7 +127,8 @@ pub fn list(conn: &Connection) -> Result<Vec<App>, StateError> {
     Ok(apps)
 }
 
-/// Delete an app and everything that references it (grants cascade).
+/// Delete an app and everything that references it (grants and its
+/// `app_users` id cascade).
 pub fn delete(conn: &mut Connection, name: &AppName) -> Result<(), StateError> {
     let tx = write_tx(conn)?;
     let n = tx.execute("DELETE FROM apps WHERE name = ?1", [name.as_str()])?;

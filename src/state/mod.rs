@@ -9,6 +9,7 @@
 //! [`Db::call`], which runs on tokio's blocking pool, so SQLite never stalls
 //! an async worker.
 
+pub mod app_users;
 pub mod apps;
 pub mod audit;
 pub mod certs;
@@ -50,6 +51,10 @@ pub enum StateError {
     Exists(String),
     #[error("{0} not found")]
     NotFound(String),
+    /// A pool ran out (app user ids): the message is the whole line, and
+    /// nothing was written.
+    #[error("{0}")]
+    Full(String),
     #[error("database task failed: {0}")]
     Task(String),
 }
@@ -273,6 +278,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX previews_parent ON previews(parent_id);",
     // 14: syncs that fetch submodules (see state/sync.rs).
     sync::MIGRATION_SUBMODULES,
+    // 15: the uid/gid each app runs as (see state/app_users.rs).
+    app_users::MIGRATION,
 ];
 
 /// A handle to the database, cheap to clone.

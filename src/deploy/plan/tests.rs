@@ -33,6 +33,7 @@ fn spec(release: u32, process: &str) -> ProcessSpec {
         },
         limits: Limits::default(),
         mounts: Vec::new(),
+        run_as: None,
     }
 }
 

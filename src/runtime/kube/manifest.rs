@@ -611,6 +611,7 @@ pub(crate) mod tests {
                 millicpus: Some(500),
             },
             mounts: Vec::new(),
+            run_as: None,
         }
     }
 

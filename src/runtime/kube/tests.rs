@@ -967,6 +967,7 @@ async fn a_one_off_pod_streams_its_output_and_returns_its_exit_code() {
         artifact: spec.artifact.clone(),
         timeout: Duration::from_secs(10),
         mounts: Vec::new(),
+        run_as: None,
     };
     let state = |s: Value| {
         json!({"metadata": {"name": "run-v1-x"},
@@ -1392,6 +1393,7 @@ async fn a_host_path_mount_is_refused_and_nothing_is_applied() {
         artifact: spec.artifact.clone(),
         timeout: Duration::from_secs(10),
         mounts: spec.mounts.clone(),
+        run_as: None,
     };
     let (tx, _rx) = tokio::sync::mpsc::channel(1);
     let err = rt.run_once(one_off, tx).await.expect_err("refused");
@@ -1413,6 +1415,7 @@ async fn a_one_off_pod_mounts_the_storage() {
         artifact: spec.artifact.clone(),
         timeout: Duration::from_secs(10),
         mounts: spec.mounts.clone(),
+        run_as: None,
     };
     let mut script = prelude_with_storage(1, Some(claim_as_stored()), None);
     script.pop(); // no Deployment is read for a one-off

@@ -1,11 +1,18 @@
-//! The unprivileged account apps run as when the daemon is root.
+//! The floor account of the local runtime: who a process runs as when the
+//! daemon is root and its spec names no uid/gid.
+//!
+//! The daemon's specs always name one when it is root: each app's own
+//! (`state::app_users`, no passwd entry). This is what a spec without one
+//! gets instead of root (`nobody`), for the runtime used on its own (the
+//! runtime tests). The shared `cygni-app` account of older releases is no
+//! longer looked up.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-/// The account apps run as.
+/// An account a process runs as.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunAs {
     pub uid: u32,
@@ -19,28 +26,24 @@ pub struct RunAs {
 const NOBODY_ID: u32 = 65534;
 
 impl RunAs {
-    /// The account apps run as by default: none when the daemon is not
-    /// root (apps then run as the daemon's own user); otherwise `cygni-app`
-    /// if the installer created it, else `nobody`.
+    /// The floor account: none when the daemon is not root (processes
+    /// then run as the daemon's own user); otherwise `nobody`.
     pub fn resolve_default() -> Option<RunAs> {
         // SAFETY: geteuid cannot fail.
         if unsafe { libc::geteuid() } != 0 {
             return None;
         }
-        for name in ["cygni-app", "nobody"] {
-            match RunAs::lookup(name) {
-                // An account mapped to root would defeat the point.
-                Ok(Some(run_as)) if run_as.uid != 0 && run_as.gid != 0 => return Some(run_as),
-                Ok(Some(_)) => tracing::warn!(
-                    user = name,
-                    "refusing to run apps as an account with uid or gid 0"
-                ),
-                Ok(None) => {}
-                Err(error) => tracing::warn!(user = name, %error, "could not look up user"),
+        match RunAs::lookup("nobody") {
+            // An account mapped to root would defeat the point.
+            Ok(Some(run_as)) if run_as.uid != 0 && run_as.gid != 0 => return Some(run_as),
+            Ok(Some(_)) => {
+                tracing::warn!("refusing to run apps as nobody: it has uid or gid 0")
             }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "could not look up nobody"),
         }
         // Never fall back to running apps as root.
-        tracing::warn!("no cygni-app or nobody account; running apps as uid/gid {NOBODY_ID}");
+        tracing::warn!("no nobody account; running apps as uid/gid {NOBODY_ID}");
         Some(RunAs {
             uid: NOBODY_ID,
             gid: NOBODY_ID,

@@ -57,6 +57,7 @@ impl From<state::StateError> for CommandError {
                 CommandError::Invalid(format!("{what} already exists"))
             }
             state::StateError::NotFound(what) => CommandError::Invalid(format!("{what} not found")),
+            state::StateError::Full(line) => CommandError::Invalid(line),
             other if other.is_busy() => {
                 tracing::warn!(error = %other, "database busy");
                 CommandError::Invalid(state::BUSY_MESSAGE.to_owned())
