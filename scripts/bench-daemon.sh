@@ -233,6 +233,21 @@ if [ -n "${PERF_OUT:-}" ]; then
         perf report -q -i "$PERF_OUT/$t.data" --no-children --sort dso,symbol 2>/dev/null |
             head -n 60 >"$PERF_OUT/$t.top.txt" || true
         echo "perf profile of $t: $PERF_OUT/$t.top.txt"
+        if command -v strace >/dev/null; then
+            # Syscalls per request, all threads (strace slows the server;
+            # the counts per request are what matter).
+            timeout $((DURATION + 30)) strace -c -f -q -p "${PID[$t]}" -o "$PERF_OUT/$t.strace.txt" &
+            strace_pid=$!
+            sleep 1
+            timeout $((DURATION + 30)) taskset -c "$WRK_CPU" wrk -t1 -c50 -d"${DURATION}s" \
+                -s "$WORK/loopback.lua" "$(url "$t" http)" >"$PERF_OUT/$t.strace-wrk.txt"
+            kill -INT "$strace_pid" 2>/dev/null || true
+            wait "$strace_pid" || true
+            reqs=$(awk '/requests in/ { print $1 }' "$PERF_OUT/$t.strace-wrk.txt")
+            awk -v reqs="$reqs" -v t="$t" '$NF ~ /^[a-z_0-9]+$/ && $4 ~ /^[0-9]+$/ && $NF != "total" {
+                printf "%s: %-14s %6.2f per request\n", t, $NF, $4 / reqs }' "$PERF_OUT/$t.strace.txt" |
+                sort -k3 -nr | head -n 8
+        fi
     done
 fi
 
