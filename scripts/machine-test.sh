@@ -483,6 +483,18 @@ if wait_for 10 app_serves; then
 else
     fail "http: the app does not serve"
 fi
+# A user per app: the app's process runs as its own uid, from Cygni's
+# block (0x70000000 on), not as root; its slug is that uid's, 0700.
+app_pid=$(in_machine pgrep -f http.server | head -n 1) || true
+# shellcheck disable=SC2016 # awk's $2, not the shell's
+app_uid=$(in_machine awk '/^Uid:/ { print $2 }' "/proc/${app_pid:-0}/status" 2>/dev/null) || true
+slug_stat=$(in_machine sh -c "stat -c '%u %a' /var/lib/cygni/slugs/$APP/v*" 2>/dev/null | tail -n 1) || true
+if [ -n "$app_uid" ] && [ "$app_uid" -ge 1879048192 ] && [ "$app_uid" -le 1879113727 ] &&
+    [ "$slug_stat" = "$app_uid 700" ]; then
+    ok "isolation: the app runs as its own uid $app_uid; its slug is that uid's, mode 700"
+else
+    fail "isolation: app uid '${app_uid:-none}', slug owner and mode '${slug_stat:-none}'"
+fi
 
 # 3. systemctl restart cygni, with a client requesting every 50 ms
 RESTARTS=3
@@ -503,7 +515,7 @@ measure_restart() {
     prober_pid=$!
     sleep 2
     before=$(unit_state)
-    app_pid_before=$(in_machine pgrep -u cygni-app -f http.server | head -n 1) || true
+    app_pid_before=$(in_machine pgrep -f http.server | head -n 1) || true
     t_restart=$(date +%s.%N)
     in_machine systemctl restart cygni.service
     restart_cmd_s=$(elapsed "$t_restart")
@@ -516,7 +528,7 @@ measure_restart() {
     wait "$prober_pid" 2>/dev/null || true
     prober_pid=""
     after=$(unit_state)
-    app_pid_after=$(in_machine pgrep -u cygni-app -f http.server | head -n 1) || true
+    app_pid_after=$(in_machine pgrep -f http.server | head -n 1) || true
     restarted=yes
     [ "$before" != "$after" ] || restarted=""
     # Down: from the first failed request to the last. Of that, the proxy

@@ -31,6 +31,7 @@ pub mod names;
 pub mod procfile;
 pub mod proxy;
 pub mod registry;
+pub mod resident;
 pub mod runtime;
 pub mod service;
 pub mod span;

@@ -19,36 +19,34 @@
 //! - `pool`, `body`: keep-alive upstream connections and streamed bodies.
 //!
 //! Why per-core `current_thread` runtimes: a proxied request hops between
-//! the client connection task and the upstream connection task several
-//! times; on a multi-thread runtime those hops become cross-core wakes.
-//! Keeping a connection and its upstream pool on one thread avoids them
-//! (see PERFORMANCE.md and `scripts/bench-proxy.sh`).
+//! tasks (the client connection's, and for requests with a body the
+//! upstream connection's); on a multi-thread runtime those hops become
+//! cross-core wakes. Keeping a connection and its upstream pool on one
+//! thread avoids them (see PERFORMANCE.md and `scripts/bench-proxy.sh`).
+//! Bodiless GET/HEAD/OPTIONS requests make no hop at all (`upstream`).
 //!
 //! Measured on the real daemon with `scripts/bench-daemon.sh` (cygni serve
 //! --runtime local, an nginx app deployed by git push, nginx 1 worker with
 //! upstream keepalive in front of the same instance; wrk on one core,
-//! everything server-side on the other; 3 alternating rounds, medians).
-//! The run of 2026-12-01 was disturbed by other builds on the machine
-//! (load 5-6 throughout, absolute figures about half the quiet ones), so
-//! read the ratios:
+//! everything server-side on the other; 3 alternating rounds of 10 s,
+//! medians), 2026-12-02, load about 1-2:
 //!
-//! | scenario | req/s ratio | p99 ratio | proxy CPU/request ratio |
-//! |---|---|---|---|
-//! | HTTP keep-alive c=50 | 0.98 | 1.01 | 1.11 |
-//! | HTTP keep-alive c=200 | 0.93 | 0.71 | 1.21 |
-//! | HTTPS keep-alive c=50 | 1.06 | 0.96 | 0.95 |
-//! | HTTPS keep-alive c=200 | 0.98 | 1.99 (noisy: 0.4-2.6 by round) | 0.90 |
-//! | HTTP, connection per request | 0.91 | 0.99 | 1.25 |
+//! | scenario | cygni req/s | nginx req/s | ratio | p99 ratio | proxy CPU/request (µs) |
+//! |---|---|---|---|---|---|
+//! | HTTP keep-alive c=50 | 45,770 | 41,580 | 1.10 | 0.93 | 15.09 vs 16.42 (0.92) |
+//! | HTTP keep-alive c=200 | 44,661 | 42,888 | 1.04 | 0.93 | 15.81 vs 16.31 (0.97) |
+//! | HTTPS keep-alive c=50 | 41,287 | 31,295 | 1.32 | 0.80 | 16.76 vs 23.16 (0.72) |
+//! | HTTPS keep-alive c=200 | 38,596 | 31,745 | 1.22 | 1.00 | 18.26 vs 23.21 (0.79) |
+//! | HTTP, connection per request | 45,836 | 41,817 | 1.10 | 0.96 | 15.05 vs 16.40 (0.92) |
 //!
-//! - 4 syscalls per keep-alive request (2 `recvfrom`, 2 `writev`), 0.1
-//!   `epoll_wait`: no syscall to shave. `perf` (cpu-clock): 55% kernel
-//!   (loopback TCP), then hyper/tokio spread thin; malloc/free of hyper's
-//!   read buffers (still shared by the previous message's `Bytes` when
-//!   the next read reserves) about 5%, timers about 2.5%; no tracing.
-//! - `scripts/bench-memory.sh`: RSS 22.5 MB idle with 10 apps, 48.2 MB
-//!   after 30 s of load, 29.9 MB 60 s later (before `malloc_trim` after
-//!   loads: 43.6 MB). What stays: the TLS session cache and the arenas'
-//!   fragmentation.
+//! Before the direct path and the coarse header-read deadline (same
+//! script, the previous build, a loaded machine) plain HTTP cost 1.25-1.33×
+//! nginx's CPU per request.
+//! - Syscalls per keep-alive request (strace): Cygni 2 `recvfrom`, 1
+//!   `writev`, 1 `sendto`, 0.05 `epoll_wait`; nginx 2 `recvfrom`, 2
+//!   `writev`, 1 `getsockopt`, 1 `getpid`. `perf` (cpu-clock): 73% kernel
+//!   for both; Cygni's own code and libc 26%, nginx's with libcrypto 27%.
+//! - `scripts/bench-memory.sh`: see ARCHITECTURE.md (Proxy).
 //!
 //! What recording metrics costs (`scripts/bench-metrics.sh`, 2026-12-02:
 //! two daemons from one release build, `metrics = false` on one, each in
