@@ -221,6 +221,58 @@ fn lost_ref_update_with_its_objects_moves_the_branch() {
     assert!(d.log().contains("now points at its commit"));
 }
 
+/// The same crash on a preview: its branch lives in the parent's
+/// repository, and follows the preview's live release there.
+#[test]
+fn lost_ref_update_of_a_preview_moves_its_branch() {
+    let mut d = TestDaemon::start();
+    let app = "prev";
+    let preview = "x--prev";
+    let repo = site(&d.dir.path().join(app));
+    d.ssh(&d.admin, &format!("apps:create {app}")).ok();
+    d.ssh(&d.admin, &format!("previews:enable {app}")).ok();
+    run_ok(git_cmd(&repo).args(["checkout", "-q", "-B", "preview/x"]));
+    let push_preview = |d: &TestDaemon| {
+        d.git(&d.admin, &repo, &["push", &d.remote(app), "preview/x"])
+            .ok()
+    };
+    let one = set_round(&repo, 1);
+    push_preview(&d);
+    let two = set_round(&repo, 2);
+    push_preview(&d);
+    let preview_branch = |d: &TestDaemon| {
+        let out = Command::new("git")
+            .arg("--git-dir")
+            .arg(d.data_dir.join("repos").join(format!("{app}.git")))
+            .args(["rev-parse", "--verify", "-q", "refs/heads/preview/x"])
+            .output()
+            .expect("git rev-parse");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(preview_branch(&d), two);
+    d.stop();
+    bare_git(&d, app, &["update-ref", "refs/heads/preview/x", &one]);
+
+    d.start_again();
+    wait_for(
+        "the preview's branch to follow",
+        Duration::from_secs(30),
+        || (preview_branch(&d) == two).then_some(()),
+    );
+    let list = releases(&d, preview);
+    let live: Vec<&serde_json::Value> = list.iter().filter(|r| r["status"] == "live").collect();
+    assert_eq!(live.len(), 1, "{list:#?}");
+    assert_eq!(live[0]["sha"].as_str(), Some(two.as_str()), "{list:#?}");
+    assert_eq!(list.len(), 2, "no new release: {list:#?}");
+    assert!(d.log().contains("now points at its commit"), "{}", d.log());
+    wait_for("round 2 from the preview", Duration::from_secs(30), || {
+        let (code, body) = d.curl(&host(preview), "/");
+        (code == 200 && body.trim() == "round 2").then_some(())
+    });
+    // The app's own branch was never touched.
+    assert_eq!(branch(&d, app), None);
+}
+
 /// A small deterministic generator: the failing round can be replayed
 /// from the seed the test prints.
 struct Lcg(u64);

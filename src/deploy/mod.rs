@@ -478,9 +478,9 @@ impl Platform {
             .map_err(|e| internal(Stage::Export, e))?;
         // What git must do once this release is live; start-up settles it
         // if the daemon dies before git does (see reconcile). A preview's
-        // branch is its parent's, and a lost preview push is simply pushed
-        // again: only an app's own branch is recorded.
-        if source == app {
+        // branch lives in its parent's repository; the settle finds it
+        // there.
+        {
             let (id, refname, old) = (release.id, update.name.clone(), expected.clone());
             self.db
                 .call(move |c| releases::set_pending_ref(c, id, &refname, old.as_deref()))

@@ -139,14 +139,22 @@ impl Platform {
         let Some(sha) = release.sha.clone() else {
             return Ok(Settled::Agrees);
         };
-        let head = self.branch_head(app, &p.refname).await;
+        // A preview deploys a branch of its parent's repository.
+        let a = app.clone();
+        let repo = self
+            .db
+            .call(move |c| state::previews::by_app(c, &a))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_or_else(|| app.clone(), |preview| preview.parent);
+        let head = self.branch_head(&repo, &p.refname).await;
         if head.as_deref() == Some(sha.as_str()) {
             return Ok(Settled::Agrees);
         }
         let branch = p.refname.strip_prefix("refs/heads/").unwrap_or(&p.refname);
         // The branch still where the push found it, and the commit in the
         // repository proper: only the ref update is missing.
-        if head == p.old && self.move_branch_to(app, &p.refname, &sha).await? {
+        if head == p.old && self.move_branch_to(&repo, &p.refname, &sha).await? {
             tracing::warn!(%app, release = version, %branch, %sha, "v{version} went live but git never moved {branch}; {branch} now points at its commit");
             return Ok(Settled::BranchMoved);
         }
