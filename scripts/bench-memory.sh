@@ -54,12 +54,12 @@ wait_http "$HTTP_PORT" "$APP.localhost"
 sleep 5
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }
 IDLE1=$(rss_kb "$DAEMON_PID")
-echo "idle, 1 app:            $(mb "$IDLE1")"
+echo "idle, 1 app:            $(mb "$IDLE1")  ($(rss_parts "$DAEMON_PID"))"
 
 for i in $(seq 2 "$APPS"); do deploy_app "app$i"; done
 sleep 5
 IDLE=$(rss_kb "$DAEMON_PID")
-echo "idle, $APPS apps routed:    $(mb "$IDLE")"
+echo "idle, $APPS apps routed:    $(mb "$IDLE")  ($(rss_parts "$DAEMON_PID"))"
 
 cat >"$WORK/loopback.lua" <<'EOF'
 function wrk.resolve(host, service)
@@ -78,6 +78,6 @@ echo "right after the load:   $(mb "$AFTER")  (peak $(mb "$(awk '/^VmHWM:/ { pri
 for t in 10 20 30 40 50 60; do
     sleep 10
     LATE=$(rss_kb "$DAEMON_PID")
-    echo "  ${t} s after:           $(mb "$LATE")"
+    echo "  ${t} s after:           $(mb "$LATE")  ($(rss_parts "$DAEMON_PID"))"
 done
 awk -v i="$IDLE" -v l="$LATE" 'BEGIN { printf "60 s after the load minus idle (%d apps): %+.1f MB\n", '"$APPS"', (l - i) / 1024 }'

@@ -12,6 +12,7 @@
 #   install_cert HOST APP  store a self-signed ECDSA certificate for HOST (daemon stopped)
 #   cpu_ticks PID          utime+stime of every thread of PID
 #   rss_kb PID             VmRSS of PID in KiB
+#   rss_parts PID          VmRSS split into anonymous and file-backed
 #
 # No traffic leaves loopback: the ACME directory is a refused loopback
 # port, and every URL resolves to 127.0.0.1.
@@ -190,4 +191,11 @@ cpu_ticks() { # pid -> utime+stime of all its threads
 
 rss_kb() {
     awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
+}
+
+# What VmRSS is made of: the process's own (anonymous) memory, and the
+# pages of files it maps (its executable's code, shared and clean).
+rss_parts() {
+    awk '/^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 }
+        END { printf "anonymous %.1f MB + file-backed %.1f MB", a / 1024, f / 1024 }' "/proc/$1/status"
 }

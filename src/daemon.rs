@@ -489,12 +489,6 @@ pub async fn serve(config: Config) -> Result<(), DaemonError> {
     } else {
         ssh_addr.ip().to_string()
     };
-    // Start-up code has run: from here on, only code that runs again is
-    // mapped (see `resident`).
-    match crate::resident::map_code_on_demand() {
-        Ok(bytes) => tracing::debug!(bytes, "executable text mapped on demand"),
-        Err(e) => tracing::debug!(error = %e, "cannot advise the executable's text mapping"),
-    }
     println!("cygni {} ready", env!("CARGO_PKG_VERSION"));
     println!("  ssh:   {ssh_addr} (host key {host_fingerprint})");
     println!(

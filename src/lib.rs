@@ -31,7 +31,6 @@ pub mod names;
 pub mod procfile;
 pub mod proxy;
 pub mod registry;
-pub mod resident;
 pub mod runtime;
 pub mod service;
 pub mod span;
