@@ -382,9 +382,6 @@ fn slug_dir(artifact: &Artifact) -> Result<&Path, RuntimeError> {
     }
 }
 
-/// A free loopback port, found by binding port 0. Another process could
-/// take it before the app binds it; the app would then crash and be
-/// retried, visibly, in its log.
 /// A loopback port for a new `web` instance.
 ///
 /// Ports come from below the kernel's ephemeral range (where outgoing
