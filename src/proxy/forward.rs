@@ -639,12 +639,10 @@ async fn forward(
         None
     };
     let mut req = req.map(|body| RequestBody::new(body, cx.worker.body_rate, &cx.state));
-    let n = route.endpoints.len();
-    let mut tried = 1;
-    let mut index = start;
+    let mut failover = Failover::new(route, start);
     let mut attempts = 0;
     loop {
-        let addr = route.endpoints[index];
+        let (addr, index) = failover.endpoint(route);
         // Counted from before the first await, so a drain that starts now
         // sees this request.
         let in_flight = InFlight::start(route.counter(index));
@@ -658,19 +656,9 @@ async fn forward(
         };
         let (mut sender, reused) = match got {
             Ok(got) => got,
-            // Nothing was sent (refused, timed out, handshake): any method
-            // may go to the next endpoint, as nginx's `proxy_next_upstream
-            // error timeout` does. Each endpoint is tried once.
-            Err(err) if tried < n => {
-                count_upstream(route, &err);
-                tracing::debug!(error = %err, "endpoint unreachable, trying the next one");
-                tried += 1;
-                index = (index + 1) % n;
-                continue;
-            }
             Err(err) => {
-                count_upstream(route, &err);
-                return Err(err);
+                failover.next(route, err)?;
+                continue;
             }
         };
         let sent = {
@@ -691,15 +679,7 @@ async fn forward(
                     return Err(ProxyError::Upstream { addr, source });
                 }
             },
-            Err(_) => {
-                if let Some(m) = route.metrics() {
-                    m.upstream_error(UpstreamError::ResponseTimeout);
-                }
-                return Err(ProxyError::ResponseTimeout {
-                    addr,
-                    after: route.response_timeout,
-                });
-            }
+            Err(_) => return Err(response_timeout(route, addr)),
         }
     }
 }
@@ -717,26 +697,19 @@ async fn forward_direct(
     let request = upstream::encode_request(&req);
     let method = req.method().clone();
     drop(req);
-    let n = route.endpoints.len();
-    let (mut tried, mut index, mut attempts, mut fresh) = (1, start, 0, false);
+    let mut failover = Failover::new(route, start);
+    let (mut attempts, mut fresh) = (0, false);
     loop {
-        let addr = route.endpoints[index];
+        let (addr, index) = failover.endpoint(route);
         // Counted from before the first await, so a drain that starts now
         // sees this request.
         let in_flight = InFlight::start(route.counter(index));
         attempts += 1;
         let (mut conn, reused) = match pool.get_raw(addr, fresh).await {
             Ok(got) => got,
-            Err(err) if tried < n => {
-                count_upstream(route, &err);
-                tracing::debug!(error = %err, "endpoint unreachable, trying the next one");
-                tried += 1;
-                index = (index + 1) % n;
-                continue;
-            }
             Err(err) => {
-                count_upstream(route, &err);
-                return Err(err);
+                failover.next(route, err)?;
+                continue;
             }
         };
         let got = {
@@ -765,16 +738,56 @@ async fn forward_direct(
                 fresh = true;
             }
             Ok(Err(source)) => return Err(ProxyError::UpstreamDirect { addr, source }),
-            Err(_) => {
-                if let Some(m) = route.metrics() {
-                    m.upstream_error(UpstreamError::ResponseTimeout);
-                }
-                return Err(ProxyError::ResponseTimeout {
-                    addr,
-                    after: route.response_timeout,
-                });
-            }
+            Err(_) => return Err(response_timeout(route, addr)),
         }
+    }
+}
+
+/// Which endpoint a request goes to, round robin from `start`. When no
+/// connection can be made (refused, timed out, handshake), nothing was
+/// sent: any method may go to the next endpoint, as nginx's
+/// `proxy_next_upstream error timeout` does. Each endpoint is tried once.
+struct Failover {
+    index: usize,
+    tried: usize,
+}
+
+impl Failover {
+    fn new(route: &Route, start: usize) -> Failover {
+        debug_assert!(start < route.endpoints.len());
+        Failover {
+            index: start,
+            tried: 1,
+        }
+    }
+
+    fn endpoint(&self, route: &Route) -> (SocketAddr, usize) {
+        (route.endpoints[self.index], self.index)
+    }
+
+    /// After a failed connect: move on to the next endpoint, or give the
+    /// error back once every endpoint was tried.
+    fn next(&mut self, route: &Route, err: ProxyError) -> Result<(), ProxyError> {
+        count_upstream(route, &err);
+        let n = route.endpoints.len();
+        if self.tried >= n {
+            return Err(err);
+        }
+        tracing::debug!(error = %err, "endpoint unreachable, trying the next one");
+        self.tried += 1;
+        self.index = (self.index + 1) % n;
+        Ok(())
+    }
+}
+
+/// The route's response deadline passed, counted.
+fn response_timeout(route: &Route, addr: SocketAddr) -> ProxyError {
+    if let Some(m) = route.metrics() {
+        m.upstream_error(UpstreamError::ResponseTimeout);
+    }
+    ProxyError::ResponseTimeout {
+        addr,
+        after: route.response_timeout,
     }
 }
 
