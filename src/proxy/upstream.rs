@@ -40,7 +40,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Version};
-use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::body::BoxError;
@@ -550,19 +550,7 @@ impl RawBody {
             return Poll::Ready(Ok(0));
         };
         conn.buf.reserve(READ_CHUNK);
-        let spare = conn.buf.spare_capacity_mut();
-        let mut read = ReadBuf::uninit(spare);
-        match Pin::new(&mut conn.stream).poll_read(cx, &mut read) {
-            Poll::Ready(Ok(())) => {
-                let n = read.filled().len();
-                // SAFETY: poll_read initialised and filled `n` bytes of the
-                // spare capacity.
-                unsafe { conn.buf.set_len(conn.buf.len() + n) };
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf)
     }
 }
 
