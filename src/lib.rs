@@ -28,6 +28,7 @@ pub mod local_push;
 pub mod logs;
 pub mod metrics;
 pub mod names;
+pub mod nss;
 pub mod procfile;
 pub mod proxy;
 pub mod registry;

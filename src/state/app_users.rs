@@ -86,9 +86,15 @@ pub fn ensure(conn: &mut Connection, app: &AppName) -> Result<u32, StateError> {
     }
     let tx = write_tx(conn)?;
     let id = app_id(&tx, app)?;
-    let uid = allocate(&tx, id, APP_IDS, &host_knows)?;
+    let uid = assign(&tx, id)?;
     tx.commit()?;
     Ok(uid)
+}
+
+/// Gives the app with row id `app_id` the next free id of [`APP_IDS`],
+/// skipping ids the host knows: [`allocate`] as every new app needs it.
+pub fn assign(conn: &Connection, app_id: i64) -> Result<u32, StateError> {
+    allocate(conn, app_id, APP_IDS, &host_knows)
 }
 
 /// Gives the app with row id `app_id` the next free id of `range`, inside
@@ -155,24 +161,8 @@ pub fn allocate(
 /// sssd, ...) know `id`? A lookup that fails counts as known: better skip
 /// an id than share it.
 pub fn host_knows(id: u32) -> bool {
-    fn lookup(mut call: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, bool)) -> bool {
-        // SAFETY: sysconf has no preconditions.
-        let hint = unsafe { libc::sysconf(libc::_SC_GETPW_R_SIZE_MAX) };
-        let mut len = usize::try_from(hint)
-            .ok()
-            .filter(|&n| n > 0)
-            .unwrap_or(1024);
-        loop {
-            let mut buf: Vec<libc::c_char> = vec![0; len];
-            match call(&mut buf) {
-                (0, found) => return found,
-                (libc::ERANGE, _) if len < 1 << 20 => len *= 2,
-                // Some libcs report "no such entry" as an error code.
-                (libc::ENOENT | libc::ESRCH, _) => return false,
-                _ => return true,
-            }
-        }
-    }
+    use crate::nss::{lookup, Found};
+    let known = |found: Found<()>| !matches!(found, Found::None);
     let user = lookup(|buf| {
         // SAFETY: zeroed passwd is a valid out-parameter.
         let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
@@ -180,7 +170,7 @@ pub fn host_knows(id: u32) -> bool {
         // SAFETY: every pointer is valid for the call and `buf.len()` is
         // the buffer's real size.
         let rc = unsafe { libc::getpwuid_r(id, &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found) };
-        (rc, !found.is_null())
+        (rc, (!found.is_null()).then_some(()))
     });
     let group = lookup(|buf| {
         // SAFETY: zeroed group is a valid out-parameter.
@@ -188,9 +178,9 @@ pub fn host_knows(id: u32) -> bool {
         let mut found: *mut libc::group = std::ptr::null_mut();
         // SAFETY: as above.
         let rc = unsafe { libc::getgrgid_r(id, &mut grp, buf.as_mut_ptr(), buf.len(), &mut found) };
-        (rc, !found.is_null())
+        (rc, (!found.is_null()).then_some(()))
     });
-    user || group
+    known(user) || known(group)
 }
 
 #[cfg(test)]

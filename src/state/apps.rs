@@ -61,12 +61,7 @@ pub fn create(conn: &mut Connection, name: &AppName) -> Result<App, StateError> 
     )?;
     let id = tx.last_insert_rowid();
     // Its own uid/gid from birth (state/app_users.rs); none free: no app.
-    super::app_users::allocate(
-        &tx,
-        id,
-        super::app_users::APP_IDS,
-        &super::app_users::host_knows,
-    )?;
+    super::app_users::assign(&tx, id)?;
     tx.commit()?;
     Ok(App {
         id,

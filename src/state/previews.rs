@@ -146,12 +146,7 @@ pub fn create(
     )?;
     let id = tx.last_insert_rowid();
     // A preview is an app: its own uid/gid, never its parent's.
-    super::app_users::allocate(
-        &tx,
-        id,
-        super::app_users::APP_IDS,
-        &super::app_users::host_knows,
-    )?;
+    super::app_users::assign(&tx, id)?;
     tx.execute(
         "INSERT INTO previews (app_id, parent_id, name, branch, created_at, last_push_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?5)",

@@ -55,14 +55,7 @@ impl RunAs {
     pub fn lookup(name: &str) -> io::Result<Option<RunAs>> {
         let name = CString::new(name)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "user name contains NUL"))?;
-        // SAFETY: sysconf has no preconditions.
-        let hint = unsafe { libc::sysconf(libc::_SC_GETPW_R_SIZE_MAX) };
-        let mut len = usize::try_from(hint)
-            .ok()
-            .filter(|&n| n > 0)
-            .unwrap_or(1024);
-        loop {
-            let mut buf: Vec<libc::c_char> = vec![0; len];
+        let found = crate::nss::lookup(|buf| {
             // SAFETY: zeroed passwd is a valid out-parameter.
             let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
             let mut found: *mut libc::passwd = std::ptr::null_mut();
@@ -77,28 +70,25 @@ impl RunAs {
                     &mut found,
                 )
             };
-            match rc {
-                0 if found.is_null() => return Ok(None),
-                0 => {}
-                libc::ERANGE if len < 1 << 20 => {
-                    len *= 2;
-                    continue;
+            let entry = (rc == 0 && !found.is_null()).then(|| {
+                let home = (!pwd.pw_dir.is_null()).then(|| {
+                    // SAFETY: getpwnam_r succeeded, so pw_dir points to a
+                    // NUL-terminated string inside `buf`, still alive here.
+                    let dir = unsafe { CStr::from_ptr(pwd.pw_dir) };
+                    PathBuf::from(OsStr::from_bytes(dir.to_bytes()))
+                });
+                RunAs {
+                    uid: pwd.pw_uid,
+                    gid: pwd.pw_gid,
+                    home,
                 }
-                // Some libcs report "no such user" as an error code.
-                libc::ENOENT | libc::ESRCH => return Ok(None),
-                rc => return Err(io::Error::from_raw_os_error(rc)),
-            }
-            let home = (!pwd.pw_dir.is_null()).then(|| {
-                // SAFETY: getpwnam_r succeeded, so pw_dir points to a NUL-
-                // terminated string inside `buf`, which is still alive.
-                let dir = unsafe { CStr::from_ptr(pwd.pw_dir) };
-                PathBuf::from(OsStr::from_bytes(dir.to_bytes()))
             });
-            return Ok(Some(RunAs {
-                uid: pwd.pw_uid,
-                gid: pwd.pw_gid,
-                home,
-            }));
+            (rc, entry)
+        });
+        match found {
+            crate::nss::Found::Entry(run_as) => Ok(Some(run_as)),
+            crate::nss::Found::None => Ok(None),
+            crate::nss::Found::Error(rc) => Err(io::Error::from_raw_os_error(rc)),
         }
     }
 }
