@@ -55,11 +55,15 @@ sleep 5
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f MB", k / 1024 }'; }
 IDLE1=$(rss_kb "$DAEMON_PID")
 echo "idle, 1 app:            $(mb "$IDLE1")  ($(rss_parts "$DAEMON_PID"))"
+python3 scripts/resident-code.py "$DAEMON_PID" 12 | sed 's/^/    /'
 
 for i in $(seq 2 "$APPS"); do deploy_app "app$i"; done
 sleep 5
 IDLE=$(rss_kb "$DAEMON_PID")
 echo "idle, $APPS apps routed:    $(mb "$IDLE")  ($(rss_parts "$DAEMON_PID"))"
+# Where the file-backed part lies: the executable's resident pages by
+# section and by crate (readelf and nm, from binutils).
+python3 scripts/resident-code.py "$DAEMON_PID" 12 | sed 's/^/    /'
 
 cat >"$WORK/loopback.lua" <<'EOF'
 function wrk.resolve(host, service)
